@@ -1,0 +1,25 @@
+"""Model loaders: load_model(unit) picks one by the manifest's source."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from worker.models.base import LoadedModel
+from worker.models.torchvision_models import ModelError, load_torchvision
+
+if TYPE_CHECKING:
+    from worker.manifest import Unit
+
+__all__ = ["LoadedModel", "ModelError", "load_model"]
+
+
+def load_model(unit: Unit) -> LoadedModel:
+    spec = unit.model
+    checkpoint = unit.resolve(spec.checkpoint) if spec.checkpoint else None
+    if spec.source == "torchvision":
+        return load_torchvision(spec.id, spec.arch, spec.num_classes, tuple(spec.input_size),
+                                checkpoint)
+    raise ModelError(
+        f"models[{spec.id}].source: {spec.source!r} models are not supported by this qbench "
+        "version yet (torchvision only)"
+    )

@@ -1,0 +1,122 @@
+"""torchvision detection and classification models, built offline.
+
+Builders are called with weights=None and weights_backbone=None: nothing is downloaded at run
+time. Trained weights come from a local checkpoint (loaded with weights_only=True) or, for
+arch "fixture", from the detector shipped with qbench.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+from worker.models.base import LoadedModel
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded; one line naming the field or file."""
+
+
+DETECTION_ARCHS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+)
+# RetinaNet/SSD/FCOS/Mask/Keypoint R-CNN: their heads are not covered by the int8 surgery.
+UNSUPPORTED_DETECTION = {
+    "retinanet_resnet50_fpn": "RetinaNet's head is not covered by qbench's int8 detector path yet",
+    "retinanet_resnet50_fpn_v2": "RetinaNet's head is not covered by qbench's int8 detector path yet",
+    "ssd300_vgg16": "SSD is not covered by qbench's int8 detector path yet",
+    "ssdlite320_mobilenet_v3_large": "SSDlite is not covered by qbench's int8 detector path yet",
+    "fcos_resnet50_fpn": "FCOS is not covered by qbench's int8 detector path yet",
+    "maskrcnn_resnet50_fpn": "Mask R-CNN's mask head is not covered yet",
+    "keypointrcnn_resnet50_fpn": "Keypoint R-CNN's keypoint head is not covered yet",
+}
+
+
+def classification_archs() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def known_archs() -> list[str]:
+    return ["fixture", *DETECTION_ARCHS, *classification_archs()]
+
+
+def check_arch(arch: str) -> None:
+    if arch in UNSUPPORTED_DETECTION:
+        raise ModelError(f"arch {arch!r} is not supported: {UNSUPPORTED_DETECTION[arch]}")
+    if arch not in known_archs():
+        raise ModelError(
+            f"unknown arch {arch!r}; use fixture, a Faster R-CNN builder "
+            f"({', '.join(DETECTION_ARCHS)}) or a torchvision classifier (e.g. resnet18)"
+        )
+
+
+def load_checkpoint(module: nn.Module, path: Path) -> None:
+    """Load a state_dict without unpickling arbitrary objects."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"checkpoint {path}: file not found") from None
+    except Exception as exc:  # pickle payloads, truncation, not-a-checkpoint all land here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"checkpoint {path}: cannot be loaded safely ({first[:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {path}: expected a state_dict, found {type(state).__name__}")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"checkpoint {path}: does not match the model ({first[:200]})") from None
+
+
+def build_torchvision(arch: str, num_classes: int | None, input_size: tuple[int, int]) -> nn.Module:
+    check_arch(arch)
+    if arch in DETECTION_ARCHS:
+        side = min(input_size)
+        # Resize inside the detector to the manifest's size, never up to 800 px behind the
+        # user's back: the measured input is the declared input.
+        return torchvision.models.get_model(
+            arch, weights=None, weights_backbone=None, num_classes=num_classes or 91,
+            min_size=side, max_size=max(input_size),
+        )
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes or 1000)
+
+
+def load_torchvision(model_id: str, arch: str, num_classes: int | None,
+                     input_size: tuple[int, int], checkpoint: Path | None) -> LoadedModel:
+    if arch == "fixture":
+        return load_fixture(model_id, input_size, checkpoint)
+    module = build_torchvision(arch, num_classes, input_size)
+    if checkpoint is not None:
+        load_checkpoint(module, checkpoint)
+    module.eval()
+    task = "detection" if isinstance(module, GeneralizedRCNN) else "classification"
+    classes = num_classes or (91 if task == "detection" else 1000)
+    return LoadedModel(
+        model_id=model_id, arch=arch, task=task, module=module, input_size=input_size,
+        num_classes=classes, trained=checkpoint is not None,
+    )
+
+
+def load_fixture(model_id: str, input_size: tuple[int, int], checkpoint: Path | None) -> LoadedModel:
+    """The small Faster R-CNN shipped with qbench, trained on `qbench data synth` scenes."""
+    from worker.evaluate.synth import CLASSES
+    from worker.models.fixture import build_fixture
+
+    module = build_fixture(pretrained=checkpoint is None)
+    if checkpoint is not None:
+        load_checkpoint(module, checkpoint)
+    module.eval()
+    return LoadedModel(
+        model_id=model_id, arch="fixture", task="detection", module=module,
+        input_size=input_size, num_classes=len(CLASSES) + 1,
+        category_names=list(CLASSES), trained=True,
+    )

@@ -1,0 +1,1 @@
+"""Quantization modes; see registry.py."""

@@ -1,0 +1,113 @@
+"""Registry of quantization modes keyed by name (torchao's config -> handler shape).
+
+Each mode lives in its own module under worker/quantize/ and registers one handler with
+@register(...); adding a mode is a one-file change. The registry imports every module of the
+package once, so mode names are known to manifest validation without naming them here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from worker.manifest import CalibrationSpec
+    from worker.models.base import LoadedModel
+
+
+@dataclass
+class QuantizeRequest:
+    """What a handler gets besides the fp32 model."""
+
+    device: str  # "cpu" | "cuda"
+    calibration: CalibrationSpec
+    keep_float: list[str]
+    # Yields NCHW float batches in [0, 1] at the model's input size: calibration images,
+    # never the evaluation images.
+    calibration_batches: Callable[[], Iterable[torch.Tensor]]
+    work_dir: str  # scratch folder for exported files (ONNX), unique per unit
+
+
+@dataclass
+class Quantized:
+    """A model ready to benchmark: predict(batch NCHW on device) -> detections | logits."""
+
+    predict: Callable[[torch.Tensor], Any]
+    backend: str  # e.g. "torch-eager", "torch-fx-x86", "onnxruntime"
+    size_bytes: int  # bytes of the serialized model
+    params_by_dtype: dict[str, int]  # element counts of weights per dtype
+    int8_modules: list[str] = field(default_factory=list)
+    float_modules: list[str] = field(default_factory=list)
+    notes: str = ""  # what stayed float and why, shown in the report
+    module: Any = None  # the torch module or ORT session, for inspection
+
+
+Handler = Callable[["LoadedModel", QuantizeRequest], Quantized]
+
+
+@dataclass(frozen=True)
+class ModeInfo:
+    name: str
+    handler: Handler
+    devices: frozenset[str]
+    needs_calibration: bool
+    description: str
+
+
+_MODES: dict[str, ModeInfo] = {}
+_loaded = False
+
+
+def register(name: str, *, devices: Iterable[str], needs_calibration: bool = False,
+             description: str = "") -> Callable[[Handler], Handler]:
+    def wrap(handler: Handler) -> Handler:
+        if name in _MODES:
+            raise RuntimeError(f"mode {name!r} registered twice")
+        _MODES[name] = ModeInfo(name, handler, frozenset(devices), needs_calibration, description)
+        return handler
+    return wrap
+
+
+def _load_modes() -> None:
+    global _loaded
+    if _loaded:
+        return
+    import worker.quantize as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in {"registry", "common"}:
+            importlib.import_module(f"worker.quantize.{info.name}")
+    _loaded = True
+
+
+def modes() -> dict[str, ModeInfo]:
+    _load_modes()
+    return dict(_MODES)
+
+
+def mode_names() -> list[str]:
+    return sorted(modes())
+
+
+def get_mode(name: str) -> ModeInfo:
+    all_modes = modes()
+    if name not in all_modes:
+        raise KeyError(f"unknown mode {name!r}; known: {', '.join(sorted(all_modes))}")
+    return all_modes[name]
+
+
+def validate_mode_device(mode: str, device: str) -> str | None:
+    """None when the mode runs on the device, else a one-line reason."""
+    info = get_mode(mode)
+    if device not in info.devices:
+        return f"mode {mode} does not run on {device} (it runs on: {', '.join(sorted(info.devices))})"
+    return None
+
+
+def quantize(model: LoadedModel, mode: str, request: QuantizeRequest) -> Quantized:
+    return get_mode(mode).handler(model, request)

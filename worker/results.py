@@ -1,0 +1,182 @@
+"""The Parquet dataset: schemas (public API), an atomic writer, and a reader.
+
+Layout: <root>/<table>/date=YYYY-MM-DD/job=<job_id>/<unit_id>.parquet. The date is the job's
+date (fixed when the job is created), not the time a unit ran, so a unit redelivered after
+midnight overwrites its file instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+ENVIRONMENT = [
+    ("torch_version", pa.string()),
+    ("torchvision_version", pa.string()),
+    ("onnxruntime_version", pa.string()),
+    ("qbench_version", pa.string()),
+    ("python_version", pa.string()),
+    ("cpu_model", pa.string()),
+    ("cpu_count", pa.int32()),
+    ("threads", pa.int32()),
+    ("gpu_name", pa.string()),
+    ("gpu_driver", pa.string()),
+    ("host", pa.string()),
+    ("env_fingerprint", pa.string()),
+]
+
+IDENTITY = [
+    ("job_id", pa.string()),
+    ("job_name", pa.string()),
+    ("unit_id", pa.string()),
+    ("model_id", pa.string()),
+    ("arch", pa.string()),
+    ("mode", pa.string()),
+    ("backend", pa.string()),
+    ("device", pa.string()),
+]
+
+LATENCY = pa.schema(IDENTITY + [
+    ("batch_size", pa.int32()),
+    ("input_h", pa.int32()),
+    ("input_w", pa.int32()),
+    ("warmup", pa.int32()),
+    ("iterations", pa.int32()),
+    ("latency_ms_p50", pa.float64()),
+    ("latency_ms_p90", pa.float64()),
+    ("latency_ms_p95", pa.float64()),
+    ("latency_ms_p99", pa.float64()),
+    ("latency_ms_mean", pa.float64()),
+    ("latency_ms_std", pa.float64()),
+    ("latency_ms_min", pa.float64()),
+    ("throughput_ips", pa.float64()),
+    ("rss_peak_bytes", pa.int64()),
+    ("cuda_max_allocated_bytes", pa.int64()),
+    ("cuda_max_reserved_bytes", pa.int64()),
+    ("nvml_used_peak_bytes", pa.int64()),
+    ("status", pa.string()),  # ok | oom | error
+    ("error", pa.string()),
+    ("measured_at", pa.timestamp("ms", tz="UTC")),
+] + ENVIRONMENT)
+
+MODELS = pa.schema(IDENTITY + [
+    ("source", pa.string()),
+    ("task", pa.string()),
+    ("input_h", pa.int32()),
+    ("input_w", pa.int32()),
+    ("size_bytes", pa.int64()),
+    ("fp32_size_bytes", pa.int64()),
+    ("size_reduction", pa.float64()),  # 1 - size / fp32 size
+    ("params_total", pa.int64()),
+    ("params_fp32", pa.int64()),
+    ("params_fp16", pa.int64()),
+    ("params_bf16", pa.int64()),
+    ("params_int8", pa.int64()),
+    ("params_other", pa.int64()),
+    ("params_int8_fraction", pa.float64()),
+    ("params_by_dtype", pa.string()),  # JSON {dtype: count}
+    ("int8_module_count", pa.int32()),
+    ("float_module_count", pa.int32()),
+    ("int8_modules", pa.list_(pa.string())),
+    ("float_modules", pa.list_(pa.string())),
+    ("trained_weights", pa.bool_()),  # False: random weights, accuracy columns stay null
+    ("map", pa.float64()),
+    ("map50", pa.float64()),
+    ("map_fp32", pa.float64()),
+    ("map50_fp32", pa.float64()),
+    ("top1", pa.float64()),
+    ("top5", pa.float64()),
+    ("count_error_mean", pa.float64()),
+    ("count_error_std", pa.float64()),
+    ("agreement_precision", pa.float64()),
+    ("agreement_recall", pa.float64()),
+    ("agreement_mean_iou", pa.float64()),
+    ("agreement_score_diff", pa.float64()),
+    ("agreement_top1", pa.float64()),
+    ("eval_images", pa.int32()),
+    ("calibration_method", pa.string()),
+    ("calibration_images", pa.int32()),
+    ("calibration_per_channel", pa.bool_()),
+    ("keep_float", pa.list_(pa.string())),
+    ("notes", pa.string()),
+    ("status", pa.string()),  # ok | error
+    ("error", pa.string()),
+    ("started_at", pa.timestamp("ms", tz="UTC")),
+    ("ended_at", pa.timestamp("ms", tz="UTC")),
+] + ENVIRONMENT)
+
+LAYERS = pa.schema(IDENTITY + [
+    ("layer", pa.string()),
+    ("layer_index", pa.int32()),
+    ("kind", pa.string()),
+    ("shape", pa.list_(pa.int64())),
+    ("abs_diff_mean", pa.float64()),
+    ("abs_diff_max", pa.float64()),
+    ("rel_diff_mean", pa.float64()),
+    ("cosine", pa.float64()),
+    ("sqnr_db", pa.float64()),
+] + ENVIRONMENT)
+
+SCHEMAS = {"latency": LATENCY, "models": MODELS, "layers": LAYERS}
+
+
+def results_root() -> Path:
+    return Path(os.environ.get("QBENCH_RESULTS_DIR", "results"))
+
+
+def unit_file(root: Path, table: str, job_date: str, job_id: str, unit_id: str) -> Path:
+    return root / table / f"date={job_date}" / f"job={job_id}" / f"{unit_id}.parquet"
+
+
+def to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows to an Arrow table of the public schema; unknown or missing columns are errors."""
+    schema = SCHEMAS[table]
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise KeyError(f"{table}: unknown columns {sorted(extra)}")
+    return pa.Table.from_pylist([{n: row.get(n) for n in schema.names} for row in rows],
+                                schema=schema)
+
+
+def write_rows(root: Path, table: str, job_date: str, job_id: str, unit_id: str,
+               rows: list[dict[str, Any]]) -> Path:
+    """Write one unit's rows atomically: a temporary file in the same folder, then rename."""
+    data = to_table(table, rows)
+    target = unit_file(root, table, job_date, job_id, unit_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{unit_id}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        pq.write_table(data, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def read_table(root: Path, table: str, job_id: str | None = None) -> pa.Table:
+    """All rows of a table (optionally one job's), with the public schema; empty if none."""
+    schema = SCHEMAS[table]
+    base = root / table
+    files = sorted(str(p) for p in base.glob("date=*/job=*/*.parquet")) if base.exists() else []
+    if job_id is not None:
+        files = [f for f in files if f"/job={job_id}/" in f]
+    if not files:
+        return schema.empty_table()
+    # Explicit file list and schema: hidden temp files are skipped, and the date/job folder
+    # names do not become extra columns.
+    return ds.dataset(files, schema=schema, format="parquet").to_table()
+
+
+def job_ids(root: Path) -> list[str]:
+    base = root / "models"
+    return sorted({p.name.removeprefix("job=") for p in base.glob("date=*/job=*")}) if base.exists() else []
