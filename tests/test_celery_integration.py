@@ -1,0 +1,75 @@
+"""qbench submit -> real redis-server -> real celery worker -> Parquet rows + report."""
+
+import pytest
+
+from tests.helpers import CeleryWorker, RedisServer, qbench, small_manifest, worker_env
+from worker.results import read_table
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    worker = CeleryWorker(redis.url, results, tmp_path / "worker.log").start()
+    yield redis, worker, results
+    worker.stop()
+    redis.stop()
+
+
+def _rows(results, job_id):
+    latency = read_table(results, "latency", job_id).to_pylist()
+    models = read_table(results, "models", job_id).to_pylist()
+    return latency, models
+
+
+def test_submit_wait_gives_same_rows_as_run(tmp_path, stack):
+    redis, worker, results = stack
+    manifest = small_manifest(tmp_path)
+    env = worker_env(redis.url, results)
+    proc = qbench("submit", str(manifest), "--wait", "--timeout", "300", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + worker.log.read_text()[-3000:]
+    job_id = proc.stdout.split("submitted job ")[1].split(":")[0]
+    latency, models = _rows(results, job_id)
+    assert sorted((r["mode"], r["batch_size"], r["status"]) for r in latency) == [
+        ("fp32", 1, "ok"), ("fp32", 2, "ok"), ("int8_static", 1, "ok"), ("int8_static", 2, "ok")]
+    assert sorted(m["status"] for m in models) == ["ok", "ok"]
+    # The chord ran the report once the last unit ended.
+    assert (results / "reports" / job_id / "report.md").exists()
+    assert (results / "reports" / job_id / "summary.csv").exists()
+
+    # The same manifest in-process writes the same kinds of rows with the same columns.
+    local = tmp_path / "local"
+    ran = qbench("run", str(manifest), "--results", str(local))
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    l_latency = read_table(local, "latency").to_pylist()
+    assert sorted((r["mode"], r["batch_size"]) for r in l_latency) == sorted(
+        (r["mode"], r["batch_size"]) for r in latency)
+    assert read_table(local, "latency").schema == read_table(results, "latency").schema
+
+    status = qbench("status", job_id, "--results", str(results), env=env)
+    assert status.returncode == 0
+    assert status.stdout.count("  ok  ") >= 2, status.stdout
+
+
+def test_bad_unit_does_not_take_the_worker_down(tmp_path, stack):
+    redis, worker, results = stack
+    env = worker_env(redis.url, results)
+    bad = small_manifest(tmp_path, name="bad", models=[
+        {"id": "broken", "arch": "resnet9000", "input_size": [64, 64]}])
+    proc = qbench("submit", str(bad), "--wait", "--timeout", "120", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "unknown arch" in proc.stdout
+    good = qbench("submit", str(small_manifest(tmp_path, name="good")), "--wait",
+                  "--timeout", "300", env=env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert worker.proc.poll() is None
+
+
+def test_submit_without_broker_is_one_line_error(tmp_path):
+    env = worker_env("redis://127.0.0.1:1/0", tmp_path / "results")
+    proc = qbench("submit", str(small_manifest(tmp_path)), env=env)
+    assert proc.returncode == 2
+    assert "cannot reach the broker at redis://127.0.0.1:1/0" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

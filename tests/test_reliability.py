@@ -1,0 +1,264 @@
+"""Nobody watches the workers: real redis-server, real celery workers, real faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.helpers import (
+    REPO,
+    CeleryWorker,
+    RedisServer,
+    qbench,
+    small_manifest,
+    wait_for,
+    worker_env,
+)
+from worker.results import read_table
+
+pytestmark = pytest.mark.integration
+
+
+def _job_id(proc: subprocess.CompletedProcess) -> str:
+    assert "submitted job " in proc.stdout, proc.stdout + proc.stderr
+    return proc.stdout.split("submitted job ")[1].split(":")[0]
+
+
+def _unit_keys(results, job_id):
+    latency = read_table(results, "latency", job_id).to_pylist()
+    models = read_table(results, "models", job_id).to_pylist()
+    return ([(r["unit_id"], r["batch_size"]) for r in latency], [m["unit_id"] for m in models])
+
+
+def test_worker_killed_mid_unit_is_redelivered_and_finished_once(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = {**worker_env(redis.url, results), "QBENCH_VISIBILITY_TIMEOUT": "4",
+           "QBENCH_RESTORE_INTERVAL": "1"}
+    first = CeleryWorker(redis.url, results, tmp_path / "w1.log", name="w1")
+    first.env.update(env)
+    first.start()
+    second = None
+    try:
+        # Long enough to be caught in the middle: many timed iterations of a small model.
+        manifest = small_manifest(tmp_path, quantization={"modes": ["fp32"]},
+                                  benchmark={"batch_sizes": [1, 2], "warmup": 0,
+                                             "iterations": 400, "threads": 1})
+        job_id = _job_id(qbench("submit", str(manifest), env=env))
+        wait_for(lambda: b"measure batch 1" in first.log.read_bytes(), 120, "the unit to start")
+        first.stop(signal.SIGKILL)  # the whole worker: main process and the child running the unit
+        assert not read_table(results, "models", job_id).num_rows, "killed before it could finish"
+
+        second = CeleryWorker(redis.url, results, tmp_path / "w2.log", name="w2")
+        second.env.update(env)
+        second.start()
+        done = qbench("submit", "--help", env=env)  # the CLI still works while we wait
+        assert done.returncode == 0
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180,
+                 "the redelivered unit to finish")
+        latency, models = _unit_keys(results, job_id)
+        assert sorted(b for _, b in latency) == [1, 2], "every batch size exactly once"
+        assert len(models) == 1
+        assert b"measure batch 1" in second.log.read_bytes(), "the second worker ran it"
+    finally:
+        if second:
+            second.stop()
+        redis.stop()
+
+
+def test_redis_restarted_with_a_job_queued_loses_nothing(tmp_path):
+    redis = RedisServer(tmp_path / "redis", appendonly=True).start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    job_id = _job_id(qbench("submit", str(small_manifest(tmp_path)), env=env))
+    redis.stop()  # no worker has seen the job yet; it lives only in the append-only file
+    redis.start()
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log").start()
+    try:
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 2, 240, "the job")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
+        latency, models = _unit_keys(results, job_id)
+        assert len(latency) == len(set(latency)) == 4
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+SUBMIT_MANY = """
+import sys, time
+from pathlib import Path
+from worker.orchestrate import plan_job, save_plan
+from worker.submit import submit_plan
+manifest, results, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    plan = plan_job(manifest, job_id=f"many{i:03d}-20261125T000000-abcdef")
+    save_plan(plan, results)
+    submit_plan(plan)
+print(time.time())
+"""
+
+
+def test_fifty_jobs_two_workers_none_lost_or_duplicated(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    manifest = small_manifest(tmp_path, name="many", quantization={"modes": ["fp32"]},
+                              models=[{"id": "m", "arch": "mobilenet_v3_small", "num_classes": 4,
+                                       "input_size": [32, 32]}],
+                              benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1,
+                                         "threads": 1})
+    workers = [CeleryWorker(redis.url, results, tmp_path / f"w{i}.log", name=f"w{i}").start()
+               for i in range(2)]
+    try:
+        started = time.time()
+        sub = subprocess.run([sys.executable, "-c", SUBMIT_MANY, str(manifest), str(results), "50"],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert sub.returncode == 0, sub.stderr
+        wait_for(lambda: read_table(results, "models").num_rows >= 50, 600, "50 jobs")
+        elapsed = time.time() - started
+        wait_for(lambda: len(list((results / "reports").glob("*/report.md"))) == 50, 300,
+                 "50 reports")
+        latency = read_table(results, "latency").to_pylist()
+        models = read_table(results, "models").to_pylist()
+        assert len(models) == 50 and len({m["job_id"] for m in models}) == 50
+        assert len(latency) == 50 and len({(r["job_id"], r["unit_id"]) for r in latency}) == 50
+        assert all(m["status"] == "ok" for m in models)
+        ran_on = {w.log.name: w.log.read_text().count("succeeded in") for w in workers}
+        assert all(n > 0 for n in ran_on.values()), f"both workers took units: {ran_on}"
+        print(f"\n50 jobs, 2 workers: submit to last row {elapsed:.1f}s; tasks per worker {ran_on}")
+    finally:
+        for w in workers:
+            w.stop()
+        redis.stop()
+
+
+def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    # This worker also takes the gpu queue, on a host that may have no CUDA.
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log", queues="cpu,gpu").start()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "corrupt.pt").write_bytes(b"\x80\x04not really a checkpoint")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    import pickle
+
+    (weights / "pickled.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
+    gone = weights / "gone.pt"
+    torch.save({}, gone)
+    base = {"arch": "resnet18", "num_classes": 10, "input_size": [64, 64]}
+    manifest = small_manifest(tmp_path, name="faults", models=[
+        {"id": "corrupt", "checkpoint": "weights/corrupt.pt", **base},
+        {"id": "pickled", "checkpoint": "weights/pickled.pt", **base},
+        {"id": "gone", "checkpoint": "weights/gone.pt", **base},
+        {"id": "huge", **{**base, "input_size": [1024, 1024]}},
+    ], quantization={"modes": ["fp32"]},
+        benchmark={"batch_sizes": [1, 16_000_000], "warmup": 0, "iterations": 1, "threads": 1})
+    try:
+        sub = qbench("submit", str(manifest), env=env)
+        job_id = _job_id(sub)
+        gone.unlink()  # valid when submitted, missing when the worker gets to it
+        proc = qbench("status", job_id, "--results", str(results), env=env)
+        assert proc.returncode == 0
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 4, 300, "4 units")
+        rows = {m["model_id"]: m for m in read_table(results, "models", job_id).to_pylist()}
+        assert rows["corrupt"]["status"] == "error"
+        assert "corrupt.pt" in rows["corrupt"]["error"]
+        assert rows["pickled"]["status"] == "error" and "pickled.pt" in rows["pickled"]["error"]
+        assert not (tmp_path / "pwned").exists(), "weights_only=True refused the pickled payload"
+        assert rows["gone"]["status"] == "error" and "not found" in rows["gone"]["error"]
+        assert rows["huge"]["status"] == "ok"
+        huge = {r["batch_size"]: r for r in read_table(results, "latency", job_id).to_pylist()
+                if r["model_id"] == "huge"}
+        assert huge[1]["status"] == "ok"
+        assert huge[16_000_000]["status"] == "oom" and huge[16_000_000]["error"]
+
+        if not torch.cuda.is_available():
+            gpu = small_manifest(tmp_path, name="gpu", quantization={"modes": ["fp32"]},
+                                 benchmark={"devices": ["cuda"], "batch_sizes": [1],
+                                            "warmup": 0, "iterations": 1})
+            gpu_job = _job_id(qbench("submit", str(gpu), env=env))
+            wait_for(lambda: read_table(results, "models", gpu_job).num_rows == 1, 120, "gpu unit")
+            row = read_table(results, "models", gpu_job).to_pylist()[0]
+            assert row["status"] == "error" and "CUDA is not available" in row["error"]
+
+        status = qbench("status", job_id, "--results", str(results), env=env)
+        assert "corrupt.pt" in status.stdout and status.stdout.count("  error  ") >= 3
+        after = qbench("submit", str(small_manifest(tmp_path, name="after")), "--wait",
+                       "--timeout", "300", env=env)
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert worker.proc.poll() is None, "the worker stayed up"
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def test_cancel_skips_units_that_have_not_started(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    manifest = small_manifest(tmp_path, name="cancelme")
+    job_id = _job_id(qbench("submit", str(manifest), env=env))
+    cancel = qbench("cancel", job_id, "--results", str(results), env=env)
+    assert cancel.returncode == 0, cancel.stderr
+    assert "2 unit(s) had not started" in cancel.stdout
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log").start()
+    try:
+        status = None
+        for _ in range(120):
+            status = qbench("status", job_id, "--results", str(results), env=env)
+            if status.stdout.count("cancelled") >= 2 and "report: done" in status.stdout:
+                break
+            time.sleep(1)
+        assert status.stdout.count("cancelled") >= 2 and "report: done" in status.stdout, status.stdout
+        assert read_table(results, "models", job_id).num_rows == 0
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def test_nightly_task_submits_with_the_date_and_reruns_rewrite(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    nightly = tmp_path / "nightly"
+    nightly.mkdir()
+    small_manifest(nightly, name="night")
+    (nightly / "broken.yaml").write_text("name: broken\nmodels: [\n")
+    env = {**worker_env(redis.url, results), "QBENCH_NIGHTLY_DIR": str(nightly)}
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log")
+    worker.env.update(env)
+    worker.start()
+    trigger = ("from worker.tasks import nightly_task; "
+               "print(nightly_task.apply_async(queue='cpu').get(timeout=120))")
+    try:
+        for _ in range(2):  # two triggers on the same night
+            triggered = time.time()
+            proc = subprocess.run([sys.executable, "-c", trigger], env=env, cwd=REPO,
+                                  capture_output=True, text=True, timeout=200)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert "night-nightly-" in proc.stdout
+            job_id = proc.stdout.strip().split("'")[1]
+            def finished(job_id=job_id, since=triggered):
+                rows = read_table(results, "models", job_id).to_pylist()
+                return len(rows) == 2 and all(r["ended_at"].timestamp() >= since for r in rows)
+
+            wait_for(finished, 300, "the nightly job's units")
+        assert job_id.split("-nightly-")[1].startswith(time.strftime("%Y%m%d"))
+        models = read_table(results, "models").to_pylist()
+        assert len(models) == 2, "the second trigger rewrote the night's rows"
+        assert len(read_table(results, "latency").to_pylist()) == 4
+        assert "broken.yaml" in worker.log.read_text(), "a bad manifest is logged, not fatal"
+    finally:
+        worker.stop()
+        redis.stop()

@@ -1,0 +1,64 @@
+"""The Celery app: Redis broker, queues cpu/gpu, JSON only, late acks, one task per child."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+from kombu import Queue
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+
+
+def broker_url() -> str:
+    return os.environ.get("QBENCH_BROKER_URL", DEFAULT_BROKER)
+
+
+def nightly_schedule() -> crontab:
+    """QBENCH_NIGHTLY_AT as HH:MM in QBENCH_TIMEZONE (default 02:00 UTC)."""
+    at = os.environ.get("QBENCH_NIGHTLY_AT", "02:00")
+    try:
+        hour, minute = (int(x) for x in at.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"QBENCH_NIGHTLY_AT={at!r}: expected HH:MM, e.g. 02:00") from None
+    return crontab(hour=hour, minute=minute)
+
+
+app = Celery("qbench", include=["worker.tasks"])
+app.conf.update(
+    broker_url=broker_url(),
+    result_backend=os.environ.get("QBENCH_RESULT_BACKEND", broker_url()),
+    # Manifests and results are data: JSON only, never pickle.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    task_queues=[Queue("cpu"), Queue("gpu")],
+    task_default_queue="cpu",
+    # A unit is acknowledged only when it has finished; a worker killed mid-unit gives it back.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    # One unit per child process: memory peaks of one unit never leak into the next.
+    worker_max_tasks_per_child=1,
+    task_track_started=True,
+    result_extended=True,
+    result_expires=int(os.environ.get("QBENCH_RESULT_EXPIRES", 7 * 24 * 3600)),
+    # A worker killed outright leaves its unit unacknowledged in Redis; a live worker puts it
+    # back on the queue once it is older than the visibility timeout, which must therefore
+    # exceed the longest unit. Sweeps run every QBENCH_RESTORE_INTERVAL seconds.
+    broker_transport_options={
+        "visibility_timeout": int(os.environ.get("QBENCH_VISIBILITY_TIMEOUT", 3600)),
+        "unacked_restore_interval": int(os.environ.get("QBENCH_RESTORE_INTERVAL", 30)),
+        "unacked_restore_throttle": 1,
+    },
+    broker_connection_retry_on_startup=True,
+    timezone=os.environ.get("QBENCH_TIMEZONE", "UTC"),
+    beat_schedule={
+        "nightly-benchmarks": {"task": "qbench.nightly", "schedule": nightly_schedule(),
+                               "options": {"queue": "cpu"}},
+    },
+)

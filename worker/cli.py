@@ -1,0 +1,222 @@
+"""`qbench`: validate, run, submit, status, report (typer)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from worker.manifest import ManifestError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Quantize vision models and benchmark them against the original.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic COCO data.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out = Console()
+
+ResultsOpt = Annotated[Path, typer.Option("--results", envvar="QBENCH_RESULTS_DIR",
+                                          help="Root of the Parquet dataset.")]
+
+
+class CliError(Exception):
+    """Printed as one line, exit status 2."""
+
+
+@app.command()
+def validate(manifest: Path) -> None:
+    """Check a manifest (fields, files, modes per device) and list the units it expands to."""
+    from worker.orchestrate import plan_job
+
+    plan = plan_job(manifest)
+    print(f"job {plan.name}:")
+    for u in plan.units:
+        print(f"  unit {u.unit_id}  {u.model.id}  {u.model.arch or u.model.path}  {u.mode}  "
+              f"{u.device}  queue={u.queue}")
+    out.print(f"{manifest}: valid, {len(plan.units)} unit(s)")
+
+
+@app.command()
+def run(manifest: Path, results: ResultsOpt = Path("results"),
+        job_id: Annotated[str | None, typer.Option(help="Reuse a job id (rewrites its rows).")] = None,
+        ) -> None:
+    """Run every unit in this process (no broker), then print and write the report."""
+    from worker.orchestrate import plan_job, save_plan
+    from worker.pipeline import run_unit
+    from worker.report import write_report
+
+    plan = plan_job(manifest, job_id=job_id)
+    save_plan(plan, results)
+    console.print(f"job [bold]{plan.job_id}[/]: {len(plan.units)} unit(s), results in {results}/")
+    failures = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        overall = bar.add_task("units", total=len(plan.units))
+        for n, unit in enumerate(plan.units, 1):
+            label = f"[{n}/{len(plan.units)}] {unit.model.id} {unit.mode} {unit.device}"
+            task = bar.add_task(label, total=1)
+
+            def progress(step: str, done: int, total: int, task=task, label=label) -> None:
+                bar.update(task, description=f"{label}: {step}", completed=done, total=total)
+
+            outcome = run_unit(unit, results, progress)
+            bar.update(task, description=f"{label}: {outcome.status}")
+            bar.advance(overall)
+            if outcome.status != "ok":
+                failures.append(outcome)
+    paths = write_report(results, plan.job_id)
+    _print_report(results, plan.job_id)
+    out.print(f"report: {paths['markdown']}")
+    for f in failures:
+        console.print(f"[red]unit {f.unit_id} failed:[/] {f.error}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _print_report(results: Path, job_id: str) -> None:
+    from worker.report import build_report
+
+    text, _, _ = build_report(results, job_id)
+    print(text, flush=True)  # plain: Markdown tables must not be re-wrapped to the terminal
+
+
+def _check_broker(url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.RedisError as exc:
+        raise CliError(f"cannot reach the broker at {url}: {exc}") from None
+
+
+@app.command()
+def submit(manifest: Path, results: ResultsOpt = Path("results"),
+           wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends.")] = False,
+           nightly: Annotated[bool, typer.Option(help="Stamp the job id with today's date only.")] = False,
+           timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+           ) -> None:
+    """Queue the job's units on Redis (QBENCH_BROKER_URL); a report runs when the last ends."""
+    from worker.app import broker_url
+    from worker.orchestrate import plan_job, save_plan
+    from worker.submit import submit_plan
+
+    plan = plan_job(manifest, nightly=nightly)
+    _check_broker(broker_url())
+    save_plan(plan, results)
+    submit_plan(plan)
+    out.print(f"submitted job {plan.job_id}: {len(plan.units)} unit(s)")
+    out.print(plan.job_id)
+    if wait:
+        _wait(plan.job_id, results, timeout)
+
+
+def _wait(job_id: str, results: Path, timeout: float) -> None:
+    from worker.submit import job_states
+
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        states = job_states(results, job_id)
+        task = bar.add_task(f"job {job_id}", total=len(states.units))
+        while True:
+            states = job_states(results, job_id)
+            bar.update(task, completed=states.finished, description=f"job {job_id}: {states.describe()}")
+            if states.done:
+                break
+            if time.monotonic() > deadline:
+                raise CliError(f"job {job_id}: not finished after {timeout:.0f}s ({states.describe()})")
+            time.sleep(1.0)
+    _show_status(states)
+    if states.failed:
+        raise typer.Exit(1)
+
+
+def _show_status(states) -> None:
+    """Plain columns, errors in full: people read it and scripts grep it."""
+    rows = [("unit", "model", "mode", "device", "state", "error")]
+    rows += [(u.unit_id, u.model_id, u.mode, u.device, u.state, u.error or "") for u in states.units]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    print(f"job {states.job_id}: {states.describe()}")
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    print(f"report: {states.report_state}", flush=True)
+
+
+@app.command()
+def status(job_id: str, results: ResultsOpt = Path("results")) -> None:
+    """Show each unit of a job: queued, running, ok or error (with the error)."""
+    from worker.submit import job_states
+
+    states = job_states(results, job_id)
+    _show_status(states)
+
+
+@app.command()
+def cancel(job_id: str, results: ResultsOpt = Path("results")) -> None:
+    """Cancel a submitted job: units not yet started are skipped; running ones finish."""
+    from worker.orchestrate import load_plan
+    from worker.submit import cancel_plan
+
+    plan = load_plan(results, job_id)
+    from worker.app import broker_url
+
+    _check_broker(broker_url())
+    pending = cancel_plan(plan, results)
+    out.print(f"job {job_id}: cancelled; {len(pending)} unit(s) had not started")
+
+
+@app.command()
+def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: the latest.")] = None,
+           results: ResultsOpt = Path("results")) -> None:
+    """Write report.md, summary.csv and plots for a job and print the tables."""
+    from worker.orchestrate import latest_job
+    from worker.report import write_report
+    from worker.results import job_ids
+
+    job_id = job_id or latest_job(results)
+    if job_id is None:
+        raise CliError(f"no job under {results}: run or submit one first")
+    if job_id not in job_ids(results):
+        raise CliError(f"job {job_id!r}: no rows under {results}")
+    paths = write_report(results, job_id)
+    _print_report(results, job_id)
+    out.print(f"report: {paths['markdown']}")
+
+
+@data_app.command("synth")
+def data_synth(out_dir: Annotated[Path, typer.Option("--out", help="Folder to create.")],
+               seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+               images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
+               size: Annotated[int, typer.Option(min=32, help="Image side in pixels.")] = 256) -> None:
+    """Generate a COCO-format synthetic detection dataset (shapes on textured backgrounds)."""
+    from worker.evaluate.synth import generate_dataset
+
+    path = generate_dataset(out_dir, seed, images, (size, size))
+    out.print(f"wrote {images} images and {path}")
+
+
+def main() -> None:
+    from worker.models.torchvision_models import ModelError
+
+    try:
+        code = app(standalone_mode=False)
+    except (ManifestError, ModelError, CliError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,76 @@
+"""Jobs: plan a manifest into units, record the plan, run units in-process.
+
+The plan is written to <results>/jobs/<job_id>.json so that `status` and `report` know every
+unit a job expects, including the ones that have not written a row yet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.manifest import Manifest, ManifestError, Unit, expand, job_id_for, load_manifest
+
+
+@dataclass
+class JobPlan:
+    job_id: str
+    name: str
+    manifest_path: str
+    units: list[Unit]
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "job_id": self.job_id, "name": self.name, "manifest_path": self.manifest_path,
+            "units": [u.model_dump(mode="json") for u in self.units],
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobPlan:
+        data = json.loads(text)
+        return cls(data["job_id"], data["name"], data["manifest_path"],
+                   [Unit.model_validate(u) for u in data["units"]])
+
+
+def plan_job(manifest_path: str | Path, *, nightly: bool = False, job_id: str | None = None,
+             now: dt.datetime | None = None) -> JobPlan:
+    manifest, base = load_manifest(manifest_path)
+    return plan_from(manifest, base, str(manifest_path), nightly=nightly, job_id=job_id, now=now)
+
+
+def plan_from(manifest: Manifest, base: Path, source: str, *, nightly: bool = False,
+              job_id: str | None = None, now: dt.datetime | None = None) -> JobPlan:
+    jid = job_id or job_id_for(manifest, now or dt.datetime.now(), nightly=nightly)
+    return JobPlan(jid, manifest.name, source, expand(manifest, jid, base))
+
+
+def plan_file(results_root: Path, job_id: str) -> Path:
+    return results_root / "jobs" / f"{job_id}.json"
+
+
+def save_plan(plan: JobPlan, results_root: Path) -> Path:
+    target = plan_file(results_root, plan.job_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".plan.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(plan.to_json())
+    os.replace(tmp, target)
+    return target
+
+
+def load_plan(results_root: Path, job_id: str) -> JobPlan:
+    path = plan_file(results_root, job_id)
+    if not path.is_file():
+        known = sorted(p.stem for p in (results_root / "jobs").glob("*.json"))
+        hint = f"; known jobs: {', '.join(known[-5:])}" if known else ""
+        raise ManifestError(f"job {job_id!r}: no such job under {results_root}{hint}")
+    return JobPlan.from_json(path.read_text())
+
+
+def latest_job(results_root: Path) -> str | None:
+    plans = sorted((results_root / "jobs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return plans[-1].stem if plans else None

@@ -1,0 +1,118 @@
+"""Submitting a job to Celery and reading back where its units stand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import chord
+from celery.result import AsyncResult
+
+from worker.app import app
+from worker.cancel import cancel_job, is_cancelled
+from worker.orchestrate import JobPlan, load_plan
+from worker.results import read_table
+from worker.tasks import report_job_task, run_unit_task
+
+
+def report_task_id(job_id: str) -> str:
+    return f"report-{job_id}"
+
+
+def submit_plan(plan: JobPlan) -> None:
+    """One task per unit on its device's queue; the report job is the chord's body.
+
+    Task ids are the unit ids, so a unit's state can be looked up from the job plan alone.
+    """
+    header = [
+        run_unit_task.signature((u.model_dump(mode="json"),), queue=u.queue, task_id=u.unit_id)
+        for u in plan.units
+    ]
+    body = report_job_task.signature((plan.job_id,), queue="cpu",
+                                     task_id=report_task_id(plan.job_id))
+    chord(header)(body)
+
+
+def cancel_plan(plan: JobPlan, results_root: Path) -> list[str]:
+    """Cancel the units that have not started; running ones finish, so their rows stay whole.
+
+    The job's flag makes every unit that starts later return at once as "cancelled" (so the
+    chord still completes and the report runs); the revoke drops them sooner on live workers.
+    """
+    cancel_job(plan.job_id)
+    written = {r["unit_id"] for r in read_table(results_root, "models", plan.job_id).to_pylist()}
+    pending = [u.unit_id for u in plan.units
+               if u.unit_id not in written and AsyncResult(u.unit_id, app=app).state in _NOT_STARTED]
+    return pending
+
+
+@dataclass
+class UnitState:
+    unit_id: str
+    model_id: str
+    mode: str
+    device: str
+    state: str  # queued | running | ok | error | cancelled
+    error: str | None
+
+
+@dataclass
+class JobStates:
+    job_id: str
+    units: list[UnitState]
+    report_state: str
+
+    @property
+    def finished(self) -> int:
+        return sum(u.state in {"ok", "error", "cancelled"} for u in self.units)
+
+    @property
+    def failed(self) -> list[UnitState]:
+        return [u for u in self.units if u.state == "error"]
+
+    @property
+    def done(self) -> bool:
+        return self.finished == len(self.units) and self.report_state in {"done", "failed"}
+
+    def describe(self) -> str:
+        counts: dict[str, int] = {}
+        for u in self.units:
+            counts[u.state] = counts.get(u.state, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+_CELERY_STATE = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
+                 "PROGRESS": "running", "RETRY": "queued", "REVOKED": "cancelled"}
+_NOT_STARTED = {"PENDING", "RECEIVED", "RETRY"}
+
+
+def _broker_state(unit_id: str) -> tuple[str, str | None]:
+    result = AsyncResult(unit_id, app=app)
+    if result.state == "SUCCESS" and isinstance(result.result, dict):
+        return ("cancelled" if result.result.get("status") == "cancelled" else "running"), None
+    if result.state == "FAILURE":
+        return "error", str(result.result)[:300]
+    return _CELERY_STATE.get(result.state, "queued"), None
+
+
+def job_states(results_root: Path, job_id: str) -> JobStates:
+    """Rows written win over broker states: a models row is the unit's final word."""
+    plan = load_plan(results_root, job_id)
+    rows = {r["unit_id"]: r for r in read_table(results_root, "models", job_id).to_pylist()}
+    cancelled = len(rows) < len(plan.units) and is_cancelled(job_id)
+    units = []
+    for u in plan.units:
+        row = rows.get(u.unit_id)
+        if row is not None:
+            state, error = row["status"], row["error"]
+        else:
+            state, error = _broker_state(u.unit_id)
+            if state == "queued" and cancelled:
+                state = "cancelled"
+        units.append(UnitState(u.unit_id, u.model.id, u.mode, u.device, state, error))
+    if (results_root / "reports" / job_id / "report.md").exists():
+        report_state = "done"
+    else:
+        report = AsyncResult(report_task_id(job_id), app=app).state
+        report_state = {"SUCCESS": "done", "FAILURE": "failed"}.get(report, "pending")
+    return JobStates(job_id, units, report_state)

@@ -1,0 +1,46 @@
+"""Thin Celery tasks over the plain pipeline functions. They pass ids and JSON, never models."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from worker.app import app
+from worker.cancel import is_cancelled
+from worker.manifest import Unit
+from worker.pipeline import run_unit
+from worker.report import write_report
+from worker.results import results_root
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="qbench.run_unit", bind=True)
+def run_unit_task(self, unit_json: dict) -> dict:
+    unit = Unit.model_validate(unit_json)
+    if is_cancelled(unit.job_id):
+        log.info("unit %s skipped: job %s was cancelled", unit.unit_id, unit.job_id)
+        return {"unit_id": unit.unit_id, "status": "cancelled", "error": None, "files": []}
+
+    def progress(step: str, done: int, total: int) -> None:
+        log.info("unit %s [%d/%d] %s", unit.unit_id, done, total, step)
+        self.update_state(state="PROGRESS", meta={"step": step, "done": done, "total": total})
+
+    return run_unit(unit, results_root(), progress).summary()
+
+
+@app.task(name="qbench.report_job")
+def report_job_task(unit_summaries: list | None, job_id: str) -> dict:
+    """The chord's body: runs once every unit of the job has ended, ok or not."""
+    paths = write_report(results_root(), job_id)
+    return {"job_id": job_id, "report": {k: str(v) for k, v in paths.items()}}
+
+
+@app.task(name="qbench.nightly")
+def nightly_task() -> list[str]:
+    """Submit every manifest in QBENCH_NIGHTLY_DIR with tonight's date in its job id."""
+    from worker.nightly import submit_nightly
+
+    folder = Path(os.environ.get("QBENCH_NIGHTLY_DIR", "jobs/nightly"))
+    return submit_nightly(folder, results_root())
