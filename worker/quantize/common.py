@@ -1,0 +1,159 @@
+"""Helpers shared by the quantization modes: sizes, dtype counts, keep-float patterns, predict."""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+from torch.ao.nn import quantized as nnq
+from torch.ao.nn.intrinsic.modules.fused import _FusedModule
+
+from worker.models.base import LoadedModel, Task, run_task
+from worker.quantize.registry import Quantized
+
+# Layers whose weights are the model's size; norms and activations are not counted as layers.
+_FLOAT_WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+_INT8_WEIGHT_TYPES = (nnq.modules.conv._ConvNd, nnq.Linear)
+
+
+def serialized_size_bytes(module: nn.Module) -> int:
+    """Bytes of torch.save(state_dict): what a checkpoint of this model weighs on disk."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def _tensors(value: Any) -> Iterable[torch.Tensor]:
+    # Quantized Linear stores (weight, bias) as a tuple under _packed_params.
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def params_by_dtype(module: nn.Module) -> dict[str, int]:
+    """Element counts over the state_dict per dtype, e.g. {"float32": n, "qint8": m}."""
+    counts: dict[str, int] = {}
+    for value in module.state_dict().values():
+        for t in _tensors(value):
+            key = str(t.dtype).removeprefix("torch.")
+            counts[key] = counts.get(key, 0) + t.numel()
+    return dict(sorted(counts.items()))
+
+
+def matches_keep_float(name: str, patterns: Iterable[str]) -> str | None:
+    """The first pattern matching the module or one of its parents, else None.
+
+    A parent match counts so that "roi_heads.box_predictor" keeps its cls_score too.
+    """
+    parts = name.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+    for pattern in patterns:
+        if any(fnmatchcase(p, pattern) for p in prefixes):
+            return pattern
+    return None
+
+
+def weight_modules(module: nn.Module, prefix: str = "") -> tuple[list[str], list[str]]:
+    """Qualified names of conv/linear layers, split into (int8, float).
+
+    A float fused conv+relu (FX fuses even where it does not quantize) is named as the conv it
+    replaced, not as its inner ".0".
+    """
+    int8: list[str] = []
+    floats: list[str] = []
+    fused: list[str] = []
+    for name, sub in module.named_modules():
+        if any(name.startswith(f + ".") for f in fused):
+            continue
+        full = ".".join(p for p in (prefix, name) if p)
+        if isinstance(sub, _INT8_WEIGHT_TYPES):
+            int8.append(full)
+        elif isinstance(sub, _FLOAT_WEIGHT_TYPES):
+            floats.append(full)
+        elif isinstance(sub, _FusedModule):
+            fused.append(name)
+            floats.append(full)
+    return int8, floats
+
+
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    return value
+
+
+def make_predict(task: Task, module: nn.Module, device: str,
+                 dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], Any]:
+    """predict(batch NCHW in [0, 1]) for a module; with dtype, the batch is cast to it and
+    floating outputs come back as float32 (numpy and metrics cannot take bf16)."""
+
+    def predict(batch: torch.Tensor) -> Any:
+        batch = batch.to(device=device, dtype=dtype or batch.dtype)
+        out = run_task(task, module, batch)
+        return _cast_floats(out, torch.float32) if dtype is not None else out
+
+    return predict
+
+
+def copy_to(module: nn.Module, device: str, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy on device/dtype: the loader's fp32 module stays the untouched reference."""
+    return copy.deepcopy(module).to(device=device, dtype=dtype).eval()
+
+
+# Where a torchvision detector keeps its weights; the glue between them stays float32.
+DETECTOR_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "head")
+
+
+class CastIO(nn.Module):
+    """Runs a module in a low-precision dtype behind float32 inputs and outputs."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+
+    def forward(self, *args: Any) -> Any:
+        return _cast_floats(self.module(*_cast_floats(args, self.dtype)), torch.float32)
+
+
+def low_precision(model: LoadedModel, device: str, dtype: torch.dtype) -> Quantized:
+    """fp16/bf16: a classifier is cast whole; a detector only in its weight-carrying parts,
+    because torchvision's NMS has no bf16 kernel and box coordinates need float32."""
+    module = copy_to(model.module, device)
+    name = str(dtype).removeprefix("torch.")
+    if model.task == "detection":
+        cast = []
+        for path in DETECTOR_PARTS:
+            parent_path, _, attr = path.rpartition(".")
+            parent = module.get_submodule(parent_path) if parent_path else module
+            sub = getattr(parent, attr, None)
+            if isinstance(sub, nn.Module):
+                setattr(parent, attr, CastIO(sub.to(dtype), dtype))
+                cast.append(path)
+        notes = (f"{', '.join(cast)} in {name}; the transform, anchors, RoIAlign, box decoding "
+                 "and NMS stay float32 (NMS has no bf16 kernel)")
+        predict = make_predict(model.task, module, device)
+    else:
+        module = module.to(dtype)
+        notes = f"all layers in {name}; outputs cast back to float32"
+        predict = make_predict(model.task, module, device, dtype)
+    return Quantized(
+        predict=predict,
+        backend="torch-eager",
+        size_bytes=serialized_size_bytes(module),
+        params_by_dtype=params_by_dtype(module),
+        float_modules=weight_modules(model.module)[1],
+        notes=notes,
+        module=module,
+    )
