@@ -17,9 +17,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/qbench data synth --out data/synth --seed 1 --images 48 --size 256
 	$(BIN)/qbench run jobs/examples/quickstart.yaml
 
 test: $(STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium could not be installed: the HTML screenshot test will be skipped"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 

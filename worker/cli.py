@@ -24,6 +24,45 @@ ResultsOpt = Annotated[Path, typer.Option("--results", envvar="QBENCH_RESULTS_DI
                                           help="Root of the Parquet dataset.")]
 
 
+class StepDisplay:
+    """A progress bar on a terminal; one line per step otherwise (CI logs, pipes)."""
+
+    def __init__(self, units: int):
+        self.units = units
+        self.bar = (Progress(TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                             console=console) if console.is_terminal else None)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> StepDisplay:
+        if self.bar:
+            self.bar.__enter__()
+            self.overall = self.bar.add_task("units", total=self.units)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+    def unit(self, label: str):
+        if self.bar:
+            task = self.bar.add_task(label, total=1)
+            self.task = task
+            return lambda step, done, total: self.bar.update(
+                task, description=f"{label}: {step}", completed=done, total=total)
+        return lambda step, done, total: console.print(
+            f"{time.monotonic() - self.started:7.1f}s {label}: {step} ({done}/{total})",
+            highlight=False)
+
+    def finish(self, label: str, status: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=f"{label}: {status}")
+            self.bar.advance(self.overall)
+        else:
+            console.print(f"{time.monotonic() - self.started:7.1f}s {label}: {status}",
+                          highlight=False)
+
+
 class CliError(Exception):
     """Printed as one line, exit status 2."""
 
@@ -46,43 +85,28 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
         job_id: Annotated[str | None, typer.Option(help="Reuse a job id (rewrites its rows).")] = None,
         ) -> None:
     """Run every unit in this process (no broker), then print and write the report."""
+    from worker.isolate import run_unit_isolated
     from worker.orchestrate import plan_job, save_plan
-    from worker.pipeline import run_unit
     from worker.report import write_report
 
     plan = plan_job(manifest, job_id=job_id)
     save_plan(plan, results)
     console.print(f"job [bold]{plan.job_id}[/]: {len(plan.units)} unit(s), results in {results}/")
     failures = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
-        overall = bar.add_task("units", total=len(plan.units))
+    with StepDisplay(len(plan.units)) as display:
         for n, unit in enumerate(plan.units, 1):
             label = f"[{n}/{len(plan.units)}] {unit.model.id} {unit.mode} {unit.device}"
-            task = bar.add_task(label, total=1)
-
-            def progress(step: str, done: int, total: int, task=task, label=label) -> None:
-                bar.update(task, description=f"{label}: {step}", completed=done, total=total)
-
-            outcome = run_unit(unit, results, progress)
-            bar.update(task, description=f"{label}: {outcome.status}")
-            bar.advance(overall)
+            outcome = run_unit_isolated(unit, results, display.unit(label))
+            display.finish(label, outcome.status)
             if outcome.status != "ok":
                 failures.append(outcome)
-    paths = write_report(results, plan.job_id)
-    _print_report(results, plan.job_id)
-    out.print(f"report: {paths['markdown']}")
+    rep = write_report(results, plan.job_id)
+    print(rep.markdown, flush=True)
+    out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
     for f in failures:
         console.print(f"[red]unit {f.unit_id} failed:[/] {f.error}", highlight=False)
     if failures:
         raise typer.Exit(1)
-
-
-def _print_report(results: Path, job_id: str) -> None:
-    from worker.report import build_report
-
-    text, _, _ = build_report(results, job_id)
-    print(text, flush=True)  # plain: Markdown tables must not be re-wrapped to the terminal
 
 
 def _check_broker(url: str) -> None:
@@ -172,20 +196,41 @@ def cancel(job_id: str, results: ResultsOpt = Path("results")) -> None:
 
 @app.command()
 def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: the latest.")] = None,
-           results: ResultsOpt = Path("results")) -> None:
-    """Write report.md, summary.csv and plots for a job and print the tables."""
+           results: ResultsOpt = Path("results"),
+           compare: Annotated[tuple[str, str] | None, typer.Option(
+               help="Compare two jobs: BASE NEW (the report is written for NEW).")] = None,
+           check: Annotated[bool, typer.Option(
+               "--check", help="Exit 1 when a regression is flagged.")] = False,
+           latency_threshold: Annotated[float, typer.Option(
+               help="Flag p50 slower by more than this many percent.")] = 10.0,
+           map_threshold: Annotated[float, typer.Option(
+               help="Flag mAP lower by more than this many points.")] = 0.5,
+           ) -> None:
+    """Write report.md, report.html, summary.csv and plots for a job and print the tables.
+
+    A nightly job is compared with the previous night of the same manifest automatically.
+    """
     from worker.orchestrate import latest_job
-    from worker.report import write_report
+    from worker.report import Thresholds, write_report
     from worker.results import job_ids
 
+    base = None
+    if compare:
+        base, job_id = compare
     job_id = job_id or latest_job(results)
     if job_id is None:
         raise CliError(f"no job under {results}: run or submit one first")
-    if job_id not in job_ids(results):
-        raise CliError(f"job {job_id!r}: no rows under {results}")
-    paths = write_report(results, job_id)
-    _print_report(results, job_id)
-    out.print(f"report: {paths['markdown']}")
+    known = job_ids(results)
+    for jid in filter(None, (job_id, base)):
+        if jid not in known:
+            raise CliError(f"job {jid!r}: no rows under {results}")
+    rep = write_report(results, job_id, base, Thresholds(latency_threshold, map_threshold))
+    print(rep.markdown, flush=True)
+    out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
+    if check and rep.regressions:
+        console.print(f"[bold red]{len(rep.regressions)} regression(s)[/] against "
+                      f"{rep.comparison.base}", highlight=False)
+        raise typer.Exit(1)
 
 
 @data_app.command("synth")

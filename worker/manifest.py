@@ -159,9 +159,15 @@ class Unit(Strict):
         return resolve_inside(relative, Path(self.base_dir), allowed_roots())
 
 
+DEFAULT_DATA_ROOTS = os.pathsep.join(["data", "models"])
+
+
 def allowed_roots() -> list[Path]:
-    """Roots that manifest paths may point into (QBENCH_DATA_ROOTS, os.pathsep-separated)."""
-    raw = os.environ.get("QBENCH_DATA_ROOTS", "")
+    """Folders manifest paths may point into besides the manifest's own folder.
+
+    QBENCH_DATA_ROOTS, os.pathsep-separated; default `data` and `models` of the working folder.
+    """
+    raw = os.environ.get("QBENCH_DATA_ROOTS", DEFAULT_DATA_ROOTS)
     return [Path(p).resolve() for p in raw.split(os.pathsep) if p]
 
 

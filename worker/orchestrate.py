@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.atomic import write_text_atomic
 from worker.manifest import Manifest, ManifestError, Unit, expand, job_id_for, load_manifest
 
 
@@ -54,11 +53,7 @@ def plan_file(results_root: Path, job_id: str) -> Path:
 
 def save_plan(plan: JobPlan, results_root: Path) -> Path:
     target = plan_file(results_root, plan.job_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".plan.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(plan.to_json())
-    os.replace(tmp, target)
+    write_text_atomic(target, plan.to_json())
     return target
 
 

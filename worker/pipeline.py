@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,12 @@ from worker.quantize.common import serialized_size_bytes
 from worker.quantize.registry import Quantized, QuantizeRequest, get_mode, quantize
 from worker.results import unit_file, write_rows
 
-# Progress callback: (unit, step description, done, total).
+# torch.ao's eager/FX quantization warns about its own deprecation on every observer and
+# quantized tensor; the mode is chosen knowingly (see README), so the noise is dropped.
+warnings.filterwarnings("ignore", module=r"torch\.ao(\..*)?$")
+warnings.filterwarnings("ignore", message=r".*quantize_per_tensor, torch.quantize_per_channel.*")
+
+# Progress callback: (step description, done, total).
 Progress = Callable[[str, int, int], None]
 
 CALIBRATION_SEED = 20_240_601  # synthetic calibration scenes when a job names no dataset
@@ -149,22 +155,33 @@ def size_columns(q: Quantized, fp32_size: int) -> dict[str, Any]:
     }
 
 
+def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
+    calibrated = get_mode(unit.mode).needs_calibration
+    calib = unit.quantization.calibration
+    return {
+        **_identity(unit, None), **env, "source": unit.model.source,
+        "input_h": unit.model.input_size[0], "input_w": unit.model.input_size[1],
+        "calibration_method": calib.method if calibrated else None,
+        "calibration_images": calib.images if calibrated else None,
+        "calibration_per_channel": calib.per_channel if calibrated else None,
+        "keep_float": list(unit.quantization.keep_float), "started_at": _now(),
+    }
+
+
+def failed_row(unit: Unit, error: str) -> dict[str, Any]:
+    """The models row of a unit that could not even report its own failure."""
+    return {**initial_model_row(unit, environment_fingerprint()), "status": "error",
+            "error": error, "ended_at": _now()}
+
+
 def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -> UnitOutcome:
     """Run one unit end to end and write its rows; errors become a `models` row, never raise."""
     say = progress or (lambda step, done, total: None)
-    started = _now()
     if unit.benchmark.threads:
         torch.set_num_threads(unit.benchmark.threads)
     env = environment_fingerprint()
     calib = unit.quantization.calibration
-    model_row: dict[str, Any] = {
-        **_identity(unit, None), **env, "source": unit.model.source,
-        "input_h": unit.model.input_size[0], "input_w": unit.model.input_size[1],
-        "calibration_method": calib.method if get_mode(unit.mode).needs_calibration else None,
-        "calibration_images": calib.images if get_mode(unit.mode).needs_calibration else None,
-        "calibration_per_channel": calib.per_channel if get_mode(unit.mode).needs_calibration else None,
-        "keep_float": list(unit.quantization.keep_float), "started_at": started,
-    }
+    model_row = initial_model_row(unit, env)
     latency_rows: list[dict[str, Any]] = []
     total_steps = len(unit.benchmark.batch_sizes) + 3
     try:

@@ -8,13 +8,14 @@ midnight overwrites its file instead of adding a second one.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from worker.atomic import atomic_path
 
 ENVIRONMENT = [
     ("torch_version", pa.string()),
@@ -151,15 +152,8 @@ def write_rows(root: Path, table: str, job_date: str, job_id: str, unit_id: str,
     """Write one unit's rows atomically: a temporary file in the same folder, then rename."""
     data = to_table(table, rows)
     target = unit_file(root, table, job_date, job_id, unit_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{unit_id}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         pq.write_table(data, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

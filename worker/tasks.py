@@ -33,8 +33,9 @@ def run_unit_task(self, unit_json: dict) -> dict:
 @app.task(name="qbench.report_job")
 def report_job_task(unit_summaries: list | None, job_id: str) -> dict:
     """The chord's body: runs once every unit of the job has ended, ok or not."""
-    paths = write_report(results_root(), job_id)
-    return {"job_id": job_id, "report": {k: str(v) for k, v in paths.items()}}
+    report = write_report(results_root(), job_id)
+    return {"job_id": job_id, "report": str(report.folder / "report.md"),
+            "regressions": report.regressions}
 
 
 @app.task(name="qbench.nightly")

@@ -1,0 +1,1 @@
+"""Datasets, accuracy metrics and agreement with fp32."""

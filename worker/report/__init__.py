@@ -1,0 +1,120 @@
+"""The report job: Parquet rows -> report.md, report.html (self-contained), summary.csv, plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.atomic import write_text_atomic
+from worker.report.blocks import Block, Bullets, Heading, Image, Para, to_html, to_markdown
+from worker.report.compare import (
+    Comparison,
+    Thresholds,
+    compare_jobs,
+    comparison_blocks,
+    previous_nightly,
+)
+from worker.report.method import how_measured
+from worker.report.plots import plot_latency, plot_memory, plot_size_accuracy
+from worker.report.tables import latency_table, size_accuracy_table, summary_rows, unit_order
+from worker.results import read_table
+
+__all__ = ["Report", "Thresholds", "build_report", "report_folder", "write_report"]
+
+
+@dataclass
+class Report:
+    job_id: str
+    folder: Path
+    blocks: list[Block]
+    rows: list[dict]
+    comparison: Comparison | None
+
+    @property
+    def markdown(self) -> str:
+        return to_markdown(self.blocks, self.folder)
+
+    @property
+    def regressions(self) -> list[str]:
+        return self.comparison.regressions if self.comparison else []
+
+
+def report_folder(root: Path, job_id: str) -> Path:
+    return root / "reports" / job_id
+
+
+def inspection_images(folder: Path) -> list[Path]:
+    """Pictures the inspection step left under <report>/inspect/, in a stable order."""
+    return sorted((folder / "inspect").glob("**/*.png"))
+
+
+def build_report(root: Path, job_id: str, compare_with: str | None = None,
+                 thresholds: Thresholds = Thresholds()) -> Report:
+    models = read_table(root, "models", job_id).to_pylist()
+    latency = read_table(root, "latency", job_id).to_pylist()
+    folder = report_folder(root, job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(models, latency)
+    base = compare_with or previous_nightly(root, job_id)
+    comparison = compare_jobs(root, base, job_id, thresholds) if base else None
+
+    blocks: list[Block] = [Heading(f"qbench report: {job_id}", 1)]
+    if comparison and comparison.regressions:
+        blocks.append(Para(f"{len(comparison.regressions)} regression(s) against {base}:", alert=True))
+        blocks.append(Bullets(comparison.regressions))
+    failed = [m for m in models if m["status"] != "ok"]
+    oom = [r for r in latency if r["status"] == "oom"]
+    if failed:
+        blocks.append(Para(f"{len(failed)} unit(s) failed: "
+                           + "; ".join(f"{m['model_id']} {m['mode']}: {m['error']}" for m in failed),
+                           alert=True))
+    if oom:
+        blocks.append(Para("Out of memory at: " + ", ".join(
+            f"{r['model_id']} {r['mode']} batch {r['batch_size']}" for r in oom), alert=True))
+    if not models:
+        blocks.append(Para("No unit of this job has written a row yet."))
+    blocks += [Heading("Size and accuracy"), size_accuracy_table(models),
+               Heading("Latency, throughput and memory"), latency_table(rows)]
+    for plot, name, alt in ((plot_latency, "latency.png", "latency and throughput vs batch size"),
+                            (plot_memory, "memory.png", "memory vs batch size")):
+        if plot(rows, folder / name):
+            blocks.append(Image(Path(name), alt))
+    if plot_size_accuracy(models, folder / "size_accuracy.png"):
+        blocks.append(Image(Path("size_accuracy.png"), "size vs accuracy"))
+    notes = [f"{m['model_id']} {m['mode']}: {m['notes']}" for m in sorted(models, key=unit_order)
+             if m["notes"] and m["status"] == "ok"]
+    if notes:
+        blocks += [Heading("What was quantized, what stayed float"), Bullets(notes)]
+    pictures = inspection_images(folder)
+    if pictures:
+        blocks.append(Heading("Where quantization hurts"))
+        blocks += [Image(p.relative_to(folder), p.stem.replace("_", " ")) for p in pictures]
+    if comparison:
+        blocks += comparison_blocks(comparison, thresholds)
+    method = how_measured(models, latency)
+    if method:
+        blocks += [Heading("How this was measured"), method]
+    return Report(job_id, folder, blocks, rows, comparison)
+
+
+def _csv(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_report(root: Path, job_id: str, compare_with: str | None = None,
+                 thresholds: Thresholds = Thresholds()) -> Report:
+    report = build_report(root, job_id, compare_with, thresholds)
+    write_text_atomic(report.folder / "report.md", report.markdown)
+    write_text_atomic(report.folder / "report.html",
+                  to_html(report.blocks, f"qbench report: {job_id}", report.folder))
+    write_text_atomic(report.folder / "summary.csv", _csv(report.rows))
+    return report

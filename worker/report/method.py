@@ -1,0 +1,46 @@
+"""'How this was measured', generated from the rows, so the text cannot drift from the run."""
+
+from __future__ import annotations
+
+from worker.report.blocks import Bullets
+
+
+def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
+    if not latency and not models:
+        return None
+    items = []
+    plans = sorted({(r["warmup"], r["iterations"]) for r in latency})
+    if plans:
+        items.append("Latency: " + "; ".join(f"{w} warm-up then {i} timed iterations" for w, i in plans)
+                     + " per batch size. Each iteration is one forward pass of the whole batch, "
+                     "timed with `time.perf_counter` (after `torch.cuda.synchronize` on CUDA); "
+                     "p50/p90 are percentiles over the iterations, throughput is batch / p50. "
+                     "Detector times include the model's resize/normalise, RPN, RoI heads and NMS.")
+    items.append("Size: bytes of the serialized model (`torch.save` of the state_dict, or the "
+                 "ONNX file); reduction is relative to fp32 of the same model.")
+    items.append("Process memory: peak resident set size of the worker process and its children, "
+                 "sampled every 5 ms by a sidecar process during the timed loop (warm-up excluded).")
+    if any(r["cuda_max_allocated_bytes"] for r in latency):
+        items.append("CUDA memory: `torch.cuda.max_memory_allocated`/`max_memory_reserved`, reset "
+                     "before each batch size; NVML: device memory used by all processes, peak.")
+    for method, images, per_channel in sorted({(m["calibration_method"], m["calibration_images"],
+                                                m["calibration_per_channel"]) for m in models
+                                               if m["calibration_method"]}):
+        items.append(f"Calibration: {method} observer, {images} images "
+                     f"({'per-channel' if per_channel else 'per-tensor'} weights); calibration "
+                     "images are never evaluation images.")
+    evals = sorted({m["eval_images"] for m in models if m["eval_images"]})
+    if evals:
+        items.append(f"Accuracy: COCO mAP by pycocotools on {', '.join(map(str, evals))} held-out "
+                     "images; agreement compares each mode's detections with fp32's on the same "
+                     "images (same label, IoU ≥ 0.5); count error is |n − n_fp32| / n_fp32 per image.")
+    if any(m["trained_weights"] is False for m in models):
+        items.append("Models with random weights have no accuracy columns: random weights are never "
+                     "reported as an accuracy.")
+    envs = {(r["env_fingerprint"], r["torch_version"], r["torchvision_version"], r["cpu_model"],
+             r["threads"], r["gpu_name"], r["host"], r["qbench_version"])
+            for r in (latency or models)}
+    for fp, torch_v, tv_v, cpu, threads, gpu, host, qb in sorted(envs, key=str):
+        items.append(f"Environment `{fp}`: torch {torch_v}, torchvision {tv_v}, CPU {cpu} with "
+                     f"{threads} threads, GPU {gpu or 'none'}, host {host}, qbench {qb}.")
+    return Bullets(items)

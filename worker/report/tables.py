@@ -1,0 +1,113 @@
+"""The study's tables from the rows: size and accuracy per unit, latency and memory per batch."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from worker.report.blocks import Table
+
+MB = 1024 * 1024
+
+
+def fmt(value: Any, spec: str, empty: str = "–") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
+def unit_order(m: dict) -> tuple:
+    return (m["model_id"], m["device"], m["mode"] != "fp32", m["mode"])
+
+
+def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]]:
+    """One row per unit x batch size (summary.csv); a unit with no latency rows gets one row."""
+    # fp32 eager of the same model and device is the reference for speedup and accuracy drop.
+    ref = {(r["model_id"], r["device"], r["batch_size"]): r["latency_ms_p50"]
+           for r in latency if r["mode"] == "fp32" and r["status"] == "ok"}
+    ref_map = {(m["model_id"], m["device"]): m["map"] for m in models if m["mode"] == "fp32"}
+    by_unit = defaultdict(list)
+    for r in latency:
+        by_unit[r["unit_id"]].append(r)
+    rows = []
+    for m in sorted(models, key=unit_order):
+        fp32_map = ref_map.get((m["model_id"], m["device"]))
+        base = {
+            "job_id": m["job_id"], "model_id": m["model_id"], "arch": m["arch"], "mode": m["mode"],
+            "backend": m["backend"], "device": m["device"],
+            "size_mb": m["size_bytes"] / MB if m["size_bytes"] is not None else None,
+            "size_reduction_pct": _pct(m["size_reduction"]),
+            "int8_param_pct": _pct(m["params_int8_fraction"]),
+            "map": m["map"], "map50": m["map50"],
+            "map_drop_pts": (100 * (fp32_map - m["map"])
+                             if m["map"] is not None and fp32_map is not None else None),
+            "top1": m["top1"], "count_error_mean": m["count_error_mean"],
+            "count_error_std": m["count_error_std"], "unit_status": m["status"],
+            "unit_error": m["error"],
+        }
+        lat_rows = sorted(by_unit.get(m["unit_id"], []), key=lambda r: r["batch_size"])
+        if not lat_rows:
+            rows.append({**base, "batch_size": None, "status": m["status"]})
+            continue
+        for r in lat_rows:
+            fp32 = ref.get((m["model_id"], m["device"], r["batch_size"]))
+            p50 = r["latency_ms_p50"]
+            rows.append({
+                **base, "batch_size": r["batch_size"], "status": r["status"],
+                "latency_ms_p50": p50, "latency_ms_p90": r["latency_ms_p90"],
+                "speedup_vs_fp32": fp32 / p50 if fp32 and p50 else None,
+                "throughput_ips": r["throughput_ips"],
+                "rss_peak_mb": r["rss_peak_bytes"] / MB if r["rss_peak_bytes"] else None,
+                "cuda_max_allocated_mb": (r["cuda_max_allocated_bytes"] / MB
+                                          if r["cuda_max_allocated_bytes"] else None),
+                "cuda_max_reserved_mb": (r["cuda_max_reserved_bytes"] / MB
+                                         if r["cuda_max_reserved_bytes"] else None),
+                "error": r["error"],
+            })
+    return rows
+
+
+def _status(status: str, error: str | None) -> str:
+    return status if status == "ok" else f"**{status}**: {error or ''}".rstrip(": ")
+
+
+def size_accuracy_table(models: list[dict]) -> Table:
+    ref_map = {(m["model_id"], m["device"]): m for m in models if m["mode"] == "fp32"}
+    rows = []
+    for m in sorted(models, key=unit_order):
+        ref = ref_map.get((m["model_id"], m["device"]))
+        drop = (100 * (ref["map"] - m["map"]) if ref and ref["map"] is not None
+                and m["map"] is not None else None)
+        count = ("–" if m["count_error_mean"] is None else
+                 f"{100 * m['count_error_mean']:.1f}% ± {100 * (m['count_error_std'] or 0):.1f}%")
+        accuracy = fmt(m["map"], ".3f") if m["task"] != "classification" else fmt(m["top1"], ".3f")
+        rows.append([
+            m["model_id"], m["mode"], m["device"], m["backend"] or "–",
+            fmt(m["size_bytes"] / MB if m["size_bytes"] is not None else None, ".1f"),
+            fmt(_pct(m["size_reduction"]), ".1f"), fmt(_pct(m["params_int8_fraction"]), ".1f"),
+            accuracy, fmt(m["map50"], ".3f"), fmt(drop, "+.2f"), count,
+            fmt(m["agreement_recall"], ".3f"), _status(m["status"], m["error"]),
+        ])
+    return Table(["model", "mode", "device", "backend", "size MB", "reduction %", "int8 params %",
+                  "mAP / top-1", "mAP@.5", "mAP drop pts", "count error", "fp32 recall", "status"],
+                 rows, align_right={4, 5, 6, 7, 8, 9, 10, 11})
+
+
+def latency_table(rows: list[dict]) -> Table:
+    out = []
+    for r in rows:
+        if r.get("batch_size") is None:
+            continue
+        speed = r["speedup_vs_fp32"]
+        out.append([
+            r["model_id"], r["mode"], r["device"], str(r["batch_size"]),
+            fmt(r["latency_ms_p50"], ".1f"), fmt(r["latency_ms_p90"], ".1f"),
+            f"{speed:.2f}x" if speed else "–", fmt(r["throughput_ips"], ".1f"),
+            fmt(r["rss_peak_mb"], ".0f"), fmt(r["cuda_max_allocated_mb"], ".0f"),
+            _status(r["status"], r["error"]),
+        ])
+    return Table(["model", "mode", "device", "batch", "p50 ms", "p90 ms", "speedup vs fp32",
+                  "images/s", "RSS peak MB", "CUDA peak MB", "status"],
+                 out, align_right={3, 4, 5, 6, 7, 8, 9})
