@@ -27,8 +27,8 @@ ResultsOpt = Annotated[Path, typer.Option("--results", envvar="QBENCH_RESULTS_DI
 class StepDisplay:
     """A progress bar on a terminal; one line per step otherwise (CI logs, pipes)."""
 
-    def __init__(self, units: int):
-        self.units = units
+    def __init__(self, units: int | None = None):
+        self.units = units  # None: no overall bar
         self.bar = (Progress(TextColumn("{task.description}"), BarColumn(),
                              TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                              console=console) if console.is_terminal else None)
@@ -37,7 +37,7 @@ class StepDisplay:
     def __enter__(self) -> StepDisplay:
         if self.bar:
             self.bar.__enter__()
-            self.overall = self.bar.add_task("units", total=self.units)
+            self.overall = self.bar.add_task("units", total=self.units) if self.units else None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -57,7 +57,8 @@ class StepDisplay:
     def finish(self, label: str, status: str) -> None:
         if self.bar:
             self.bar.update(self.task, description=f"{label}: {status}")
-            self.bar.advance(self.overall)
+            if self.overall is not None:
+                self.bar.advance(self.overall)
         else:
             console.print(f"{time.monotonic() - self.started:7.1f}s {label}: {status}",
                           highlight=False)
@@ -143,13 +144,16 @@ def _wait(job_id: str, results: Path, timeout: float) -> None:
     from worker.submit import job_states
 
     deadline = time.monotonic() + timeout
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as bar:
-        states = job_states(results, job_id)
-        task = bar.add_task(f"job {job_id}", total=len(states.units))
+    states = job_states(results, job_id)
+    with StepDisplay() as display:
+        show = display.unit(f"job {job_id}")
+        last = None
         while True:
             states = job_states(results, job_id)
-            bar.update(task, completed=states.finished, description=f"job {job_id}: {states.describe()}")
+            summary = f"{states.describe()}; report {states.report_state}"
+            if summary != last:  # a line per change, not per poll, when not on a terminal
+                show(summary, states.finished, len(states.units))
+                last = summary
             if states.done:
                 break
             if time.monotonic() > deadline:
