@@ -73,3 +73,33 @@ def test_submit_without_broker_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert "cannot reach the broker at redis://127.0.0.1:1/0" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_worker_refuses_pickled_messages(tmp_path, stack):
+    from kombu import Connection
+
+    redis, worker, results = stack
+    marker = tmp_path / "pwned"
+    with Connection(redis.url) as conn:
+        conn.Producer(serializer="pickle").publish(
+            {"args": [_Payload(marker)]}, routing_key="cpu", exchange="",
+            headers={"task": "qbench.run_unit", "id": "evil-1", "lang": "py"}, declare=[])
+    from tests.helpers import wait_for
+
+    wait_for(lambda: b"Refusing to deserialize untrusted content of type pickle"
+             in worker.log.read_bytes(), 30, "the worker to refuse the pickled message")
+    assert not marker.exists()
+    assert worker.proc.poll() is None
+    env = worker_env(redis.url, results)
+    ok = qbench("submit", str(small_manifest(tmp_path)), "--wait", "--timeout", "300", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr

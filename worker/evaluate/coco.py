@@ -72,8 +72,13 @@ def load_coco(images_dir: str | Path, annotations: str | Path, num_classes: int 
         for i, entry in enumerate(doc[key]):
             if not isinstance(entry, dict) or any(f not in entry for f in fields):
                 raise DatasetError(f"{annotations}: {key}[{i}] needs the fields {', '.join(fields)}")
+    declared = {int(c["id"]) for c in doc["categories"]}
+    undeclared = sorted({int(a["category_id"]) for a in doc["annotations"]} - declared)
+    if undeclared:
+        raise DatasetError(f"{annotations}: annotations use category ids {undeclared[:10]} "
+                           "that are not in categories")
     if num_classes is not None:
-        bad = sorted({int(c["id"]) for c in doc["categories"]} - set(range(1, num_classes)))
+        bad = sorted(declared - set(range(1, num_classes)))
         if bad:
             raise DatasetError(
                 f"{annotations}: category ids {bad} are out of range for a model with "
