@@ -47,6 +47,14 @@ def test_fixture_accuracy_and_agreement(synth):
     assert int8["agreement_recall"] > 0.9 and int8["count_error_mean"] < 0.1
     assert int8["calibration_method"] == "histogram" and int8["calibration_images"] == 8
 
+    layers = read_table(results, "layers", plan.job_id).to_pylist()
+    assert layers and {r["mode"] for r in layers} == {"int8_static"}, "fp32 is the reference"
+    names = [r["layer"] for r in sorted(layers, key=lambda r: r["layer_index"])]
+    assert names[0].startswith("backbone.body") and any(n.startswith("rpn.head") for n in names)
+    assert all(r["sqnr_db"] > 5 and r["cosine"] > 0.5 for r in layers)
+    pictures = list((results / "reports" / plan.job_id / "inspect").glob("*/*.png"))
+    assert len(pictures) >= 5
+
 
 def test_random_weights_report_no_accuracy(synth):
     manifest = small_manifest(

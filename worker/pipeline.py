@@ -37,6 +37,8 @@ Progress = Callable[[str, int, int], None]
 
 CALIBRATION_SEED = 20_240_601  # synthetic calibration scenes when a job names no dataset
 BENCH_SEED = 7
+INSPECT_SEED = 13
+NO_INSPECT_MODES = {"fp32", "ort_fp32"}  # the reference itself: every layer would be identical
 INT8_DTYPES = {"qint8", "quint8", "int8", "uint8"}
 
 
@@ -183,7 +185,8 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     calib = unit.quantization.calibration
     model_row = initial_model_row(unit, env)
     latency_rows: list[dict[str, Any]] = []
-    total_steps = len(unit.benchmark.batch_sizes) + 3
+    layer_rows: list[dict[str, Any]] = []
+    total_steps = len(unit.benchmark.batch_sizes) + 4
     try:
         check_device(unit.device)
         say("load model", 0, total_steps)
@@ -209,28 +212,58 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
             if all(r["status"] == "error" for r in latency_rows):
                 raise RuntimeError(f"every batch size failed: {latency_rows[0]['error']}")
             if unit.dataset is not None:
-                say("evaluate", total_steps - 1, total_steps)
+                say("evaluate", total_steps - 2, total_steps)
                 from worker.evaluate.run import evaluate_unit
 
                 model_row.update(evaluate_unit(unit, loaded, q))
+            if unit.inspect.images and unit.mode not in NO_INSPECT_MODES:
+                say("inspect layers", total_steps - 1, total_steps)
+                layer_rows = inspect_step(unit, loaded, q, base, results_root, model_row)
         model_row.update(status="ok", error=None)
     except Exception as exc:  # a unit's failure is data: record it, keep the worker up
         model_row.update(status="error", error=_one_line(exc))
         model_row.setdefault("notes", traceback.format_exc(limit=3)[-2000:])
     model_row["ended_at"] = _now()
     say("write results", total_steps, total_steps)
-    return write_outcome(unit, results_root, latency_rows, model_row)
+    return write_outcome(unit, results_root, latency_rows, model_row, layer_rows)
+
+
+def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, Any],
+                 root: Path, model_row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Layer-by-layer differences and pictures; a failure here is a note, not a failed unit."""
+    from worker.inspect import inspect_unit
+    from worker.report import report_folder
+
+    if unit.dataset is not None:
+        from worker.evaluate.datasets import evaluation_set
+
+        images = evaluation_set(unit, loaded).images[: unit.inspect.images]
+    else:
+        images = synth_images(unit.inspect.images, loaded.input_size, INSPECT_SEED)
+    out = report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
+    try:
+        rows, _ = inspect_unit(loaded, q, images, unit.inspect.layers, out, label=unit.mode)
+    except Exception as exc:
+        note = f"inspection failed: {_one_line(exc)}"
+        model_row["notes"] = f"{model_row.get('notes') or ''}; {note}".lstrip("; ")
+        return []
+    return [{**base, **r} for r in rows]
 
 
 def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],
-                  model_row: dict[str, Any]) -> UnitOutcome:
-    """Latency first, models last: a models row means the unit's files are complete."""
+                  model_row: dict[str, Any],
+                  layer_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
+    """Models last: a models row means the unit's other files are complete.
+
+    A table with no rows removes that unit's earlier file, so a retry that failed early leaves
+    no rows of an earlier attempt behind.
+    """
     files = []
-    if latency_rows:
-        files.append(str(write_rows(root, "latency", unit.job_date, unit.job_id, unit.unit_id,
-                                    latency_rows)))
-    else:  # a retry that failed early must not leave an earlier attempt's latency rows behind
-        unit_file(root, "latency", unit.job_date, unit.job_id, unit.unit_id).unlink(missing_ok=True)
+    for table, rows in (("latency", latency_rows), ("layers", layer_rows or [])):
+        if rows:
+            files.append(str(write_rows(root, table, unit.job_date, unit.job_id, unit.unit_id, rows)))
+        else:
+            unit_file(root, table, unit.job_date, unit.job_id, unit.unit_id).unlink(missing_ok=True)
     files.append(str(write_rows(root, "models", unit.job_date, unit.job_id, unit.unit_id,
                                 [model_row])))
     return UnitOutcome(unit.unit_id, model_row["status"], model_row.get("error"), latency_rows,
