@@ -1,10 +1,14 @@
-"""Faster R-CNN R50-FPN: fp32 eager vs int8_static (vs fp32 with a compiled backbone), one run.
+"""Faster R-CNN R50-FPN: fp32 eager vs int8_static vs fp32 compiled vs ORT fp32/int8, one run.
 
 Random weights (no downloads here): the latencies are real, the detections are not. BatchNorm
 statistics are first set from a few synthetic images so that features neither vanish nor blow
 up; int8 is checked against fp32 on the backbone features (cosine), since random-weight
 detections cannot be compared. The variants are timed round-robin, one call each in turn, so a
 load spike from other work on the machine hits all of them alike.
+
+ORT runs the same detector exported to ONNX, one image per session call (see
+worker/quantize/ort_fp32.py). --profile adds wall time per part (backbone + FPN, RPN, RoIAlign,
+box head...) for fp32 and int8, and torch.profiler's top ops of int8: what still runs in float.
 
     .venv/bin/python bench/bench_frcnn.py --size 512 --batch-sizes 1,4 --iterations 5
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +35,9 @@ from worker.measure.latency import Latency  # noqa: E402
 from worker.models.base import LoadedModel, run_task  # noqa: E402
 from worker.quantize.common import serialized_size_bytes  # noqa: E402
 from worker.quantize.registry import QuantizeRequest, quantize  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_parts import op_table, print_parts, profile_parts  # noqa: E402
 
 T0 = time.perf_counter()
 
@@ -97,26 +105,113 @@ def backbone_cosine(fp32: nn.Module, other: nn.Module, size: int, noise: float =
                for k in ref)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=800)
-    p.add_argument("--batch-sizes", default="1,2,4")
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-sizes", default="1,4")
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--calib-images", type=int, default=8)
     p.add_argument("--method", default="histogram", choices=["minmax", "histogram", "percentile"])
-    p.add_argument("--frozen-bn", action="store_true",
-                   help="FrozenBatchNorm2d in fp32, as in torchvision's pretrained detectors")
+    p.add_argument("--no-frozen-bn", dest="frozen_bn", action="store_false",
+                   help="plain BatchNorm2d instead of FrozenBatchNorm2d (trained detectors' kind)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
-    args = p.parse_args()
+    p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime columns")
+    p.add_argument("--fp32-fast-roi", action="store_true",
+                   help="add fp32 with int8_static's RoIAlign, to show what that change alone gives")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="time parts of fp32 and int8 over N calls at batch 1, and list int8's ops")
+    return p.parse_args()
+
+
+def variants(args, fp32: nn.Module, loaded: LoadedModel, request: QuantizeRequest, q) -> dict:
+    out = {"fp32": lambda b: run_task("detection", fp32, b), "int8": q.predict}
+    if not args.no_compile:
+        log("      fp32 with torch.compile(backbone): compiles during warm-up")
+        compiled = copy.deepcopy(fp32)
+        compiled.backbone = torch.compile(compiled.backbone)
+        out["fp32_compiled"] = lambda b: run_task("detection", compiled, b)
+    if args.fp32_fast_roi:
+        from worker.quantize.fast_roi_align import install_fast_roi_pool
+
+        fast = copy.deepcopy(fp32)
+        install_fast_roi_pool(fast)
+        out["fp32_fast_roi"] = lambda b: run_task("detection", fast, b)
+    if not args.no_ort:
+        for mode in ("ort_fp32", "ort_int8"):
+            t = time.perf_counter()
+            o = quantize(loaded, mode, request)
+            log(f"      {mode}: ready in {time.perf_counter() - t:.1f}s, "
+                f"{o.size_bytes / 1e6:.1f} MB")
+            out[mode] = o.predict
+    return out
+
+
+def time_round_robin(fns: dict, batch: torch.Tensor, args) -> tuple[dict, dict]:
+    bs = batch.shape[0]
+    for name, fn in fns.items():
+        t = time.perf_counter()
+        for _ in range(args.warmup):
+            fn(batch)
+        log(f"      bs{bs} {name}: warm-up {time.perf_counter() - t:.1f}s")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    dets: dict[str, float] = {}
+    for i in range(args.iterations):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            out = fn(batch)
+            times[name].append(time.perf_counter() - t)
+            dets[name] = sum(len(d["boxes"]) for d in out) / bs
+        log(f"      bs{bs} iteration {i + 1}/{args.iterations}: " + ", ".join(
+            f"{n} {times[n][-1] * 1000:.0f} ms" for n in fns))
+    stats = {n: Latency.from_seconds(v) for n, v in times.items()}
+    return {n: (lat.p50_ms, lat.min_ms) for n, lat in stats.items()}, dets
+
+
+def print_table(rows: list, cols: list[str]) -> None:
+    """Medians, then minimums: on a shared machine the fastest call is the least disturbed."""
+    ratios = [c for c in ("fp32_compiled", "ort_int8") if c in cols]
+    for which, label in ((0, "median"), (1, "min")):
+        print(f"{label:<7}" + "".join(f"{c + ' ms':>17}" for c in cols) + f"{'int8 vs fp32':>14}"
+              + "".join(f"{'vs ' + c:>18}" for c in ratios))
+        for bs, stats, _ in rows:
+            ms = {c: stats[c][which] for c in cols}
+            line = f"bs{bs:<5}" + "".join(f"{ms[c]:17.1f}" for c in cols)
+            line += f"{ms['fp32'] / ms['int8']:13.2f}x"
+            print(line + "".join(f"{ms[c] / ms['int8']:17.2f}x" for c in ratios))
+    for bs, _, dets in rows:
+        print(f"bs{bs} detections/img: " + ", ".join(f"{c} {dets[c]:.0f}" for c in cols))
+
+
+def profile(args, fp32: nn.Module, q) -> None:
+    x = images(1, args.size, seed=11)
+    runs = {"fp32": (fp32, lambda: run_task("detection", fp32, x)),
+            "int8": (q.module, lambda: run_task("detection", q.module, x))}
+    acc: dict[str, list[dict[str, float]]] = {n: [] for n in runs}
+    for _ in range(args.profile):  # alternating, so load changes hit both alike
+        for name, (module, fn) in runs.items():
+            acc[name].append(profile_parts(module, fn, 1))
+    mean = {n: {k: sum(r[k] for r in rs) / len(rs) for k in rs[0]} for n, rs in acc.items()}
+    print(f"\nper part at batch 1, mean of {args.profile} calls (ms):")
+    print_parts(mean)
+    print("\nint8 at batch 1, top ops by self CPU time (quantized::* run int8, the rest float):")
+    print(op_table(runs["int8"][1]))
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
     log(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"threads {torch.get_num_threads()}, input {args.size}x{args.size}, batch sizes {sizes}")
+        f"threads {torch.get_num_threads()}, input {args.size}x{args.size}, batch sizes {sizes}, "
+        f"load average {' '.join(load)}")
 
-    log("[1/4] build fasterrcnn_resnet50_fpn (random weights, BN statistics from 4 images)")
+    log("[1/4] build fasterrcnn_resnet50_fpn (random weights, BN statistics from 4 images"
+        + (", FrozenBatchNorm2d)" if args.frozen_bn else ")"))
     fp32 = build(args.size, args.frozen_bn)
     loaded = LoadedModel("frcnn_r50", "fasterrcnn_resnet50_fpn", "detection", fp32,
                          (args.size, args.size), 91)
@@ -124,61 +219,33 @@ def main() -> None:
     log(f"[2/4] int8_static: calibrate on {args.calib_images} images ({args.method})")
     calib = images(args.calib_images, args.size, seed=1)
     spec = CalibrationSpec(images=args.calib_images, method=args.method, per_channel=True)
-    request = QuantizeRequest("cpu", spec, [], lambda: calib.split(2), "/tmp")
-    t = time.perf_counter()
-    q = quantize(loaded, "int8_static", request)
-    log(f"      quantized in {time.perf_counter() - t:.1f}s: {len(q.int8_modules)} int8 layers, "
-        f"{len(q.float_modules)} float")
-    log(f"      worst FPN level cosine: int8 vs fp32 {backbone_cosine(fp32, q.module, args.size):.4f}"
-        f"; fp32 vs fp32 on 1% input noise {backbone_cosine(fp32, fp32, args.size, 0.01):.4f}"
-        " (random weights amplify any perturbation)")
-
-    variants = {"fp32": lambda b: run_task("detection", fp32, b), "int8": q.predict}
-    if not args.no_compile:
-        log("[3/4] fp32 with torch.compile(backbone) (compiles during warm-up)")
-        compiled = copy.deepcopy(fp32)
-        compiled.backbone = torch.compile(compiled.backbone)
-        variants["fp32_compiled"] = lambda b: run_task("detection", compiled, b)
-    else:
-        log("[3/4] torch.compile column skipped")
-
+    with tempfile.TemporaryDirectory(prefix="bench-frcnn-") as work:
+        request = QuantizeRequest("cpu", spec, [], lambda: calib.split(2), work)
+        t = time.perf_counter()
+        q = quantize(loaded, "int8_static", request)
+        log(f"      quantized in {time.perf_counter() - t:.1f}s: {len(q.int8_modules)} int8 "
+            f"layers, {len(q.float_modules)} float")
+        log(f"      worst FPN level cosine: int8 vs fp32 "
+            f"{backbone_cosine(fp32, q.module, args.size):.4f}; fp32 vs fp32 on 1% input noise "
+            f"{backbone_cosine(fp32, fp32, args.size, 0.01):.4f} (random weights amplify any "
+            "perturbation)")
+        log("[3/4] other variants")
+        fns = variants(args, fp32, loaded, request, q)
+        log("[4/4] latency, variants timed round-robin")
+        rows = []
+        for bs in sizes:
+            med, dets = time_round_robin(fns, images(bs, args.size, seed=10 + bs), args)
+            rows.append((bs, med, dets))
     fp32_mb, int8_mb = serialized_size_bytes(fp32) / 1e6, q.size_bytes / 1e6
-    log("[4/4] latency, variants timed round-robin")
-    rows = []
-    for bs in sizes:
-        batch = images(bs, args.size, seed=10 + bs)
-        for name, fn in variants.items():
-            t = time.perf_counter()
-            for _ in range(args.warmup):
-                fn(batch)
-            log(f"      bs{bs} {name}: warm-up {time.perf_counter() - t:.1f}s")
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        dets: dict[str, float] = {}
-        for i in range(args.iterations):
-            for name, fn in variants.items():
-                t = time.perf_counter()
-                out = fn(batch)
-                times[name].append(time.perf_counter() - t)
-                dets[name] = sum(len(d["boxes"]) for d in out) / bs
-            log(f"      bs{bs} iteration {i + 1}/{args.iterations}: " + ", ".join(
-                f"{n} {times[n][-1] * 1000:.0f} ms" for n in variants))
-        med = {n: Latency.from_seconds(v).p50_ms for n, v in times.items()}
-        rows.append((bs, med, dets))
-
-    print()
-    print(f"size: fp32 {fp32_mb:.1f} MB, int8 {int8_mb:.1f} MB, "
-          f"reduction {100 * (1 - int8_mb / fp32_mb):.1f}%")
-    cols = list(variants)
-    print("bs  " + "".join(f"{c + ' ms':>18}" for c in cols) + f"{'int8 speedup':>14}"
-          + (f"{'vs compiled':>13}" if "fp32_compiled" in cols else "") + "  detections/img")
-    for bs, med, dets in rows:
-        line = f"{bs:<4}" + "".join(f"{med[c]:18.1f}" for c in cols)
-        line += f"{med['fp32'] / med['int8']:13.2f}x"
-        if "fp32_compiled" in cols:
-            line += f"{med['fp32_compiled'] / med['int8']:12.2f}x"
-        print(line + "  " + ", ".join(f"{c} {dets[c]:.0f}" for c in cols))
-    print(f"medians of {args.iterations} iterations after {args.warmup} warm-up; "
-          f"int8 float parts: {q.notes}")
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(f"\nsize: fp32 {fp32_mb:.1f} MB, int8 {int8_mb:.1f} MB, "
+          f"reduction {100 * (1 - int8_mb / fp32_mb):.1f}%; load average now {' '.join(load)}")
+    print_table(rows, list(fns))
+    print(f"{args.iterations} iterations after {args.warmup} warm-up; "
+          f"int8 notes: {q.notes}")
+    if args.profile:
+        profile(args, fp32, q)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,35 @@ def test_bad_datasets_fail_the_unit_with_the_file_named(tmp_path, breakage, need
     assert needle in outcome.error and "\n" not in outcome.error
     row = read_table(tmp_path / "results", "models").to_pylist()[0]
     assert row["status"] == "error" and needle in row["error"]
+
+
+def test_mixed_precision_reaches_a_map_target(synth):
+    manifest = small_manifest(
+        synth, name="mixed",
+        models=[{"id": "fixture", "arch": "fixture", "input_size": [256, 256]}],
+        quantization={"modes": ["int8_mixed"], "calibration": {"images": 8, "method": "minmax"},
+                      "target": {"max_map_drop": 0.0}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0},
+        dataset={"format": "coco", "images": "data/images", "annotations": "data/annotations.json"})
+    plan = plan_job(manifest)
+    outcome = run_unit(plan.units[0], synth / "mixed-results")
+    assert outcome.status == "ok", outcome.error
+    row = outcome.model_row
+    assert row["mixed_target_metric"] == "mAP on the calibration split"
+    assert row["mixed_target_met"] == (row["mixed_score"] >= row["mixed_target"])
+    if row["mixed_float_groups"]:
+        kept = row["mixed_float_groups"]
+        assert any(m.startswith(tuple(kept)) for m in row["float_modules"])
+    assert 0 < row["params_int8_fraction"] <= 1
+    assert "mixed precision: kept float" in row["notes"]
+    plot = synth / "mixed-results" / "reports" / plan.job_id / "inspect" / "fixture-int8_mixed-cpu"
+    assert (plot / "mixed_precision_tradeoff.png").stat().st_size > 10_000
+
+
+def test_mixed_precision_target_needs_a_dataset_for_map(tmp_path):
+    from worker.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="max_map_drop needs a dataset"):
+        plan_job(small_manifest(tmp_path, quantization={"modes": ["int8_mixed"],
+                                                        "target": {"max_map_drop": 1.0}}))

@@ -43,7 +43,7 @@ def test_missing_manifest_file(tmp_path):
 
 
 def test_help_for_every_command():
-    for cmd in ("validate", "run", "submit", "status", "report"):
+    for cmd in ("validate", "run", "submit", "status", "report", "cancel", "export"):
         proc = qbench(cmd, "--help")
         assert proc.returncode == 0, proc.stderr
         assert "Usage" in proc.stdout

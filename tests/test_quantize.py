@@ -256,3 +256,38 @@ def test_registry_modes_and_devices():
     assert registry.validate_mode_device("bf16", "cpu") is None
     assert registry.get_mode("int8_static").needs_calibration
     assert not registry.get_mode("fp32").needs_calibration
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_fast_roi_align_matches_torchvision(aligned):
+    from collections import OrderedDict
+
+    from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+    from worker.quantize.fast_roi_align import FastMultiScaleRoIAlign, permute_fc6
+
+    g = torch.Generator().manual_seed(0)
+    size, n = 160, 2
+    feats = OrderedDict((str(i), torch.randn(n, 8, size // 2 ** (i + 2), size // 2 ** (i + 2),
+                                             generator=g)) for i in range(4))
+    boxes = []
+    for _ in range(n):  # boxes off the image edges, sub-pixel and large ones included
+        xy = torch.rand(60, 2, generator=g) * (size + 20) - 10
+        boxes.append(torch.cat([xy, xy + torch.rand(60, 2, generator=g) ** 2 * 120 + 0.2], 1))
+    shapes = [(size, size)] * n
+    if aligned:  # one level: compare with the plain op, which takes `aligned`
+        fast = FastMultiScaleRoIAlign(MultiScaleRoIAlign(["0"], 7, 2), flat=False, aligned=True)
+        rois = torch.cat([torch.cat([torch.full((60, 1), float(i)), b], 1)
+                          for i, b in enumerate(boxes)])
+        ref = roi_align(feats["0"], rois, 7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
+    else:
+        ref = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(feats, boxes, shapes)
+        fast = FastMultiScaleRoIAlign(MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2), flat=False)
+    out = fast(feats, boxes, shapes)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+    # flat layout + permuted fc6 == torchvision layout + original fc6
+    fc6 = nn.Linear(8 * 49, 16)
+    expected = fc6(ref.flatten(1))
+    fast.flat = True
+    permute_fc6(fc6, 8, (7, 7))
+    assert torch.allclose(fc6(fast(feats, boxes, shapes)), expected, atol=1e-4)

@@ -1,4 +1,4 @@
-"""`qbench`: validate, run, submit, status, report (typer)."""
+"""`qbench`: validate, run, submit, status, report, export (typer)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,9 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
     rep = write_report(results, plan.job_id)
     print(rep.markdown, flush=True)
     out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
+    if (results / "artifacts" / plan.job_id).exists():
+        out.print(f"artifacts: {results / 'artifacts' / plan.job_id}/ "
+                  f"(qbench export {plan.job_id} --to DIR)")
     for f in failures:
         console.print(f"[red]unit {f.unit_id} failed:[/] {f.error}", highlight=False)
     if failures:
@@ -235,6 +238,26 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
         console.print(f"[bold red]{len(rep.regressions)} regression(s)[/] against "
                       f"{rep.comparison.base}", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def export(job_id: Annotated[str, typer.Argument(help="Job id.")],
+           to: Annotated[Path, typer.Option("--to", help="Folder to copy the artifacts into.")],
+           model: Annotated[str | None, typer.Option("--model", help="Only this model id.")] = None,
+           mode: Annotated[str | None, typer.Option("--mode", help="Only this mode.")] = None,
+           results: ResultsOpt = Path("results")) -> None:
+    """Copy a job's saved models, checked against their sha256, with a JSON card beside each."""
+    from worker.artifacts.export import ExportError, export_artifacts
+
+    try:
+        done = export_artifacts(results, job_id, to, model=model, mode=mode)
+    except ExportError as exc:
+        raise CliError(str(exc)) from None
+    for line in done.skipped:
+        console.print(f"skipped {line}", highlight=False, soft_wrap=True)
+    for path in done.files:
+        print(f"{path}  (card: {path.with_suffix('.json').name})", flush=True)
+    out.print(f"exported {len(done.files)} artifact(s) of job {job_id} to {to}")
 
 
 @data_app.command("synth")

@@ -61,10 +61,19 @@ class CalibrationSpec(Strict):
     percentile: float = Field(default=99.99, gt=50, le=100)
 
 
+class TargetSpec(Strict):
+    """What mode int8_mixed must reach by keeping the fewest most sensitive layers float."""
+
+    max_map_drop: float | None = Field(default=None, ge=0)  # mAP points vs fp32 (needs a dataset)
+    min_agreement: float = Field(default=0.99, gt=0, le=1)  # agreement with fp32, without one
+    max_float: int | None = Field(default=None, ge=0)  # at most this many groups kept float
+
+
 class QuantizationSpec(Strict):
     modes: list[str] = Field(default_factory=lambda: ["fp32", "int8_static"], min_length=1)
     calibration: CalibrationSpec = CalibrationSpec()
     keep_float: list[str] = Field(default_factory=list)
+    target: TargetSpec = TargetSpec()
 
     @field_validator("modes")
     @classmethod
@@ -121,9 +130,14 @@ class Manifest(Strict):
     benchmark: BenchmarkSpec = BenchmarkSpec()
     dataset: DatasetSpec | None = None
     inspect: InspectSpec = InspectSpec()
+    artifacts: bool = True  # save each benchmarked model under results/artifacts/
 
     @model_validator(mode="after")
     def _unique_ids_and_devices(self) -> Manifest:
+        target = self.quantization.target
+        if target.max_map_drop is not None and self.dataset is None:
+            raise ValueError("quantization.target.max_map_drop needs a dataset "
+                             "(without one, use min_agreement)")
         ids = [m.id for m in self.models]
         if len(set(ids)) != len(ids):
             raise ValueError("models: two models share an id")
@@ -150,6 +164,7 @@ class Unit(Strict):
     dataset: DatasetSpec | None
     inspect: InspectSpec
     base_dir: str  # where relative manifest paths resolve
+    artifacts: bool = True  # save the benchmarked model (manifest `artifacts`)
 
     @property
     def queue(self) -> str:
@@ -277,7 +292,7 @@ def expand(manifest: Manifest, job_id: str, base_dir: Path) -> list[Unit]:
                     model=model, mode=mode, device=device,
                     quantization=manifest.quantization, benchmark=manifest.benchmark,
                     dataset=manifest.dataset, inspect=manifest.inspect,
-                    base_dir=str(base_dir),
+                    base_dir=str(base_dir), artifacts=manifest.artifacts,
                 ))
     return units
 

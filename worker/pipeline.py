@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from worker.artifacts.save import discard_artifact, save_artifact
 from worker.evaluate.synth import synth_images
 from worker.manifest import Unit
 from worker.measure import BatchResult, environment_fingerprint, is_oom, measure_batch
 from worker.models import LoadedModel, load_model
+from worker.models.base import run_task
 from worker.quantize.common import serialized_size_bytes
-from worker.quantize.registry import Quantized, QuantizeRequest, get_mode, quantize
+from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, get_mode, quantize
 from worker.results import unit_file, write_rows
 
 # torch.ao's eager/FX quantization warns about its own deprecation on every observer and
@@ -58,7 +60,7 @@ class UnitOutcome:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _identity(unit: Unit, backend: str | None) -> dict[str, Any]:
@@ -200,9 +202,13 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
                 device=unit.device, calibration=calib, keep_float=list(unit.quantization.keep_float),
                 calibration_batches=calibration_source(unit, loaded), work_dir=work_dir,
             )
+            if unit.mode == "int8_mixed":
+                request.search = search_target(unit, loaded, request)
             q = quantize(loaded, unit.mode, request)
             base = {**_identity(unit, q.backend), **env}
             model_row.update(backend=q.backend, **size_columns(q, fp32_size))
+            if q.search is not None:
+                model_row.update(mixed_search_columns(q, unit, results_root))
             pool = synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
                                 BENCH_SEED)
             for i, bs in enumerate(unit.benchmark.batch_sizes):
@@ -219,13 +225,49 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
             if unit.inspect.images and unit.mode not in NO_INSPECT_MODES:
                 say("inspect layers", total_steps - 1, total_steps)
                 layer_rows = inspect_step(unit, loaded, q, base, results_root, model_row)
+            # After measuring (scripting a copy must not inflate the RSS peaks) and before
+            # work_dir (where an ORT mode's .onnx file lives) is deleted. Never raises.
+            saved = save_artifact(unit, loaded, q, results_root)
         model_row.update(status="ok", error=None)
+        saved.apply(model_row)  # artifact columns; why there is none goes to notes or error
     except Exception as exc:  # a unit's failure is data: record it, keep the worker up
+        discard_artifact(unit, results_root)  # no file of an earlier attempt outlives it
         model_row.update(status="error", error=_one_line(exc))
         model_row.setdefault("notes", traceback.format_exc(limit=3)[-2000:])
     model_row["ended_at"] = _now()
     say("write results", total_steps, total_steps)
     return write_outcome(unit, results_root, latency_rows, model_row, layer_rows)
+
+
+def search_target(unit: Unit, loaded: LoadedModel, request: QuantizeRequest) -> SearchTarget:
+    """int8_mixed's goal, scored on calibration images only (evaluation images stay unseen)."""
+    target = unit.quantization.target
+    if target.max_map_drop is not None and loaded.task == "detection":
+        from worker.evaluate.datasets import calibration_map_scorer
+
+        score = calibration_map_scorer(unit, loaded)
+        fp32 = score(lambda b: run_task(loaded.task, loaded.module, b))
+        return SearchTarget(lambda q: score(q.predict), fp32 - target.max_map_drop / 100,
+                            "mAP on the calibration split", target.max_float)
+    from worker.inspect.sensitivity import agreement_score
+
+    images = torch.cat(list(request.calibration_batches()))
+    return SearchTarget(agreement_score(loaded, images), target.min_agreement,
+                        "agreement with fp32 on the calibration images", target.max_float)
+
+
+def mixed_search_columns(q: Quantized, unit: Unit, root: Path) -> dict[str, Any]:
+    """The search's outcome for the models row, and its trade-off plot for the report."""
+    from worker.inspect.tradeoff_plot import plot_tradeoff
+    from worker.report import report_folder
+
+    sensitivity, search, target = q.search
+    out = report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_tradeoff(sensitivity, search, out / "mixed_precision_tradeoff.png", target.name)
+    return {"mixed_target_metric": target.name, "mixed_target": target.value,
+            "mixed_score": search.chosen.score, "mixed_target_met": search.met,
+            "mixed_float_groups": list(search.float_groups)}
 
 
 def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, Any],

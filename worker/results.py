@@ -105,7 +105,18 @@ MODELS = pa.schema(IDENTITY + [
     ("calibration_images", pa.int32()),
     ("calibration_per_channel", pa.bool_()),
     ("keep_float", pa.list_(pa.string())),
+    # int8_mixed: the search's target, what it reached, and the layer groups it kept float.
+    ("mixed_target_metric", pa.string()),
+    ("mixed_target", pa.float64()),
+    ("mixed_score", pa.float64()),
+    ("mixed_target_met", pa.bool_()),
+    ("mixed_float_groups", pa.list_(pa.string())),
     ("notes", pa.string()),
+    # The saved model (README "Artifacts"); null when nothing was saved, the reason in notes
+    # (artifacts: false) or error (saving failed; status stays ok).
+    ("artifact_path", pa.string()),  # relative to the results folder
+    ("artifact_sha256", pa.string()),
+    ("artifact_format", pa.string()),  # torchscript | onnx
     ("status", pa.string()),  # ok | error
     ("error", pa.string()),
     ("started_at", pa.timestamp("ms", tz="UTC")),

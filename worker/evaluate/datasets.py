@@ -62,3 +62,17 @@ def evaluation_set(unit: Unit, loaded: LoadedModel) -> EvalSet:
         images, scales = load_batch(data, eval_ids, tuple(loaded.input_size))
         return EvalSet(images, eval_ids, scales, None, data.doc)
     return EvalSet(data[0][eval_ids], eval_ids, [], data[1][eval_ids], None)
+
+
+def calibration_map_scorer(unit: Unit, loaded: LoadedModel):
+    """mAP on the calibration split's annotations: what int8_mixed optimises (never eval)."""
+    from worker.evaluate.coco import evaluate_detections, to_coco_results
+
+    data, calib_ids, _ = _dataset(unit, loaded)
+    images, scales = load_batch(data, calib_ids, tuple(loaded.input_size))
+
+    def score(predict) -> float:
+        outs = [o for batch in images.split(BATCH) for o in predict(batch)]
+        return evaluate_detections(data.doc, to_coco_results(calib_ids, outs, scales), calib_ids)["map"]
+
+    return score

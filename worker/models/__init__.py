@@ -19,7 +19,12 @@ def load_model(unit: Unit) -> LoadedModel:
     if spec.source == "torchvision":
         return load_torchvision(spec.id, spec.arch, spec.num_classes, tuple(spec.input_size),
                                 checkpoint)
-    raise ModelError(
-        f"models[{spec.id}].source: {spec.source!r} models are not supported by this qbench "
-        "version yet (torchvision only)"
-    )
+    if spec.source == "onnx":
+        from worker.models.onnx_models import load_onnx
+
+        return load_onnx(spec.id, unit.resolve(spec.path), tuple(spec.input_size))
+    if spec.source == "yolo":
+        from worker.models.yolo import load_yolo
+
+        return load_yolo(spec.id, spec.arch, spec.num_classes, tuple(spec.input_size), checkpoint)
+    raise ModelError(f"models[{spec.id}].source: unknown source {spec.source!r}")

@@ -12,9 +12,14 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.models.detection.ssd import SSD
 
 from worker.models.base import LoadedModel
+
+DETECTOR_TYPES = (GeneralizedRCNN, RetinaNet, SSD, FCOS)
 
 
 class ModelError(ValueError):
@@ -26,16 +31,27 @@ DETECTION_ARCHS = (
     "fasterrcnn_resnet50_fpn_v2",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
+    # Single-stage: int8_static quantizes backbone and head submodule by submodule.
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large",
 )
-# RetinaNet/SSD/FCOS/Mask/Keypoint R-CNN: their heads are not covered by the int8 surgery.
+# SSDs resize every image to the size they were designed for, whatever the manifest says.
+FIXED_INPUT = {"ssd300_vgg16": (300, 300), "ssdlite320_mobilenet_v3_large": (320, 320)}
 UNSUPPORTED_DETECTION = {
-    "retinanet_resnet50_fpn": "RetinaNet's head is not covered by qbench's int8 detector path yet",
-    "retinanet_resnet50_fpn_v2": "RetinaNet's head is not covered by qbench's int8 detector path yet",
-    "ssd300_vgg16": "SSD is not covered by qbench's int8 detector path yet",
-    "ssdlite320_mobilenet_v3_large": "SSDlite is not covered by qbench's int8 detector path yet",
-    "fcos_resnet50_fpn": "FCOS is not covered by qbench's int8 detector path yet",
-    "maskrcnn_resnet50_fpn": "Mask R-CNN's mask head is not covered yet",
-    "keypointrcnn_resnet50_fpn": "Keypoint R-CNN's keypoint head is not covered yet",
+    "maskrcnn_resnet50_fpn": "Mask R-CNN's mask head and mask paste-back are not handled by "
+                             "the int8 detector path (only boxes are benchmarked)",
+    "maskrcnn_resnet50_fpn_v2": "Mask R-CNN's mask head and mask paste-back are not handled by "
+                                "the int8 detector path (only boxes are benchmarked)",
+    "keypointrcnn_resnet50_fpn": "Keypoint R-CNN's keypoint head is not handled by the int8 "
+                                 "detector path (only boxes are benchmarked)",
+}
+# ONNX Runtime runs these exports until a pyramid level has no candidate above the score
+# threshold: the traced decode then reshapes an empty tensor with -1 and ORT fails.
+ORT_UNSUPPORTED = {
+    "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn",
 }
 
 
@@ -52,7 +68,7 @@ def check_arch(arch: str) -> None:
         raise ModelError(f"arch {arch!r} is not supported: {UNSUPPORTED_DETECTION[arch]}")
     if arch not in known_archs():
         raise ModelError(
-            f"unknown arch {arch!r}; use fixture, a Faster R-CNN builder "
+            f"unknown arch {arch!r}; use fixture, a detection builder "
             f"({', '.join(DETECTION_ARCHS)}) or a torchvision classifier (e.g. resnet18)"
         )
 
@@ -79,6 +95,13 @@ def load_checkpoint(module: nn.Module, path: Path) -> None:
 
 def build_torchvision(arch: str, num_classes: int | None, input_size: tuple[int, int]) -> nn.Module:
     check_arch(arch)
+    if arch in FIXED_INPUT:
+        if tuple(input_size) != FIXED_INPUT[arch]:
+            h, w = FIXED_INPUT[arch]
+            raise ModelError(f"arch {arch} resizes every image to {h}x{w}: set input_size "
+                             f"[{h}, {w}] so the measured input is the declared one")
+        return torchvision.models.get_model(arch, weights=None, weights_backbone=None,
+                                            num_classes=num_classes or 91)
     if arch in DETECTION_ARCHS:
         side = min(input_size)
         # Resize inside the detector to the manifest's size, never up to 800 px behind the
@@ -98,7 +121,7 @@ def load_torchvision(model_id: str, arch: str, num_classes: int | None,
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
     module.eval()
-    task = "detection" if isinstance(module, GeneralizedRCNN) else "classification"
+    task = "detection" if isinstance(module, DETECTOR_TYPES) else "classification"
     classes = num_classes or (91 if task == "detection" else 1000)
     return LoadedModel(
         model_id=model_id, arch=arch, task=task, module=module, input_size=input_size,

@@ -22,7 +22,13 @@ _INT8_WEIGHT_TYPES = (nnq.modules.conv._ConvNd, nnq.Linear)
 
 
 def serialized_size_bytes(module: nn.Module) -> int:
-    """Bytes of torch.save(state_dict): what a checkpoint of this model weighs on disk."""
+    """Bytes of torch.save(state_dict): what a checkpoint of this model weighs on disk.
+
+    A module standing for a file (an ONNX source) weighs that file.
+    """
+    file_size = getattr(module, "file_size_bytes", None)
+    if isinstance(file_size, int):
+        return file_size
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
     return buf.getbuffer().nbytes
@@ -93,14 +99,18 @@ def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def make_predict(task: Task, module: nn.Module, device: str,
-                 dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], Any]:
+def make_predict(task: Task, module: nn.Module, device: str, dtype: torch.dtype | None = None,
+                 per_image: bool = False) -> Callable[[torch.Tensor], Any]:
     """predict(batch NCHW in [0, 1]) for a module; with dtype, the batch is cast to it and
-    floating outputs come back as float32 (numpy and metrics cannot take bf16)."""
+    floating outputs come back as float32 (numpy and metrics cannot take bf16). per_image:
+    a detector runs one image at a time (same detections, each image is processed alone)."""
 
     def predict(batch: torch.Tensor) -> Any:
         batch = batch.to(device=device, dtype=dtype or batch.dtype)
-        out = run_task(task, module, batch)
+        if per_image and task == "detection":
+            out = [d for image in batch.split(1) for d in run_task(task, module, image)]
+        else:
+            out = run_task(task, module, batch)
         return _cast_floats(out, torch.float32) if dtype is not None else out
 
     return predict

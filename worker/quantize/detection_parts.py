@@ -22,6 +22,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from worker.models.base import run_task
 from worker.quantize.common import matches_keep_float, weight_modules
+from worker.quantize.fast_roi_align import install_fast_roi_pool
 
 # prepare(module, example_inputs, names of submodules to keep float) -> observed module
 Prepare = Callable[[nn.Module, tuple, list[str]], nn.Module]
@@ -130,7 +131,9 @@ def _parts(det: nn.Module) -> tuple[list[Part], list[str]]:
     if roi is not None:
         out = roi.box_roi_pool.output_size
         hw = (out, out) if isinstance(out, int) else tuple(out)
-        parts.append(Part("roi_heads.box_head", roi.box_head, (torch.rand(2, channels, *hw),),
+        flat = getattr(roi.box_roi_pool, "flat", False)  # FastMultiScaleRoIAlign's layout
+        example = torch.rand(2, channels * hw[0] * hw[1]) if flat else torch.rand(2, channels, *hw)
+        parts.append(Part("roi_heads.box_head", roi.box_head, (example,),
                           lambda m: setattr(roi, "box_head", m)))
         if isinstance(roi.box_predictor, FastRCNNPredictor):
             pred = BoxPredictor(roi.box_predictor)
@@ -152,8 +155,9 @@ def quantize_detector(module: nn.Module, prepare: Prepare, convert: Convert,
     """A quantized copy of a torchvision detector; `module` itself is left untouched."""
     det = copy.deepcopy(module).eval()
     frozen_bn_to_bn(det)
+    fast_pool = install_fast_roi_pool(det)
     parts, notes = _parts(det)
-    result = DetectorResult(det, notes=[ALWAYS_FLOAT, *notes])
+    result = DetectorResult(det, notes=[ALWAYS_FLOAT, *notes, *([fast_pool] if fast_pool else [])])
     observed: list[tuple[Part, nn.Module]] = []
     for part in parts:
         pattern = matches_keep_float(part.name, keep_float)

@@ -31,6 +31,17 @@ class QuantizeRequest:
     # never the evaluation images.
     calibration_batches: Callable[[], Iterable[torch.Tensor]]
     work_dir: str  # scratch folder for exported files (ONNX), unique per unit
+    search: SearchTarget | None = None  # int8_mixed: what the mixed-precision search must reach
+
+
+@dataclass
+class SearchTarget:
+    """A score to maximise and the value it must reach (mixed-precision search)."""
+
+    score_fn: Callable[[Quantized], float]
+    value: float
+    name: str  # e.g. "mAP on the calibration split"
+    max_float: int | None = None
 
 
 @dataclass
@@ -45,9 +56,16 @@ class Quantized:
     float_modules: list[str] = field(default_factory=list)
     notes: str = ""  # what stayed float and why, shown in the report
     module: Any = None  # the torch module or ORT session, for inspection
+    # ORT modes: (fp32, quantized) ONNX files with matching node names; a session cannot be
+    # hooked, so inspection compares these. They live in the request's work_dir.
+    onnx_paths: tuple[str, str] | None = None
+    search: Any = None  # int8_mixed: (SensitivityResult, MixedPrecision, SearchTarget)
 
 
 Handler = Callable[["LoadedModel", QuantizeRequest], Quantized]
+
+# Model sources whose loader yields a torch module; an "onnx" source is a file only ORT runs.
+TORCH_SOURCES = ("torchvision", "yolo")
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,7 @@ class ModeInfo:
     devices: frozenset[str]
     needs_calibration: bool
     description: str
+    sources: frozenset[str] = frozenset(TORCH_SOURCES)
 
 
 _MODES: dict[str, ModeInfo] = {}
@@ -64,11 +83,13 @@ _loaded = False
 
 
 def register(name: str, *, devices: Iterable[str], needs_calibration: bool = False,
-             description: str = "") -> Callable[[Handler], Handler]:
+             description: str = "",
+             sources: Iterable[str] = TORCH_SOURCES) -> Callable[[Handler], Handler]:
     def wrap(handler: Handler) -> Handler:
         if name in _MODES:
             raise RuntimeError(f"mode {name!r} registered twice")
-        _MODES[name] = ModeInfo(name, handler, frozenset(devices), needs_calibration, description)
+        _MODES[name] = ModeInfo(name, handler, frozenset(devices), needs_calibration, description,
+                                frozenset(sources))
         return handler
     return wrap
 
@@ -109,5 +130,24 @@ def validate_mode_device(mode: str, device: str) -> str | None:
     return None
 
 
+def validate_mode_source(mode: str, source: str) -> str | None:
+    """None when the mode can take a model of this source, else a one-line reason."""
+    info = get_mode(mode)
+    if source not in info.sources:
+        runs = ", ".join(sorted(m for m, i in modes().items() if source in i.sources))
+        why = " (an ONNX file has no torch module)" if source == "onnx" else ""
+        return f"mode {mode} cannot run models of source {source}{why}; use {runs}"
+    return None
+
+
 def quantize(model: LoadedModel, mode: str, request: QuantizeRequest) -> Quantized:
-    return get_mode(mode).handler(model, request)
+    problem = validate_mode_source(mode, model.source)
+    if problem:
+        from worker.models import ModelError
+
+        raise ModelError(problem)
+    q = get_mode(mode).handler(model, request)
+    loader_notes = getattr(model, "notes", "")  # e.g. what a YOLO benchmark leaves out
+    if loader_notes:
+        q.notes = "; ".join(n for n in (loader_notes, q.notes) if n)
+    return q

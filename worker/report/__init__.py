@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.atomic import write_text_atomic
-from worker.report.blocks import Block, Bullets, Heading, Image, Para, to_html, to_markdown
+from worker.report.blocks import (
+    Block,
+    Bullets,
+    Heading,
+    Image,
+    Para,
+    Table,
+    to_html,
+    to_markdown,
+)
 from worker.report.compare import (
     Comparison,
     Thresholds,
@@ -87,6 +96,14 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
              if m["notes"] and m["status"] == "ok"]
     if notes:
         blocks += [Heading("What was quantized, what stayed float"), Bullets(notes)]
+    saved = [m for m in sorted(models, key=unit_order) if m.get("artifact_path")]
+    if saved:
+        blocks += [Heading("Artifacts: the models that were benchmarked"),
+                   Table(["model", "mode", "device", "file", "format", "sha256"],
+                         [[m["model_id"], m["mode"], m["device"], f"`{m['artifact_path']}`",
+                           m["artifact_format"], f"`{m['artifact_sha256'][:16]}…`"] for m in saved]),
+                   Para(f"Files are under `{root}/`; `qbench export {job_id} --to DIR` copies them "
+                        "with a JSON card each, after checking their sha256.")]
     pictures = inspection_images(folder)
     if pictures:
         blocks.append(Heading("Where quantization hurts"))

@@ -1,0 +1,86 @@
+"""The JSON card `qbench export` writes beside each artifact: what it is and how it measured."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+CARD_VERSION = 1
+FIGURES = (
+    "size_bytes", "fp32_size_bytes", "size_reduction", "params_total", "params_int8_fraction",
+    "int8_module_count", "float_module_count", "trained_weights", "eval_images",
+    "map", "map50", "map_fp32", "map50_fp32", "top1", "top5", "count_error_mean",
+    "count_error_std", "agreement_precision", "agreement_recall", "agreement_mean_iou",
+    "agreement_score_diff", "agreement_top1",
+)
+LATENCY = (
+    "batch_size", "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99",
+    "latency_ms_mean", "latency_ms_min", "throughput_ips", "rss_peak_bytes",
+    "cuda_max_allocated_bytes", "status", "error",
+)
+MACHINE = ("cpu_model", "cpu_count", "threads", "gpu_name", "gpu_driver", "env_fingerprint")
+
+
+def how_to_load(fmt: str, task: str | None, file: str, onnx_input: str | None) -> str:
+    """A Python snippet that loads and runs the artifact without qbench."""
+    if fmt == "torchscript" and task == "detection":
+        return (f"import torch, torchvision  # torchvision registers nms/roi_align\n"
+                f"model = torch.jit.load({file!r})\n"
+                "losses, detections = model([image])  # image: float32 [3, H, W] in [0, 1]; "
+                "detections: [{'boxes', 'labels', 'scores'}]")
+    if fmt == "torchscript":
+        return (f"import torch\nmodel = torch.jit.load({file!r})\n"
+                "outputs = model(batch)  # batch: float32 [N, 3, H, W] in [0, 1]")
+    name = onnx_input or "input"
+    if task == "detection":
+        return (f"import onnxruntime as ort\nsession = ort.InferenceSession({file!r})\n"
+                f"boxes, labels, scores = session.run(None, {{{name!r}: image}})  "
+                "# one image: float32 numpy [3, H, W] in [0, 1]")
+    return (f"import onnxruntime as ort\nsession = ort.InferenceSession({file!r})\n"
+            f"outputs = session.run(None, {{{name!r}: batch}})  "
+            "# float32 numpy [N, 3, H, W] in [0, 1]")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    return value
+
+
+def build_card(row: dict[str, Any], latency: list[dict[str, Any]], file: str, size: int,
+               onnx_input: str | None = None) -> dict[str, Any]:
+    """The card of one `models` row (and its unit's `latency` rows)."""
+    fmt = row["artifact_format"]
+    calibrated = row["calibration_method"] is not None
+    return {
+        "card_version": CARD_VERSION,
+        "artifact": {"file": file, "format": fmt, "sha256": row["artifact_sha256"],
+                     "bytes": size, "load": how_to_load(fmt, row["task"], file, onnx_input)},
+        "model": {"model_id": row["model_id"], "arch": row["arch"], "source": row["source"],
+                  "task": row["task"], "input_size": [row["input_h"], row["input_w"]],
+                  "trained_weights": row["trained_weights"]},
+        "job": {"job_id": row["job_id"], "job_name": row["job_name"], "unit_id": row["unit_id"],
+                "started_at": _plain(row["started_at"]), "ended_at": _plain(row["ended_at"])},
+        "quantization": {
+            "mode": row["mode"], "backend": row["backend"], "device": row["device"],
+            "calibration": ({"method": row["calibration_method"],
+                             "images": row["calibration_images"],
+                             "per_channel": row["calibration_per_channel"]}
+                            if calibrated else None),
+            "keep_float": list(row["keep_float"] or []), "notes": row["notes"],
+        },
+        "versions": {"qbench": row["qbench_version"], "torch": row["torch_version"],
+                     "torchvision": row["torchvision_version"],
+                     "onnxruntime": row["onnxruntime_version"], "python": row["python_version"]},
+        "machine": {k: row[k] for k in MACHINE},
+        "figures": {k: _plain(row[k]) for k in FIGURES},
+        "latency": [{k: _plain(r[k]) for k in LATENCY}
+                    for r in sorted(latency, key=lambda r: r["batch_size"])],
+    }
+
+
+def card_json(card: dict[str, Any]) -> str:
+    return json.dumps(card, indent=2, sort_keys=False) + "\n"

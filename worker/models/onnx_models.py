@@ -1,0 +1,68 @@
+"""`source: onnx`: any .onnx file, benchmarked with the ONNX Runtime modes only.
+
+Its task is "onnx": outputs are generic, so predict returns the list of output tensors. The
+loader's module is a stand-in that runs the file with ORT fp32 (the reference other modes are
+compared with) and weighs its file size; torch modes refuse it (registry.validate_mode_source).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.models.base import LoadedModel
+from worker.models.torchvision_models import ModelError
+
+
+class OnnxModule(nn.Module):
+    """Stands for an ONNX file: forward(batch) runs it with ORT fp32 on the CPU."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        from worker.quantize.ort_runtime import file_size
+
+        self.path = str(path)
+        self.file_size_bytes = file_size(path)  # what common.serialized_size_bytes reports
+        self._predict = None
+
+    def forward(self, batch: torch.Tensor) -> Any:
+        if self._predict is None:  # the session is built on first use, not at load
+            from worker.quantize.ort_runtime import input_info, make_ort_predict, session
+
+            path = Path(self.path)
+            self._predict = make_ort_predict(session(path, "cpu"), input_info(path), "onnx")
+        return self._predict(batch)
+
+
+@dataclass
+class OnnxLoadedModel(LoadedModel):
+    onnx_path: str = ""  # the ORT modes read this file instead of exporting the module
+
+
+def load_onnx(model_id: str, path: Path, input_size: tuple[int, int]) -> LoadedModel:
+    from worker.quantize.ort_runtime import input_info
+
+    if path.suffix.lower() != ".onnx":
+        raise ModelError(f"models[{model_id}].path: {path.name} is not an .onnx file")
+    if not path.is_file():
+        raise ModelError(f"models[{model_id}].path: file not found: {path}")
+    try:
+        info = input_info(path)
+    except ValueError as exc:
+        raise ModelError(f"models[{model_id}].path: {exc}") from None
+    except Exception as exc:  # not a protobuf, truncated file
+        raise ModelError(f"models[{model_id}].path: {path.name} is not a readable ONNX model "
+                         f"({type(exc).__name__})") from None
+    want = (3, *input_size)
+    if any(d is not None and d != w for d, w in zip(info.chw, want, strict=True)):
+        shown = "x".join("?" if d is None else str(d) for d in info.chw)
+        raise ModelError(f"models[{model_id}].input_size: {path.name} takes {shown} images, "
+                         f"the manifest gives 3x{input_size[0]}x{input_size[1]}")
+    return OnnxLoadedModel(
+        model_id=model_id, arch=path.name, task="onnx", module=OnnxModule(path),
+        input_size=input_size, num_classes=0, source="onnx", onnx_path=str(path),
+    )

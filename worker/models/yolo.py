@@ -1,0 +1,92 @@
+"""`source: yolo`: ultralytics detection networks built from their bundled YAML.
+
+ultralytics is AGPL-3.0: an optional extra (`pip install 'qbench[yolo]'`), imported only here,
+only when a YOLO model is loaded. Nothing is downloaded: the network is built from the YAML
+(random weights) and trained weights come from a state_dict checkpoint loaded with
+weights_only=True. Ultralytics' own .pt files pickle whole objects, so they are refused: save
+`model.state_dict()` from them first.
+
+The benchmark times the network's forward on an NCHW batch (task "yolo": one tensor
+[B, 4 + classes, anchors] of decoded boxes and class scores); letterbox pre-processing and NMS
+are excluded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from worker.models.base import LoadedModel
+from worker.models.torchvision_models import ModelError, load_checkpoint
+
+EXTRA = "pip install 'qbench[yolo]'"
+NOTES = ("YOLO network forward only (decoded boxes + class scores); letterbox pre-processing "
+         "and NMS excluded from the timing")
+_ARCH = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class YoloNet(nn.Module):
+    """The network with one tensor out: eval-mode Detect returns (y, raw maps) otherwise."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        return y[0] if isinstance(y, (tuple, list)) else y
+
+
+@dataclass
+class YoloLoadedModel(LoadedModel):
+    notes: str = NOTES  # added to every mode's notes (registry.quantize)
+
+
+def fold_batchnorm(module: nn.Module) -> None:
+    """Fold each ultralytics Conv's BatchNorm into its conv, as ultralytics' own fuse() does,
+    but leave an Identity so the class forward (which FX traces) still works."""
+    for sub in module.modules():
+        conv, bn = getattr(sub, "conv", None), getattr(sub, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            sub.conv = fuse_conv_bn_eval(conv, bn)
+            sub.bn = nn.Identity()
+
+
+def build_yolo(arch: str, num_classes: int | None) -> nn.Module:
+    try:
+        from ultralytics.nn.tasks import DetectionModel
+    except ImportError:
+        raise ModelError(f"source yolo needs the optional ultralytics package (AGPL-3.0): "
+                         f"{EXTRA}") from None
+    name = arch if arch.endswith((".yaml", ".yml")) else f"{arch}.yaml"
+    if not _ARCH.match(name) or any(t in name for t in ("-cls", "-seg", "-pose", "-obb")):
+        raise ModelError(f"arch {arch!r}: use a bundled ultralytics detection YAML such as "
+                         "yolov8n.yaml or yolo11n.yaml (classify/segment/pose/obb variants are "
+                         "not supported)")
+    try:
+        return DetectionModel(name, nc=num_classes or 80, verbose=False)
+    except Exception as exc:  # unknown YAML name, or one that is not a detection network
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"arch {arch!r}: ultralytics cannot build it ({first[:200]})") from None
+
+
+def load_yolo(model_id: str, arch: str, num_classes: int | None, input_size: tuple[int, int],
+              checkpoint: Path | None) -> LoadedModel:
+    if any(s % 32 for s in input_size):
+        raise ModelError(f"models[{model_id}].input_size: YOLO needs sides divisible by 32, "
+                         f"got {input_size[0]}x{input_size[1]}")
+    net = build_yolo(arch, num_classes)
+    if checkpoint is not None:
+        load_checkpoint(net, checkpoint)
+    net.eval()
+    fold_batchnorm(net)
+    return YoloLoadedModel(
+        model_id=model_id, arch=arch, task="yolo", module=YoloNet(net).eval(),
+        input_size=input_size, num_classes=num_classes or 80, trained=checkpoint is not None,
+        source="yolo",
+    )

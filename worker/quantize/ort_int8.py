@@ -1,0 +1,149 @@
+"""ort_int8: ONNX Runtime static int8, QDQ format, of the same exported model.
+
+Steps: opset >= 13 (per-channel DequantizeLinear needs an axis), quant_pre_process (symbolic
+shape inference fails on dynamic dims: retried without it), calibration one image/batch at a
+time (ORT's histogram calibrators keep every intermediate tensor of a pass in memory), then
+quantize_static with u8 activations and s8 weights. On a torchvision detector only the nodes of
+the parts the torch int8 path quantizes are int8; transform, anchors, RoIAlign, box decoding
+and NMS stay float, as in int8_static.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from worker.models.base import LoadedModel
+from worker.quantize.common import DETECTOR_PARTS, matches_keep_float
+from worker.quantize.onnx_export import module_names, node_module
+from worker.quantize.ort_fp32 import ALL_SOURCES, fp32_onnx, ort_quantized
+from worker.quantize.ort_runtime import feeds, input_info, ort_devices
+from worker.quantize.registry import Quantized, QuantizeRequest, register
+
+MIN_OPSET = 13
+# torch's histogram observer minimises the L2 error; ORT's closest histogram method is Entropy.
+METHODS = {"minmax": "MinMax", "histogram": "Entropy", "percentile": "Percentile"}
+
+
+class Reader:
+    """CalibrationDataReader with len/set_range, so ORT calibrates in strides of one feed."""
+
+    def __init__(self, feeds_: list[dict]) -> None:
+        self.feeds = feeds_
+        self.set_range(0, len(feeds_))
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.feeds[start_index:end_index])
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+
+def ensure_opset(path: Path, work: Path) -> tuple[Path, list[str]]:
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= MIN_OPSET:
+        return path, []
+    from onnx import version_converter
+
+    out = work / "opset13.onnx"
+    onnx.save(version_converter.convert_version(model, MIN_OPSET), str(out))
+    return out, [f"converted from opset {opset} to {MIN_OPSET} for per-channel QDQ"]
+
+
+# Ops whose output shapes depend on the data: symbolic shape inference cannot finish on them and
+# spent 270 s in sympy on the fixture detector before giving up.
+DATA_DEPENDENT = {"NonMaxSuppression", "NonZero"}
+
+
+def pre_process(path: Path, work: Path) -> tuple[Path, list[str]]:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "preprocessed.onnx"
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    # quant_pre_process leaves temporary models (and their external data) in the current
+    # folder when it fails half-way: run it from the unit's scratch folder.
+    with contextlib.chdir(work):
+        if not ops & DATA_DEPENDENT:
+            try:
+                quant_pre_process(str(path), str(out))
+                return out, []
+            except Exception:  # symbolic shape inference cannot resolve some dynamic dims
+                pass
+        try:
+            quant_pre_process(str(path), str(out), skip_symbolic_shape=True)
+            return out, ["quant_pre_process without symbolic shape inference"]
+        except Exception as exc:
+            return path, [f"quant_pre_process failed ({type(exc).__name__}); quantized unprocessed"]
+
+
+def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
+                   keep_float: list[str]) -> tuple[list[str], list[str]]:
+    """Nodes left float: keep_float matches, and on a detector everything outside its parts.
+
+    keep_float patterns match torch module names; on a given ONNX file, the node's dotted scope
+    ("/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1") or the node name itself.
+    """
+    from_torch = not getattr(model, "onnx_path", None)
+    names = module_names(model.module) if from_torch else None
+    exclude: list[str] = []
+    notes: dict[str, str] = {}
+    for node in graph.graph.node:
+        owner = node_module(node.name, names)
+        if model.task == "detection" and from_torch and not (
+                owner and any(owner == p or owner.startswith(p + ".") for p in DETECTOR_PARTS)):
+            exclude.append(node.name)
+            continue
+        pattern = (owner and matches_keep_float(owner, keep_float)) or (
+            not from_torch and matches_keep_float(node.name, keep_float))
+        if pattern:
+            exclude.append(node.name)
+            notes.setdefault(pattern, f"nodes of {pattern!r} kept float (keep_float)")
+    return exclude, list(notes.values())
+
+
+@register("ort_int8", devices=ort_devices(), needs_calibration=True, sources=ALL_SOURCES,
+          description="ONNX Runtime static int8 (QDQ, u8 activations, s8 weights)")
+def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    work = Path(request.work_dir)
+    src, notes = fp32_onnx(model, request)
+    src, more = ensure_opset(src, work)
+    pre, more2 = pre_process(src, work)
+    notes += more + more2
+    info = input_info(pre)
+    data = [f for batch in request.calibration_batches() for f in feeds(info, batch)]
+    if not data:
+        raise ValueError("ort_int8: calibration yielded no images")
+    exclude, kept = excluded_nodes(model, onnx.load(str(pre)), request.keep_float)
+    spec = request.calibration
+    out = work / "model_int8.onnx"
+    # ORT prints calibration progress, and divides by zero on empty tensors it then skips.
+    with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
+        quantize_static(
+            str(pre), str(out), Reader(data), quant_format=QuantFormat.QDQ,
+            per_channel=spec.per_channel, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
+            extra_options={"CalibStridedMinMax": 1, "CalibPercentile": spec.percentile,
+                           "CalibTensorRangeSymmetric": False},
+        )
+    if model.task == "detection" and not getattr(model, "onnx_path", None):
+        parts = [p for p in DETECTOR_PARTS if p in module_names(model.module)]
+        roi = "RoIAlign, " if hasattr(model.module, "roi_heads") else ""
+        notes.append(f"int8 only inside {', '.join(parts)}; transform, anchors, {roi}"
+                     "box decoding and NMS stay float")
+    notes += kept
+    notes.append(f"calibration: {spec.method} -> ORT {METHODS[spec.method]}"
+                 + (f" p{spec.percentile}" if spec.method == "percentile" else "")
+                 + f", {len(data)} feeds, " + ("per-channel" if spec.per_channel else "per-tensor")
+                 + " s8 weights, u8 activations (VNNI: no reduce_range)")
+    return ort_quantized(model, out, request.device, notes, fp32_path=pre)
