@@ -85,7 +85,7 @@ def _save_torch(unit: Unit, loaded: LoadedModel, q: Quantized, root: Path) -> Sa
     program, traced = to_torchscript(q.module, loaded.task, example)
     expected, got = q.predict(example), run_program(program, loaded.task, example)
     diff = max_difference(expected, got)
-    if diff > RELATIVE_TOLERANCE * max(1.0, _largest(expected)):
+    if diff > RELATIVE_TOLERANCE:
         raise ArtifactError(f"the TorchScript program differs from the benchmarked model on an "
                             f"example image (max |diff| {diff:.3g})")
     target = artifact_file(root, unit.job_id, unit.model.id, unit.mode, "torchscript")
@@ -100,17 +100,6 @@ def _save_torch(unit: Unit, loaded: LoadedModel, q: Quantized, root: Path) -> Sa
     how = f"traced parts: {', '.join(traced)}" if traced else "scripted"
     return SavedArtifact(relative(root, target), sha, "torchscript",
                          note=f"artifact: TorchScript ({how})")
-
-
-def _largest(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().abs().max()) if value.numel() and value.is_floating_point() \
-            else 0.0
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return max((_largest(v) for v in value), default=0.0)
-    return 0.0
 
 
 def onnx_source(q: Quantized) -> Path:
