@@ -120,6 +120,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime columns")
     p.add_argument("--fp32-fast-roi", action="store_true",
                    help="add fp32 with int8_static's RoIAlign, to show what that change alone gives")
+    p.add_argument("--fp32-per-image", action="store_true",
+                   help="add fp32 run image by image, as int8_static runs a large detector")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="time parts of fp32 and int8 over N calls at batch 1, and list int8's ops")
     return p.parse_args()
@@ -138,6 +140,8 @@ def variants(args, fp32: nn.Module, loaded: LoadedModel, request: QuantizeReques
         fast = copy.deepcopy(fp32)
         install_fast_roi_pool(fast)
         out["fp32_fast_roi"] = lambda b: run_task("detection", fast, b)
+    if args.fp32_per_image:
+        out["fp32_per_image"] = lambda b: [d for i in b.split(1) for d in run_task("detection", fp32, i)]
     if not args.no_ort:
         for mode in ("ort_fp32", "ort_int8"):
             t = time.perf_counter()
@@ -171,7 +175,7 @@ def time_round_robin(fns: dict, batch: torch.Tensor, args) -> tuple[dict, dict]:
 
 def print_table(rows: list, cols: list[str]) -> None:
     """Medians, then minimums: on a shared machine the fastest call is the least disturbed."""
-    ratios = [c for c in ("fp32_compiled", "ort_int8") if c in cols]
+    ratios = [c for c in ("fp32_per_image", "fp32_compiled", "ort_int8") if c in cols]
     for which, label in ((0, "median"), (1, "min")):
         print(f"{label:<7}" + "".join(f"{c + ' ms':>17}" for c in cols) + f"{'int8 vs fp32':>14}"
               + "".join(f"{'vs ' + c:>18}" for c in ratios))

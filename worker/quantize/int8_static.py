@@ -123,6 +123,24 @@ def _quantize_classifier(model: LoadedModel, request: QuantizeRequest):
     return quantized, int8, floats, notes
 
 
+# Image by image beats a batch once one image's largest feature map outgrows the caches: an
+# R50-FPN at 800 px (10.2M elements at stride 4) ran 10% faster per image on a batch of 4;
+# MobileNet FPNs at 320-512 px (under 1M) and the 256 px fixture were up to 2.5x slower.
+PER_IMAGE_ELEMENTS = 8_000_000
+
+
+def _per_image(module: nn.Module, request: QuantizeRequest) -> tuple[bool, str]:
+    """Whether a detector's batch should run image by image, from one image's feature maps."""
+    image = next(iter(request.calibration_batches()))[:1]
+    with torch.inference_mode():
+        feats = module.backbone(module.transform(list(image))[0].tensors)
+    largest = max(f.numel() for f in (feats.values() if isinstance(feats, dict) else [feats]))
+    per_image = largest >= PER_IMAGE_ELEMENTS
+    how = "image by image" if per_image else "batched"
+    return per_image, (f"a batch runs {how} (largest feature map {largest / 1e6:.1f}M elements "
+                       f"per image; per image from {PER_IMAGE_ELEMENTS / 1e6:.0f}M)")
+
+
 @register("int8_static", devices=("cpu",), needs_calibration=True,
           description="post-training static int8 (torch.ao FX, x86 backend)")
 def quantize_int8_static(model: LoadedModel, request: QuantizeRequest) -> Quantized:
@@ -145,11 +163,10 @@ def quantize_int8_static(model: LoadedModel, request: QuantizeRequest) -> Quanti
     notes.append(f"calibration: {spec.method}"
                  + (f" p{spec.percentile}" if spec.method == "percentile" else "")
                  + (", per-channel weights" if spec.per_channel else ", per-tensor weights"))
-    # A Faster R-CNN at 800 px ran 10% faster image by image than on a batch of 4 (its int8
-    # convs and RoI heads lose cache locality on a batch): detectors run per image.
-    per_image = model.task == "detection"
-    if per_image:
-        notes.append("a batch runs image by image (faster than batched on this CPU path)")
+    per_image = False
+    if model.task == "detection":
+        per_image, note = _per_image(module, request)
+        notes.append(note)
     return Quantized(
         predict=make_predict(model.task, module, "cpu", per_image=per_image),
         backend="torch-fx-x86",
