@@ -167,3 +167,19 @@ def low_precision(model: LoadedModel, device: str, dtype: torch.dtype) -> Quanti
         notes=notes,
         module=module,
     )
+
+
+def torch_quantized(model: LoadedModel, module: nn.Module, backend: str, device: str, *,
+                    int8_modules: list[str] | None = None, float_modules: list[str] | None = None,
+                    notes: list[str] | None = None, per_image: bool = False) -> Quantized:
+    """A Quantized for a torch module: size and dtype counts read off the module itself."""
+    return Quantized(
+        predict=make_predict(model.task, module, device, per_image=per_image),
+        backend=backend,
+        size_bytes=serialized_size_bytes(module),
+        params_by_dtype=params_by_dtype(module),
+        int8_modules=int8_modules or [],
+        float_modules=float_modules or [],
+        notes="; ".join(notes or []),
+        module=module,
+    )

@@ -5,9 +5,7 @@ from __future__ import annotations
 from worker.models.base import LoadedModel
 from worker.quantize.common import (
     copy_to,
-    make_predict,
-    params_by_dtype,
-    serialized_size_bytes,
+    torch_quantized,
     weight_modules,
 )
 from worker.quantize.registry import Quantized, QuantizeRequest, register
@@ -18,11 +16,4 @@ def quantize_fp32(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     # On the CPU the loader's module is used as is; elsewhere a copy, so the CPU reference stays.
     module = model.module if request.device == "cpu" else copy_to(model.module, request.device)
     _, floats = weight_modules(module)
-    return Quantized(
-        predict=make_predict(model.task, module, request.device),
-        backend="torch-eager",
-        size_bytes=serialized_size_bytes(module),
-        params_by_dtype=params_by_dtype(module),
-        float_modules=floats,
-        module=module,
-    )
+    return torch_quantized(model, module, "torch-eager", request.device, float_modules=floats)

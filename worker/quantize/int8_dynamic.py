@@ -12,10 +12,8 @@ from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
 from worker.models.base import LoadedModel
 from worker.quantize.common import (
-    make_predict,
     matches_keep_float,
-    params_by_dtype,
-    serialized_size_bytes,
+    torch_quantized,
     weight_modules,
 )
 from worker.quantize.registry import Quantized, QuantizeRequest, register
@@ -34,13 +32,5 @@ def quantize_int8_dynamic(model: LoadedModel, request: QuantizeRequest) -> Quant
     notes += [f"{n} kept float (keep_float {p!r})" for n, p in kept.items()]
     if not linears:
         notes.append("the model has no nn.Linear layer: nothing was quantized")
-    return Quantized(
-        predict=make_predict(model.task, module, "cpu"),
-        backend="torch-dynamic-x86",
-        size_bytes=serialized_size_bytes(module),
-        params_by_dtype=params_by_dtype(module),
-        int8_modules=int8,
-        float_modules=floats,
-        notes="; ".join(notes),
-        module=module,
-    )
+    return torch_quantized(model, module, "torch-dynamic-x86", "cpu", int8_modules=int8,
+                           float_modules=floats, notes=notes)

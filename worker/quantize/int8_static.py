@@ -25,10 +25,8 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from worker.models.base import LoadedModel
 from worker.quantize.common import (
-    make_predict,
     matches_keep_float,
-    params_by_dtype,
-    serialized_size_bytes,
+    torch_quantized,
     weight_modules,
 )
 from worker.quantize.detection_parts import frozen_bn_to_bn, quantize_detector
@@ -167,13 +165,5 @@ def quantize_int8_static(model: LoadedModel, request: QuantizeRequest) -> Quanti
     if model.task == "detection":
         per_image, note = _per_image(module, request)
         notes.append(note)
-    return Quantized(
-        predict=make_predict(model.task, module, "cpu", per_image=per_image),
-        backend="torch-fx-x86",
-        size_bytes=serialized_size_bytes(module),
-        params_by_dtype=params_by_dtype(module),
-        int8_modules=int8,
-        float_modules=floats,
-        notes="; ".join(notes),
-        module=module,
-    )
+    return torch_quantized(model, module, "torch-fx-x86", "cpu", int8_modules=int8,
+                           float_modules=floats, notes=notes, per_image=per_image)
