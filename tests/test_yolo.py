@@ -103,3 +103,19 @@ def test_yolo_refusals():
         load_yolo("y", "yolov8n-seg.yaml", 3, (SIZE, SIZE), None)
     with pytest.raises(ModelError, match="cannot build"):
         load_yolo("y", "nosuchmodel.yaml", 3, (SIZE, SIZE), None)
+
+
+@needs_ultralytics
+def test_yolo_int8_inspection_pairs_layers(tmp_path):
+    from worker.evaluate.synth import synth_images
+    from worker.inspect import inspect_unit
+
+    model = load_yolo("y", "yolov8n.yaml", 3, (SIZE, SIZE), None)
+    images = synth_images(4, (SIZE, SIZE), 1)
+    q = quantize(model, "int8_static", QuantizeRequest(
+        device="cpu", calibration=CalibrationSpec(images=4, method="minmax"), keep_float=[],
+        calibration_batches=lambda: [images], work_dir=str(tmp_path)))
+    rows, pictures = inspect_unit(model, q, images[:1], "conv", tmp_path / "inspect")
+    names = [r["layer"] for r in sorted(rows, key=lambda r: r["layer_index"])]
+    assert len(rows) > 40 and names[0] == "model.model.0.conv"
+    assert len(pictures) >= 5 and all(p.stat().st_size > 1000 for p in pictures)

@@ -17,11 +17,22 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().reshape(-1).numpy()
 
 
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for v in value for t in _tensors(v)] if isinstance(value, (list, tuple)) else []
+
+
 def output_pairs(task: Task, fp32: Any, quant: Any, iou_threshold: float = 0.5) -> Pairs:
     """Classifier: logits. Detector: scores and box coordinates (px) of detections matched
     one to one across the two models (same label, IoU >= iou_threshold)."""
     if task == "classification":
         return {"logits": (_np(fp32), _np(quant))}
+    if not (isinstance(fp32, list) and fp32 and isinstance(fp32[0], dict)):  # YOLO: raw tensors
+        return {"network outputs": (np.concatenate([_np(t) for t in _tensors(fp32)]),
+                                    np.concatenate([_np(t) for t in _tensors(quant)]))}
     scores: list[tuple[np.ndarray, np.ndarray]] = []
     boxes: list[tuple[np.ndarray, np.ndarray]] = []
     for ref, cand in zip(fp32, quant, strict=True):

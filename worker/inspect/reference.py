@@ -19,6 +19,7 @@ from torch.ao.quantization.quantize_fx import fuse_fx
 
 from worker.models.base import LoadedModel
 from worker.quantize.detection_parts import frozen_bn_to_bn, quantize_detector
+from worker.quantize.submodules import quantize_submodules, submodule_roots
 
 # The parts quantize_detector quantizes one by one (detection_parts._parts).
 DETECTOR_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor")
@@ -49,10 +50,14 @@ def float_reference(loaded: LoadedModel, quant: nn.Module, images: torch.Tensor)
     """A float model whose layer names and boundaries match `quant`'s."""
     if not has_fx(quant):
         return loaded.module
-    if loaded.task == "detection":
+    if loaded.task == "detection" and hasattr(loaded.module, "roi_heads"):
         # One forward pass is quantize_detector's calibration step; here it only runs.
         return quantize_detector(loaded.module, _fuse, lambda m: m, [images[:1]],
                                  _float_parts(quant)).module.eval()
+    if loaded.task != "classification":  # YOLO, RetinaNet, SSD: quantized part by part
+        return quantize_submodules(loaded.module, loaded.task,
+                                   submodule_roots(loaded.task, loaded.module), _fuse,
+                                   lambda m: m, [images[:1]], []).module.eval()
     module = copy.deepcopy(loaded.module).eval()
     frozen_bn_to_bn(module)
     return fuse_fx(module).eval()
