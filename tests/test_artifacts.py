@@ -116,6 +116,7 @@ TORCH_CHILD = """
 import json, pickle, sys
 sys.modules["worker"] = None
 import torch, torchvision
+torch.set_num_threads(int(sys.argv[2]))  # as the benchmarked model ran: same summation order
 for item in json.loads(sys.argv[1]):
     batch = torch.load(item["input"], weights_only=True)
     saved = pickle.load, pickle.loads, pickle.Unpickler
@@ -153,7 +154,7 @@ def test_torch_artifacts_load_without_qbench_and_match(job, tmp_path):
         torch.save(s.batch, tmp_path / f"{s.model_id}-{s.mode}.in")
         items.append({"path": str(path), "task": s.task, "input": str(tmp_path / f"{s.model_id}-{s.mode}.in"),
                       "output": str(tmp_path / f"{s.model_id}-{s.mode}.out")})
-    _fresh(TORCH_CHILD, json.dumps(items))
+    _fresh(TORCH_CHILD, json.dumps(items), str(torch.get_num_threads()))
     for s, item in zip(chosen, items, strict=True):
         got = torch.load(item["output"], weights_only=True)
         diff = max_difference(s.expected, got)
