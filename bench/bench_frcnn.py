@@ -177,13 +177,13 @@ def print_table(rows: list, cols: list[str]) -> None:
     """Medians, then minimums: on a shared machine the fastest call is the least disturbed."""
     ratios = [c for c in ("fp32_per_image", "fp32_compiled", "ort_int8") if c in cols]
     for which, label in ((0, "median"), (1, "min")):
-        print(f"{label:<7}" + "".join(f"{c + ' ms':>17}" for c in cols) + f"{'int8 vs fp32':>14}"
-              + "".join(f"{'vs ' + c:>18}" for c in ratios))
+        print(f"{label:<7}" + "".join(f"{c + ' ms':>19}" for c in cols) + f"{'int8 vs fp32':>14}"
+              + "".join(f"{'vs ' + c:>20}" for c in ratios))
         for bs, stats, _ in rows:
             ms = {c: stats[c][which] for c in cols}
-            line = f"bs{bs:<5}" + "".join(f"{ms[c]:17.1f}" for c in cols)
+            line = f"bs{bs:<5}" + "".join(f"{ms[c]:19.1f}" for c in cols)
             line += f"{ms['fp32'] / ms['int8']:13.2f}x"
-            print(line + "".join(f"{ms[c] / ms['int8']:17.2f}x" for c in ratios))
+            print(line + "".join(f"{ms[c] / ms['int8']:19.2f}x" for c in ratios))
     for bs, _, dets in rows:
         print(f"bs{bs} detections/img: " + ", ".join(f"{c} {dets[c]:.0f}" for c in cols))
 
