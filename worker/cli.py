@@ -273,7 +273,7 @@ def data_synth(out_dir: Annotated[Path, typer.Option("--out", help="Folder to cr
 
 
 def main() -> None:
-    from worker.models.torchvision_models import ModelError
+    from worker.errors import ModelError
 
     try:
         code = app(standalone_mode=False)

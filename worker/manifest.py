@@ -1,11 +1,14 @@
 """Job manifests: pydantic models of the YAML contract, validation, and expansion into units.
 
-Field names here are public API (see README "Manifest"): keep them, add freely.
+Field names here are public API (see README "Manifest"): keep them, add freely. A leaf: it
+imports neither torch nor the mode registry (modes and arch names come from worker.catalogue),
+so `qbench validate`, `status` and `submit` start without loading torch.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import json
 import os
@@ -14,15 +17,50 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from worker.quantize.registry import mode_names, validate_mode_device
+from worker.catalogue import MODES, arch_problem, mode_device_problem, mode_names
+from worker.errors import ManifestError
+
+__all__ = ["ManifestError", "Manifest", "Unit", "load_manifest", "parse_manifest"]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# <name>-<stamp>-<digest>; a user may pass their own to `qbench run --job-id`. Never a path.
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be used; the message is one line naming the field or file."""
+def _limit(env: str, default: int) -> int:
+    """A limit a user with a bigger machine may raise through the environment."""
+    raw = os.environ.get(env)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ManifestError(f"{env}={raw!r}: not an integer") from None
+
+
+# Bounds on what would exhaust the machine (README "Manifest", Limits).
+MAX_MANIFEST_BYTES = 1_000_000
+MAX_MODELS = 64
+MAX_INPUT_SIDE = _limit("QBENCH_MAX_INPUT_SIDE", 4096)
+MAX_BATCH_SIZE = _limit("QBENCH_MAX_BATCH_SIZE", 4096)
+MAX_BATCH_SIZES = 16
+MAX_ITERATIONS = 100_000
+MAX_WARMUP = 10_000
+MAX_THREADS = 1024
+MAX_KEEP_FLOAT = 256
+MAX_PATTERN_CHARS = 200
+MAX_INSPECT_IMAGES = 64
 
 
 class Strict(BaseModel):
@@ -32,17 +70,20 @@ class Strict(BaseModel):
 class ModelSpec(Strict):
     id: str = Field(pattern=ID_PATTERN)
     source: Literal["torchvision", "yolo", "onnx"] = "torchvision"
-    arch: str | None = None
-    checkpoint: str | None = None
-    path: str | None = None  # the .onnx file for source: onnx
-    num_classes: int | None = Field(default=None, ge=1)
-    input_size: tuple[int, int] = (320, 320)
+    arch: str | None = Field(default=None, max_length=200)
+    checkpoint: str | None = Field(default=None, max_length=4096)
+    path: str | None = Field(default=None, max_length=4096)  # the .onnx file for source: onnx
+    num_classes: StrictInt | None = Field(default=None, ge=1, le=100_000)
+    input_size: tuple[StrictInt, StrictInt] = (320, 320)
 
     @field_validator("input_size")
     @classmethod
     def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
         if min(v) < 32:
             raise ValueError("both sides must be at least 32 pixels")
+        if max(v) > MAX_INPUT_SIDE:
+            raise ValueError(f"a side is at most {MAX_INPUT_SIDE} pixels "
+                             "(QBENCH_MAX_INPUT_SIDE raises the limit)")
         return v
 
     @model_validator(mode="after")
@@ -51,29 +92,45 @@ class ModelSpec(Strict):
             raise ValueError(f"source {self.source} needs an arch")
         if self.source == "onnx" and not self.path:
             raise ValueError("source onnx needs a path to the .onnx file")
+        problem = arch_problem(self.source, self.arch)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
 class CalibrationSpec(Strict):
-    images: int = Field(default=16, ge=1, le=10_000)
+    images: StrictInt = Field(default=16, ge=1, le=10_000)
     method: Literal["minmax", "histogram", "percentile"] = "histogram"
-    per_channel: bool = True
-    percentile: float = Field(default=99.99, gt=50, le=100)
+    per_channel: StrictBool = True
+    percentile: StrictFloat = Field(default=99.99, gt=50, le=100)
 
 
 class TargetSpec(Strict):
     """What mode int8_mixed must reach by keeping the fewest most sensitive layers float."""
 
-    max_map_drop: float | None = Field(default=None, ge=0)  # mAP points vs fp32 (needs a dataset)
-    min_agreement: float = Field(default=0.99, gt=0, le=1)  # agreement with fp32, without one
-    max_float: int | None = Field(default=None, ge=0)  # at most this many groups kept float
+    max_map_drop: StrictFloat | None = Field(default=None, ge=0)  # mAP points vs fp32 (needs a dataset)
+    min_agreement: StrictFloat = Field(default=0.99, gt=0, le=1)  # agreement with fp32, without one
+    max_float: StrictInt | None = Field(default=None, ge=0)  # at most this many groups kept float
 
 
 class QuantizationSpec(Strict):
-    modes: list[str] = Field(default_factory=lambda: ["fp32", "int8_static"], min_length=1)
+    modes: list[str] = Field(default_factory=lambda: ["fp32", "int8_static"], min_length=1,
+                             max_length=len(MODES))
     calibration: CalibrationSpec = CalibrationSpec()
-    keep_float: list[str] = Field(default_factory=list)
+    keep_float: list[str] = Field(default_factory=list, max_length=MAX_KEEP_FLOAT)
     target: TargetSpec = TargetSpec()
+
+    @field_validator("keep_float")
+    @classmethod
+    def _patterns_compile(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if not pattern or len(pattern) > MAX_PATTERN_CHARS:
+                raise ValueError(f"a pattern is 1 to {MAX_PATTERN_CHARS} characters")
+            try:
+                re.compile(fnmatch.translate(pattern))
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} does not compile ({exc})") from None
+        return v
 
     @field_validator("modes")
     @classmethod
@@ -89,10 +146,11 @@ class QuantizationSpec(Strict):
 
 class BenchmarkSpec(Strict):
     devices: list[Literal["cpu", "cuda"]] = Field(default_factory=lambda: ["cpu"], min_length=1)
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 32, 64], min_length=1)
-    warmup: int = Field(default=5, ge=0)
-    iterations: int = Field(default=30, ge=1)
-    threads: int | None = Field(default=None, ge=1)
+    batch_sizes: list[StrictInt] = Field(default_factory=lambda: [1, 2, 4, 32, 64], min_length=1,
+                                         max_length=MAX_BATCH_SIZES)
+    warmup: StrictInt = Field(default=5, ge=0, le=MAX_WARMUP)
+    iterations: StrictInt = Field(default=30, ge=1, le=MAX_ITERATIONS)
+    threads: StrictInt | None = Field(default=None, ge=1, le=MAX_THREADS)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -100,6 +158,9 @@ class BenchmarkSpec(Strict):
         for b in v:
             if b < 1:
                 raise ValueError(f"batch size {b} must be at least 1")
+            if b > MAX_BATCH_SIZE:
+                raise ValueError(f"batch size {b} is above the limit {MAX_BATCH_SIZE} "
+                                 "(QBENCH_MAX_BATCH_SIZE raises it)")
         if len(set(v)) != len(v):
             raise ValueError("a batch size is listed twice")
         return v
@@ -107,9 +168,9 @@ class BenchmarkSpec(Strict):
 
 class DatasetSpec(Strict):
     format: Literal["coco", "imagefolder"] = "coco"
-    images: str
-    annotations: str | None = None
-    eval_images: int | None = Field(default=None, ge=1)
+    images: str = Field(max_length=4096)
+    annotations: str | None = Field(default=None, max_length=4096)
+    eval_images: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _coco_needs_annotations(self) -> DatasetSpec:
@@ -119,18 +180,18 @@ class DatasetSpec(Strict):
 
 
 class InspectSpec(Strict):
-    images: int = Field(default=1, ge=0)
+    images: StrictInt = Field(default=1, ge=0, le=MAX_INSPECT_IMAGES)
     layers: Literal["conv", "linear", "all"] = "conv"
 
 
 class Manifest(Strict):
     name: str = Field(pattern=ID_PATTERN)
-    models: list[ModelSpec] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1, max_length=MAX_MODELS)
     quantization: QuantizationSpec = QuantizationSpec()
     benchmark: BenchmarkSpec = BenchmarkSpec()
     dataset: DatasetSpec | None = None
     inspect: InspectSpec = InspectSpec()
-    artifacts: bool = True  # save each benchmarked model under results/artifacts/
+    artifacts: StrictBool = True  # save each benchmarked model under results/artifacts/
 
     @model_validator(mode="after")
     def _unique_ids_and_devices(self) -> Manifest:
@@ -143,19 +204,26 @@ class Manifest(Strict):
             raise ValueError("models: two models share an id")
         for device in self.benchmark.devices:
             for mode in self.quantization.modes:
-                problem = validate_mode_device(mode, device)
+                problem = mode_device_problem(mode, device)
                 if problem:
                     raise ValueError(f"quantization.modes: {problem}")
+        for i, model in enumerate(self.models):
+            for mode in self.quantization.modes:
+                if model.source not in MODES[mode].sources:
+                    runs = ", ".join(m for m in mode_names() if model.source in MODES[m].sources)
+                    why = " (an ONNX file has no torch module)" if model.source == "onnx" else ""
+                    raise ValueError(f"models[{i}]: mode {mode} cannot run models of source "
+                                     f"{model.source}{why}; use {runs}")
         return self
 
 
 class Unit(Strict):
     """One work item: a model x mode x device of a job. JSON-serialisable for Celery."""
 
-    job_id: str
-    job_name: str
-    job_date: str  # YYYY-MM-DD the job was created: the Parquet partition, stable on retry
-    unit_id: str
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    job_name: str = Field(pattern=ID_PATTERN)
+    job_date: str = Field(pattern=DATE_PATTERN)  # the job's day: the Parquet partition, stable on retry
+    unit_id: str = Field(pattern=ID_PATTERN)
     model: ModelSpec
     mode: str
     device: Literal["cpu", "cuda"]
@@ -163,15 +231,24 @@ class Unit(Strict):
     benchmark: BenchmarkSpec
     dataset: DatasetSpec | None
     inspect: InspectSpec
-    base_dir: str  # where relative manifest paths resolve
-    artifacts: bool = True  # save the benchmarked model (manifest `artifacts`)
+    base_dir: str  # where relative manifest paths resolve (not a root the worker trusts)
+    artifacts: StrictBool = True  # save the benchmarked model (manifest `artifacts`)
 
     @property
     def queue(self) -> str:
         return "gpu" if self.device == "cuda" else "cpu"
 
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        if v not in MODES:
+            raise ValueError(f"unknown mode {v!r}; known: {', '.join(mode_names())}")
+        return v
+
     def resolve(self, relative: str) -> Path:
-        return resolve_inside(relative, Path(self.base_dir), allowed_roots())
+        """A path of the manifest, confined to this process's input roots (input_roots)."""
+        base = Path(self.base_dir)
+        return resolve_inside(relative, base, input_roots(base))
 
 
 DEFAULT_DATA_ROOTS = os.pathsep.join(["data", "models"])
@@ -186,12 +263,43 @@ def allowed_roots() -> list[Path]:
     return [Path(p).resolve() for p in raw.split(os.pathsep) if p]
 
 
+# Manifest folders this process read a manifest from itself (load_manifest): their files are
+# the user's own. A unit received from elsewhere names a base_dir that is not trusted: its
+# paths must lie inside this process's allowed roots.
+_TRUSTED_BASES: set[Path] = set()
+
+
+def input_roots(base: Path) -> list[Path]:
+    """Where a unit's input files may be: the allowed roots, plus its base if this process
+    loaded the manifest from there."""
+    roots = allowed_roots()
+    try:
+        resolved = base.resolve()
+    except (OSError, RuntimeError):
+        return roots
+    return [resolved, *roots] if resolved in _TRUSTED_BASES else roots
+
+
+def _resolve(path: Path, shown: str) -> Path:
+    try:
+        return path.resolve()
+    except RuntimeError:  # a symlink loop
+        raise ManifestError(f"path {shown!r}: symlink loop") from None
+    except OSError as exc:
+        raise ManifestError(f"path {shown!r}: cannot be resolved ({exc.strerror or exc})") from None
+
+
+def is_inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
 def resolve_inside(relative: str, base: Path, roots: list[Path]) -> Path:
-    """Resolve a manifest path against its base; refuse anything outside base and the roots."""
-    path = (base / relative).resolve()
-    for root in [base.resolve(), *roots]:
-        if path == root or root in path.parents:
-            return path
+    """Resolve a manifest path against its base (symlinks followed); refuse it outside roots."""
+    if "\x00" in relative:
+        raise ManifestError(f"path {relative!r}: contains a NUL byte")
+    path = _resolve(base / relative, relative)
+    if is_inside(path, roots):
+        return path
     raise ManifestError(f"path {relative!r} resolves outside the allowed roots ({path})")
 
 
@@ -205,52 +313,139 @@ def _field_path(loc: tuple) -> str:
     return ".".join(parts)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ManifestError(f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: a manifest is a YAML mapping with name and models")
+    return validate_data(data, source)
+
+
+def validate_data(data: object, source: str) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = _field_path(err["loc"]) or "manifest"
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ManifestError(f"{source}: {field}: {msg}") from None
+        raise ManifestError(f"{source}: {first_error(exc)}") from None
+
+
+def first_error(exc: ValidationError) -> str:
+    """`field: message` of a pydantic error, on one line."""
+    err = exc.errors()[0]
+    field = _field_path(err["loc"]) or "manifest"
+    msg = err["msg"].removeprefix("Value error, ")
+    return " ".join(f"{field}: {msg}".split())
 
 
 def load_manifest(path: str | Path) -> tuple[Manifest, Path]:
     """Read and validate a manifest file; returns it and the folder its paths resolve against."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest file not found")
-    manifest = parse_manifest(path.read_text(), str(path))
-    check_files(manifest, path.parent.resolve(), str(path))
-    return manifest, path.parent.resolve()
+    try:
+        if not path.is_file():
+            raise ManifestError(f"{path}: manifest file not found")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{path}: {path.stat().st_size} bytes, above the "
+                                f"{MAX_MANIFEST_BYTES}-byte limit for a manifest")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    manifest = parse_manifest(text, str(path))
+    base = _resolve(path.parent, str(path.parent))
+    check_files(manifest, base, str(path))
+    _TRUSTED_BASES.add(base)
+    return manifest, base
 
 
 def check_files(manifest: Manifest, base: Path, source: str) -> None:
-    """Fail early on files the manifest names that are missing or outside the allowed roots."""
-    roots = allowed_roots()
-    named: list[tuple[str, str | None]] = []
+    """Fail early on files the manifest names: missing, outside the roots, of the wrong kind,
+    or (a COCO instances JSON) unusable by the model. Nothing here needs weights."""
+    roots = [base, *allowed_roots()]
+    named: list[tuple[str, str | None, str]] = []
     for i, m in enumerate(manifest.models):
-        named += [(f"models[{i}].checkpoint", m.checkpoint), (f"models[{i}].path", m.path)]
+        named += [(f"models[{i}].checkpoint", m.checkpoint, "file"),
+                  (f"models[{i}].path", m.path, "file")]
     if manifest.dataset:
-        named += [("dataset.images", manifest.dataset.images),
-                  ("dataset.annotations", manifest.dataset.annotations)]
-    for field, value in named:
+        named += [("dataset.images", manifest.dataset.images, "folder"),
+                  ("dataset.annotations", manifest.dataset.annotations, "file")]
+    resolved: dict[str, Path] = {}
+    for field, value, kind in named:
         if value is None:
             continue
         try:
-            resolved = resolve_inside(value, base, roots)
+            path = resolve_inside(value, base, roots)
         except ManifestError as exc:
             raise ManifestError(f"{source}: {field}: {exc}") from None
-        if not resolved.exists():
-            raise ManifestError(f"{source}: {field}: file not found: {resolved}")
+        if not path.exists():
+            raise ManifestError(f"{source}: {field}: file not found: {path}")
+        if kind == "file" and not path.is_file():
+            raise ManifestError(f"{source}: {field}: {path} is a folder, not a file")
+        if kind == "folder" and not path.is_dir():
+            raise ManifestError(f"{source}: {field}: {path} is a file, not a folder")
+        resolved[field] = path
+    if manifest.dataset:
+        check_dataset(manifest, resolved, source)
+
+
+def check_dataset(manifest: Manifest, resolved: dict[str, Path], source: str) -> None:
+    """The dataset fits every model: its format to the model's task, COCO ids to its classes."""
+    from worker.catalogue import FIXTURE_ARCH, FIXTURE_CLASSES, torchvision_task
+    from worker.evaluate.coco_doc import DatasetError, check_coco_document, read_coco_document
+
+    spec = manifest.dataset
+    tasks = {i: (torchvision_task(m.arch) if m.source == "torchvision" and m.arch else
+                 "yolo" if m.source == "yolo" else None)
+             for i, m in enumerate(manifest.models)}
+    wanted = "detection" if spec.format == "coco" else "classification"
+    for i, task in tasks.items():
+        if task is not None and task != wanted:
+            raise ManifestError(f"{source}: dataset.format: {spec.format} needs a {wanted} model, "
+                                f"models[{i}] ({manifest.models[i].arch}) is a {task} model")
+    if spec.format != "coco":
+        return
+    try:
+        doc = read_coco_document(resolved["dataset.annotations"])
+        check_coco_document(doc, resolved["dataset.annotations"])
+        for i, m in enumerate(manifest.models):
+            if tasks[i] != "detection":
+                continue
+            classes = (m.num_classes or (len(FIXTURE_CLASSES) + 1 if m.arch == FIXTURE_ARCH
+                                         else 91))
+            check_coco_document(doc, resolved["dataset.annotations"], classes)
+    except DatasetError as exc:
+        raise ManifestError(f"{source}: dataset.annotations: {exc}") from None
+
+
+def check_job_id(job_id: str) -> str:
+    """A job id given by a user (`qbench run --job-id`, `status`): a name, never a path."""
+    if not re.fullmatch(JOB_ID_PATTERN, job_id):
+        raise ManifestError(f"job id {job_id!r}: letters, digits, '_', '.' and '-' only, "
+                            "starting with a letter or digit (it names files)")
+    return job_id
 
 
 def job_id_for(manifest: Manifest, when: dt.datetime, nightly: bool = False) -> str:
@@ -295,7 +490,3 @@ def expand(manifest: Manifest, job_id: str, base_dir: Path) -> list[Unit]:
                     base_dir=str(base_dir), artifacts=manifest.artifacts,
                 ))
     return units
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)

@@ -7,6 +7,7 @@ arch "fixture", from the detector shipped with qbench.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -17,37 +18,21 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
 
+from worker import catalogue
+from worker.errors import ModelError
 from worker.models.base import LoadedModel
+
+__all__ = ["ModelError", "load_torchvision", "load_checkpoint", "build_torchvision"]
 
 DETECTOR_TYPES = (GeneralizedRCNN, RetinaNet, SSD, FCOS)
 
 
-class ModelError(ValueError):
-    """A model that cannot be built or loaded; one line naming the field or file."""
-
-
-DETECTION_ARCHS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-    # Single-stage: int8_static quantizes backbone and head submodule by submodule.
-    "retinanet_resnet50_fpn",
-    "retinanet_resnet50_fpn_v2",
-    "fcos_resnet50_fpn",
-    "ssd300_vgg16",
-    "ssdlite320_mobilenet_v3_large",
-)
+# The accepted names live in the torch-free catalogue, which manifest validation reads too.
+CLASSIFICATION_ARCHS = catalogue.CLASSIFICATION_ARCHS
+DETECTION_ARCHS = catalogue.DETECTION_ARCHS
+UNSUPPORTED_DETECTION = catalogue.UNSUPPORTED_DETECTION
 # SSDs resize every image to the size they were designed for, whatever the manifest says.
 FIXED_INPUT = {"ssd300_vgg16": (300, 300), "ssdlite320_mobilenet_v3_large": (320, 320)}
-UNSUPPORTED_DETECTION = {
-    "maskrcnn_resnet50_fpn": "Mask R-CNN's mask head and mask paste-back are not handled by "
-                             "the int8 detector path (only boxes are benchmarked)",
-    "maskrcnn_resnet50_fpn_v2": "Mask R-CNN's mask head and mask paste-back are not handled by "
-                                "the int8 detector path (only boxes are benchmarked)",
-    "keypointrcnn_resnet50_fpn": "Keypoint R-CNN's keypoint head is not handled by the int8 "
-                                 "detector path (only boxes are benchmarked)",
-}
 # ONNX Runtime runs these exports until a pyramid level has no candidate above the score
 # threshold: the traced decode then reshapes an empty tensor with -1 and ORT fails.
 ORT_UNSUPPORTED = {
@@ -56,7 +41,7 @@ ORT_UNSUPPORTED = {
 
 
 def classification_archs() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return sorted(CLASSIFICATION_ARCHS)
 
 
 def known_archs() -> list[str]:
@@ -64,13 +49,9 @@ def known_archs() -> list[str]:
 
 
 def check_arch(arch: str) -> None:
-    if arch in UNSUPPORTED_DETECTION:
-        raise ModelError(f"arch {arch!r} is not supported: {UNSUPPORTED_DETECTION[arch]}")
-    if arch not in known_archs():
-        raise ModelError(
-            f"unknown arch {arch!r}; use fixture, a detection builder "
-            f"({', '.join(DETECTION_ARCHS)}) or a torchvision classifier (e.g. resnet18)"
-        )
+    problem = catalogue.torchvision_arch_problem(arch)
+    if problem:
+        raise ModelError(problem)
 
 
 def load_checkpoint(module: nn.Module, path: Path) -> None:
@@ -79,7 +60,17 @@ def load_checkpoint(module: nn.Module, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"checkpoint {path}: file not found") from None
-    except Exception as exc:  # pickle payloads, truncation, not-a-checkpoint all land here
+    except IsADirectoryError:
+        raise ModelError(f"checkpoint {path}: is a folder, not a file") from None
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise ModelError(f"checkpoint {path}: cannot be loaded safely (corrupt or not a "
+                             "torch checkpoint)") from None
+        # torch's own message advises weights_only=False, which would run the file's code.
+        raise ModelError(f"checkpoint {path}: holds pickled Python objects besides tensors, "
+                         "which qbench never unpickles; save a state_dict instead "
+                         "(torch.save(model.state_dict(), path))") from None
+    except Exception as exc:  # truncation, not-a-checkpoint land here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"checkpoint {path}: cannot be loaded safely ({first[:200]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,16 +12,8 @@ import onnx
 import torch
 from onnx import helper
 
+from worker.catalogue import ort_devices  # noqa: F401 - re-exported: modes register with it
 from worker.quantize.onnx_export import DETECTION_OUTPUTS
-
-
-def ort_devices() -> tuple[str, ...]:
-    """cuda only where the onnxruntime-gpu distribution is installed (checked without importing)."""
-    try:
-        importlib.metadata.distribution("onnxruntime-gpu")
-    except importlib.metadata.PackageNotFoundError:
-        return ("cpu",)
-    return ("cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from worker.catalogue import TORCH_SOURCES
+from worker.errors import ModelError
+
 if TYPE_CHECKING:
     import torch
 
@@ -63,9 +66,6 @@ class Quantized:
 
 
 Handler = Callable[["LoadedModel", QuantizeRequest], Quantized]
-
-# Model sources whose loader yields a torch module; an "onnx" source is a file only ORT runs.
-TORCH_SOURCES = ("torchvision", "yolo")
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,6 @@ def validate_mode_source(mode: str, source: str) -> str | None:
 def quantize(model: LoadedModel, mode: str, request: QuantizeRequest) -> Quantized:
     problem = validate_mode_source(mode, model.source)
     if problem:
-        from worker.models import ModelError
-
         raise ModelError(problem)
     q = get_mode(mode).handler(model, request)
     loader_notes = getattr(model, "notes", "")  # e.g. what a YOLO benchmark leaves out

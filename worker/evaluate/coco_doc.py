@@ -1,0 +1,80 @@
+"""Reading and checking a COCO instances JSON, without torch: the manifest checks it statically.
+
+Every problem is a DatasetError whose one-line message names the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the offending file."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_coco_document(annotations: Path) -> dict[str, Any]:
+    if annotations.is_dir():
+        raise DatasetError(f"{annotations}: annotations is a folder, not an instances JSON file")
+    if not annotations.is_file():
+        raise DatasetError(f"{annotations}: annotations file does not exist")
+    try:
+        doc = json.loads(annotations.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{annotations}: not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+    except OSError as exc:
+        raise DatasetError(f"{annotations}: cannot be read ({exc.strerror or exc})") from None
+    return doc
+
+
+def check_coco_document(doc: Any, annotations: Path, num_classes: int | None = None) -> None:
+    """Keys, field types, bboxes and category ids (1..num_classes-1 as torchvision counts)."""
+    missing = [k for k in ("images", "annotations", "categories")
+               if not isinstance(doc, dict) or not isinstance(doc.get(k), list)]
+    if missing:
+        raise DatasetError(f"{annotations}: not a COCO instances file (missing or not a list: "
+                           f"{', '.join(missing)})")
+    for key, fields in (("images", ("id", "file_name")), ("categories", ("id",)),
+                        ("annotations", ("image_id", "category_id", "bbox"))):
+        for i, entry in enumerate(doc[key]):
+            if not isinstance(entry, dict) or any(f not in entry for f in fields):
+                raise DatasetError(f"{annotations}: {key}[{i}] needs the fields {', '.join(fields)}")
+    for i, im in enumerate(doc["images"]):
+        if not _is_int(im["id"]) or not isinstance(im["file_name"], str) or not im["file_name"]:
+            raise DatasetError(f"{annotations}: images[{i}]: id must be an integer and "
+                               "file_name a non-empty string")
+    for i, cat in enumerate(doc["categories"]):
+        if not _is_int(cat["id"]):
+            raise DatasetError(f"{annotations}: categories[{i}].id must be an integer, "
+                               f"got {cat['id']!r}")
+    for i, ann in enumerate(doc["annotations"]):
+        for f in ("image_id", "category_id"):
+            if not _is_int(ann[f]):
+                raise DatasetError(f"{annotations}: annotations[{i}].{f} must be an integer, "
+                                   f"got {ann[f]!r}")
+        box = ann["bbox"]
+        if (not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box)
+                or box[2] < 0 or box[3] < 0):
+            raise DatasetError(f"{annotations}: annotations[{i}].bbox must be [x, y, width, "
+                               f"height] with width and height >= 0, got {box!r}"[:300])
+    declared = {c["id"] for c in doc["categories"]}
+    undeclared = sorted({a["category_id"] for a in doc["annotations"]} - declared)
+    if undeclared:
+        raise DatasetError(f"{annotations}: annotations use category ids {undeclared[:10]} "
+                           "that are not in categories")
+    if num_classes is not None:
+        bad = sorted(declared - set(range(1, num_classes)))
+        if bad:
+            raise DatasetError(
+                f"{annotations}: category ids {bad[:10]} are out of range for a model with "
+                f"num_classes={num_classes} (valid ids 1..{num_classes - 1})"
+            )
