@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from worker.manifest import ManifestError
 
@@ -17,8 +18,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Quantize vision models and benchmark them against the original.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic COCO data.")
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
-out = Console()
+# markup=False: paths, ids and messages are printed as they are, so `[id]`, `qbench[yolo]`
+# or a file named `[/x]` neither vanish nor crash the printer.
+console = Console(stderr=True, markup=False)
+out = Console(markup=False)
 
 ResultsOpt = Annotated[Path, typer.Option("--results", envvar="QBENCH_RESULTS_DIR",
                                           help="Root of the Parquet dataset.")]
@@ -29,7 +32,7 @@ class StepDisplay:
 
     def __init__(self, units: int | None = None):
         self.units = units  # None: no overall bar
-        self.bar = (Progress(TextColumn("{task.description}"), BarColumn(),
+        self.bar = (Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                              TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                              console=console) if console.is_terminal else None)
         self.started = time.monotonic()
@@ -86,13 +89,18 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
         job_id: Annotated[str | None, typer.Option(help="Reuse a job id (rewrites its rows).")] = None,
         ) -> None:
     """Run every unit in this process (no broker), then print and write the report."""
-    from worker.isolate import run_unit_isolated
+    from worker.confine import confine_unit
     from worker.orchestrate import plan_job, save_plan
-    from worker.report import write_report
 
     plan = plan_job(manifest, job_id=job_id)
+    for unit in plan.units:  # the same checks a worker makes, before anything is written
+        confine_unit(unit, results)
+    _check_writable(results)
+    from worker.isolate import run_unit_isolated  # torch: only once the job is sound
+    from worker.report import write_report
+
     save_plan(plan, results)
-    console.print(f"job [bold]{plan.job_id}[/]: {len(plan.units)} unit(s), results in {results}/")
+    console.print(f"job {plan.job_id}: {len(plan.units)} unit(s), results in {results}/")
     failures = []
     with StepDisplay(len(plan.units)) as display:
         for n, unit in enumerate(plan.units, 1):
@@ -108,9 +116,26 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
         out.print(f"artifacts: {results / 'artifacts' / plan.job_id}/ "
                   f"(qbench export {plan.job_id} --to DIR)")
     for f in failures:
-        console.print(f"[red]unit {f.unit_id} failed:[/] {f.error}", highlight=False)
+        console.print(f"unit {f.unit_id} failed: {f.error}", style="red", highlight=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _check_writable(results: Path) -> None:
+    """Write and remove a file in the results folder and each folder a unit writes to, so a
+    read-only one fails before the plan is written instead of after every unit ran."""
+    import tempfile
+
+    for folder in [results] + [results / t for t in ("jobs", "models", "latency", "layers",
+                                                     "reports", "artifacts")]:
+        if folder == results or folder.exists():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".qbench-probe-"):
+                    pass
+            except OSError as exc:
+                raise CliError(f"results folder {folder}: not writable "
+                               f"({exc.strerror or exc})") from None
 
 
 def _check_broker(url: str) -> None:
@@ -118,6 +143,8 @@ def _check_broker(url: str) -> None:
 
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except ValueError as exc:
+        raise CliError(f"QBENCH_BROKER_URL={url!r}: not a Redis URL ({exc})") from None
     except redis.RedisError as exc:
         raise CliError(f"cannot reach the broker at {url}: {exc}") from None
 
@@ -181,6 +208,13 @@ def _show_status(states) -> None:
 @app.command()
 def status(job_id: str, results: ResultsOpt = Path("results")) -> None:
     """Show each unit of a job: queued, running, ok or error (with the error)."""
+    from worker.orchestrate import load_plan
+
+    load_plan(results, job_id)  # an unknown or ill-formed id fails here, before the broker
+    from worker.app import broker_url
+
+    if not (results / "reports" / job_id / "report.md").exists():
+        _check_broker(broker_url())  # states of units without a row come from the broker
     from worker.submit import job_states
 
     states = job_states(results, job_id)
@@ -235,8 +269,8 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
     print(rep.markdown, flush=True)
     out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
     if check and rep.regressions:
-        console.print(f"[bold red]{len(rep.regressions)} regression(s)[/] against "
-                      f"{rep.comparison.base}", highlight=False)
+        console.print(f"{len(rep.regressions)} regression(s) against {rep.comparison.base}",
+                      style="bold red", highlight=False)
         raise typer.Exit(1)
 
 
@@ -266,29 +300,66 @@ def data_synth(out_dir: Annotated[Path, typer.Option("--out", help="Folder to cr
                images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
                size: Annotated[int, typer.Option(min=32, help="Image side in pixels.")] = 256) -> None:
     """Generate a COCO-format synthetic detection dataset (shapes on textured backgrounds)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out {out_dir}: is a file, not a folder")
     from worker.evaluate.synth import generate_dataset
 
     path = generate_dataset(out_dir, seed, images, (size, size))
     out.print(f"wrote {images} images and {path}")
 
 
-def main() -> None:
-    from worker.errors import ModelError
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message holds (newlines folded, no markup)."""
+    console.print(Text.assemble(("error:", "bold red"), " ", " ".join(str(message).split())),
+                  highlight=False, soft_wrap=True)
 
+
+def _os_error(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    return f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)
+
+
+def main() -> None:
     try:
         code = app(standalone_mode=False)
-    except (ManifestError, ModelError, CliError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except BaseException:
+        _name_unreadable()
+        _exit_for_exception()
+    _name_unreadable()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_for_exception() -> None:
+    """Map the exception being handled to one line and an exit status."""
+    import click
+
+    from worker.errors import ModelError
+    from worker.evaluate.coco_doc import DatasetError
+
+    try:
+        raise
+    except (ManifestError, ModelError, CliError, DatasetError) as exc:
+        _error(str(exc))
+        sys.exit(2)
+    except OSError as exc:  # unwritable results folder, a file where a folder should be, ...
+        _error(_os_error(exc))
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors
-        import click
+    except (click.exceptions.Abort, typer.Abort):
+        sys.exit(130)
+    # Usage errors (typer ships its own copy of click's): one line and where to find help.
+    except (click.ClickException, typer.exceptions.TyperException) as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _error(message + hint)
+        sys.exit(getattr(exc, "exit_code", 2))
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
+
+def _name_unreadable() -> None:
+    """Unit files the reader skipped (corrupt Parquet): named, the rest was reported."""
+    results = sys.modules.get("worker.results")  # not imported: nothing was read
+    for path, reason in (results.UNREADABLE.items() if results else ()):
+        console.print(f"warning: skipped unreadable {path}: {reason}", style="yellow",
+                      highlight=False, soft_wrap=True)

@@ -126,11 +126,38 @@ class QuantizationSpec(Strict):
         for pattern in v:
             if not pattern or len(pattern) > MAX_PATTERN_CHARS:
                 raise ValueError(f"a pattern is 1 to {MAX_PATTERN_CHARS} characters")
-            try:
-                re.compile(fnmatch.translate(pattern))
-            except re.error as exc:
-                raise ValueError(f"pattern {pattern!r} does not compile ({exc})") from None
+            problem = glob_problem(pattern)
+            if problem:
+                raise ValueError(f"pattern {pattern!r} does not compile ({problem})")
         return v
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Why an fnmatch pattern is malformed, else None. fnmatch itself never fails: it reads an
+    unclosed [ literally and silently drops an empty range such as [z-a], so a typo would
+    match nothing without a word."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            j = i + 1
+            if j < len(pattern) and pattern[j] == "!":
+                j += 1
+            if j < len(pattern) and pattern[j] == "]":
+                j += 1
+            end = pattern.find("]", j)
+            if end < 0:
+                return f"unclosed [ at character {i + 1}"
+            body = pattern[j:end]
+            for a, b in re.findall(r"(.)-(.)", body):
+                if a > b:
+                    return f"empty range {a}-{b}"
+            i = end
+        i += 1
+    try:
+        re.compile(fnmatch.translate(pattern))
+    except re.error as exc:
+        return str(exc)
+    return None
 
     @field_validator("modes")
     @classmethod

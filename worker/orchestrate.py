@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.atomic import write_text_atomic
-from worker.manifest import Manifest, ManifestError, Unit, expand, job_id_for, load_manifest
+from worker.manifest import (
+    Manifest,
+    ManifestError,
+    Unit,
+    check_job_id,
+    expand,
+    job_id_for,
+    load_manifest,
+)
 
 
 @dataclass
@@ -43,12 +51,13 @@ def plan_job(manifest_path: str | Path, *, nightly: bool = False, job_id: str | 
 
 def plan_from(manifest: Manifest, base: Path, source: str, *, nightly: bool = False,
               job_id: str | None = None, now: dt.datetime | None = None) -> JobPlan:
-    jid = job_id or job_id_for(manifest, now or dt.datetime.now(), nightly=nightly)
+    jid = check_job_id(job_id) if job_id else job_id_for(manifest, now or dt.datetime.now(),
+                                                         nightly=nightly)
     return JobPlan(jid, manifest.name, source, expand(manifest, jid, base))
 
 
 def plan_file(results_root: Path, job_id: str) -> Path:
-    return results_root / "jobs" / f"{job_id}.json"
+    return results_root / "jobs" / f"{check_job_id(job_id)}.json"
 
 
 def save_plan(plan: JobPlan, results_root: Path) -> Path:
@@ -63,7 +72,10 @@ def load_plan(results_root: Path, job_id: str) -> JobPlan:
         known = sorted(p.stem for p in (results_root / "jobs").glob("*.json"))
         hint = f"; known jobs: {', '.join(known[-5:])}" if known else ""
         raise ManifestError(f"job {job_id!r}: no such job under {results_root}{hint}")
-    return JobPlan.from_json(path.read_text())
+    try:
+        return JobPlan.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: not a readable job plan ({str(exc).splitlines()[0][:200]})") from None
 
 
 def latest_job(results_root: Path) -> str | None:

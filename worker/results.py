@@ -7,15 +7,19 @@ midnight overwrites its file instead of adding a second one.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from worker.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+# Unit files read_table could not read in this process, with why: the CLI names them.
+UNREADABLE: dict[str, str] = {}
 
 ENVIRONMENT = [
     ("torch_version", pa.string()),
@@ -177,9 +181,18 @@ def read_table(root: Path, table: str, job_id: str | None = None) -> pa.Table:
         files = [f for f in files if f"/job={job_id}/" in f]
     if not files:
         return schema.empty_table()
-    # Explicit file list and schema: hidden temp files are skipped, and the date/job folder
-    # names do not become extra columns.
-    return ds.dataset(files, schema=schema, format="parquet").to_table()
+    # File by file with the public schema: hidden temp files are skipped, the date/job folder
+    # names do not become columns, and one corrupt unit file is named and skipped instead of
+    # hiding every other unit's rows.
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, schema=schema))
+        except (pa.ArrowException, OSError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            log.warning("skipped unreadable %s file %s: %s", table, f, reason)
+            UNREADABLE.setdefault(f, reason)
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def job_ids(root: Path) -> list[str]:

@@ -113,6 +113,20 @@ def _stage(root: Path, rows: list[dict], latency: list[dict], staging: Path) -> 
     return staged
 
 
+def _roll_back(moved: list[tuple[Path, Path | None]]) -> bool:
+    """Undo the moves, newest first; False if a backup could not be put back (it is kept)."""
+    ok = True
+    for final, backup in reversed(moved):
+        try:
+            if final.exists() and (backup is None or final.resolve() != backup.resolve()):
+                final.unlink()
+            if backup is not None:
+                os.replace(backup, final)
+        except OSError:
+            ok = False
+    return ok
+
+
 def export_artifacts(root: Path, job_id: str, to: Path, model: str | None = None,
                      mode: str | None = None) -> ExportResult:
     """Copy the chosen artifacts of a job to <to>/<model_id>/<mode>.<ext> with <mode>.json."""
@@ -126,21 +140,31 @@ def export_artifacts(root: Path, job_id: str, to: Path, model: str | None = None
         staging = Path(tempfile.mkdtemp(dir=to, prefix=".qbench-export-"))
     except OSError as exc:
         raise ExportError(f"cannot write to {to}: {exc.strerror or exc}") from None
-    moved: list[Path] = []
+    # (final path, backup of what was there before or None): a failure puts every earlier file
+    # back exactly as it was; the user's own files are moved aside, never deleted.
+    moved: list[tuple[Path, Path | None]] = []
+    backups = staging / ".previous"
     try:
         for rel in _stage(root, ready, latency, staging):
             final = to / rel
             final.parent.mkdir(exist_ok=True)
+            backup = None
+            if final.exists() or final.is_symlink():
+                backup = backups / rel
+                backup.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(final, backup)
+            moved.append((final, backup))
             os.replace(staging / rel, final)
-            moved.append(final)
     except BaseException as exc:
-        for path in moved:
-            path.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
+        restored = _roll_back(moved)
+        if restored:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and restored:
             shutil.rmtree(to, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise ExportError(f"cannot write to {to}: {exc.strerror or exc}") from None
+            where = exc.filename or to
+            raise ExportError(f"cannot write {where}: {exc.strerror or exc}"
+                              + ("" if restored else f"; earlier files kept in {backups}")) from None
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return ExportResult([to / Path(r["model_id"]) / Path(r["artifact_path"]).name for r in ready],

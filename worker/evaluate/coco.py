@@ -20,11 +20,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from worker.evaluate.coco_doc import DatasetError, check_coco_document, read_coco_document
+
+__all__ = ["DatasetError", "CocoDataset", "load_coco", "load_image_folder", "read_image"]
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be used; the message names the offending file."""
 
 
 @dataclass
@@ -32,6 +34,7 @@ class CocoDataset:
     images_dir: Path
     annotations: Path
     doc: dict[str, Any]  # the parsed instances JSON
+    roots: tuple[Path, ...] = ()  # where image files may resolve to; () means images_dir
 
     @property
     def image_ids(self) -> list[int]:
@@ -46,45 +49,35 @@ class CocoDataset:
         return {int(im["id"]): im["file_name"] for im in self.doc["images"]}
 
     def image_path(self, image_id: int) -> Path:
-        return self.images_dir / self._files[image_id]
+        return confined_file(self.images_dir, self._files[image_id], self.roots)
 
 
-def load_coco(images_dir: str | Path, annotations: str | Path, num_classes: int | None = None) -> CocoDataset:
+def confined_file(folder: Path, name: str, roots: tuple[Path, ...] = ()) -> Path:
+    """folder/name with symlinks followed, refused unless it lies inside the folder or roots:
+    a COCO file_name that is absolute or climbs with .., or a symlink out, is not read."""
+    allowed = [folder.resolve(), *roots]
+    try:
+        path = (folder / name).resolve()
+    except (RuntimeError, OSError):
+        raise DatasetError(f"{folder / name}: cannot be resolved (symlink loop?)") from None
+    if not any(path == r or r in path.parents for r in allowed):
+        raise DatasetError(f"{folder / name}: resolves outside the dataset's folders ({path})")
+    return path
+
+
+def load_coco(images_dir: str | Path, annotations: str | Path, num_classes: int | None = None,
+              roots: tuple[Path, ...] = ()) -> CocoDataset:
     """Read and check a COCO instances dataset.
 
     num_classes counts the background as torchvision does, so category ids must lie in
     1..num_classes-1.
     """
     images_dir, annotations = Path(images_dir), Path(annotations)
-    if not annotations.is_file():
-        raise DatasetError(f"{annotations}: annotations file does not exist")
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: images folder does not exist")
-    try:
-        doc = json.loads(annotations.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{annotations}: not valid JSON ({exc})") from exc
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc, dict) or k not in doc]
-    if missing:
-        raise DatasetError(f"{annotations}: not a COCO instances file (missing keys: {', '.join(missing)})")
-    for key, fields in (("images", ("id", "file_name")), ("categories", ("id",)),
-                        ("annotations", ("image_id", "category_id", "bbox"))):
-        for i, entry in enumerate(doc[key]):
-            if not isinstance(entry, dict) or any(f not in entry for f in fields):
-                raise DatasetError(f"{annotations}: {key}[{i}] needs the fields {', '.join(fields)}")
-    declared = {int(c["id"]) for c in doc["categories"]}
-    undeclared = sorted({int(a["category_id"]) for a in doc["annotations"]} - declared)
-    if undeclared:
-        raise DatasetError(f"{annotations}: annotations use category ids {undeclared[:10]} "
-                           "that are not in categories")
-    if num_classes is not None:
-        bad = sorted(declared - set(range(1, num_classes)))
-        if bad:
-            raise DatasetError(
-                f"{annotations}: category ids {bad} are out of range for a model with "
-                f"num_classes={num_classes} (valid ids 1..{num_classes - 1})"
-            )
-    return CocoDataset(images_dir, annotations, doc)
+    doc = read_coco_document(annotations)
+    check_coco_document(doc, annotations, num_classes)
+    return CocoDataset(images_dir, annotations, doc, tuple(roots))
 
 
 def split(ids: list[int], calibration_count: int, seed: int) -> tuple[list[int], list[int]]:
@@ -175,7 +168,8 @@ def evaluate_detections(
 
 
 def load_image_folder(
-    root: str | Path, size: tuple[int, int], limit: int | None = None
+    root: str | Path, size: tuple[int, int], limit: int | None = None,
+    roots: tuple[Path, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """root/<class>/<image> -> (NCHW batch at size, int64 labels, class names sorted)."""
     root = Path(root)
@@ -189,7 +183,8 @@ def load_image_folder(
     files = files[:limit] if limit is not None else files
     if not files:
         raise DatasetError(f"{root}: no images in the class sub-folders")
-    images = [read_image(f, size)[0] for f, _ in files]
+    images = [read_image(confined_file(root, str(f.relative_to(root)), roots), size)[0]
+              for f, _ in files]
     return torch.stack(images), torch.tensor([c for _, c in files], dtype=torch.int64), classes
 
 

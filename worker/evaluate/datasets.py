@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 from worker.evaluate.coco import DatasetError, load_batch, load_coco, load_image_folder, split
-from worker.manifest import Unit
+from worker.manifest import Unit, input_roots
 from worker.models.base import LoadedModel
 
 SPLIT_SEED = 0  # fixed: every mode of a job calibrates and evaluates on the same images
@@ -29,12 +30,14 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int]):
     unit = Unit.model_validate_json(unit_json)
     spec = unit.dataset
     images = unit.resolve(spec.images)
+    roots = tuple(input_roots(Path(unit.base_dir)))  # every image file is confined like these
     calib_count = unit.quantization.calibration.images
     if spec.format == "coco":
-        ds = load_coco(images, unit.resolve(spec.annotations), num_classes=num_classes)
+        ds = load_coco(images, unit.resolve(spec.annotations), num_classes=num_classes,
+                       roots=roots)
         calib_ids, eval_ids = split(ds.image_ids, calib_count, SPLIT_SEED)
         return ds, calib_ids, eval_ids[: spec.eval_images]
-    batch, labels, _ = load_image_folder(images, size)
+    batch, labels, _ = load_image_folder(images, size, roots=roots)
     calib_ids, eval_ids = split(list(range(len(labels))), calib_count, SPLIT_SEED)
     return (batch, labels), calib_ids, eval_ids[: spec.eval_images]
 

@@ -1,0 +1,109 @@
+"""Re-validate a unit before anything runs: ids, the files it will write, the files it reads.
+
+A Celery worker trusts no sender: a message's ids must match their patterns (and the unit id
+its own hash), every path derived from them must stay inside the results root, and every
+input path must lie inside this worker's own QBENCH_DATA_ROOTS. The sender's base_dir only
+resolves relative paths; it is a root only where this process loaded the manifest itself
+(`qbench run`). Plain functions: the Celery task and `qbench run` both call them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.catalogue import MODES, mode_device_problem
+from worker.errors import ManifestError
+from worker.manifest import Unit, first_error, job_date_of, unit_id_for
+
+log = logging.getLogger(__name__)
+
+TABLES = ("latency", "models", "layers")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    # Lexical: the ids are checked already, so this guards the derivation itself, and a
+    # results folder that is a symlink (a mount) stays usable.
+    p, r = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    return p == r or r in p.parents
+
+
+def output_paths(unit: Unit, root: Path) -> list[Path]:
+    """Every file and folder a unit writes under the results root."""
+    from worker.artifacts.store import artifacts_dir
+
+    files = [root / t / f"date={unit.job_date}" / f"job={unit.job_id}" / f"{unit.unit_id}.parquet"
+             for t in TABLES]
+    return [*files, artifacts_dir(root, unit.job_id) / unit.model.id,
+            root / "reports" / unit.job_id / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}",
+            root / "jobs" / f"{unit.job_id}.json"]
+
+
+def input_paths(unit: Unit) -> list[tuple[str, str]]:
+    """(field, manifest path) of every file a unit reads."""
+    named = [("model.checkpoint", unit.model.checkpoint), ("model.path", unit.model.path)]
+    if unit.dataset:
+        named += [("dataset.images", unit.dataset.images),
+                  ("dataset.annotations", unit.dataset.annotations)]
+    return [(f, v) for f, v in named if v is not None]
+
+
+def confine_unit(data: Unit | dict[str, Any], results_root: Path) -> Unit:
+    """The unit, re-validated; ManifestError (one line, naming the field) when it is refused."""
+    try:
+        unit = data if isinstance(data, Unit) else Unit.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"unit refused: {first_error(exc)}") from None
+    if job_date_of(unit.job_id).isoformat() != unit.job_date:
+        raise ManifestError(f"unit refused: job_date {unit.job_date} is not the date of job "
+                            f"{unit.job_id}")
+    expected = unit_id_for(unit.job_id, unit.model.id, unit.mode, unit.device)
+    if unit.unit_id != expected:
+        raise ManifestError(f"unit refused: unit_id {unit.unit_id} is not the id of "
+                            f"({unit.job_id}, {unit.model.id}, {unit.mode}, {unit.device})")
+    problem = mode_device_problem(unit.mode, unit.device)
+    if problem is None and unit.model.source not in MODES[unit.mode].sources:
+        problem = f"mode {unit.mode} cannot run models of source {unit.model.source}"
+    if problem:
+        raise ManifestError(f"unit {unit.unit_id} refused: {problem}")
+    for path in output_paths(unit, results_root):
+        if not _inside(path, results_root):
+            raise ManifestError(f"unit {unit.unit_id} refused: {path} is outside the results "
+                                f"folder {results_root}")
+    for field, value in input_paths(unit):
+        try:
+            unit.resolve(value)
+        except ManifestError as exc:
+            raise ManifestError(f"unit {unit.unit_id} refused: {field}: {exc}") from None
+    return unit
+
+
+def receive_unit(message: Any, results_root: Path) -> Unit | None:
+    """What a worker runs: the confined unit, or None after logging the refusal (and, when the
+    unit's own ids are sound, writing its error row so `status` and the report show it)."""
+    try:
+        return confine_unit(message if isinstance(message, dict) else {}, results_root)
+    except ManifestError as exc:
+        log.error("%s", exc)
+        unit = _sound_ids(message)
+        if unit is not None:
+            from worker.pipeline import failed_row, write_outcome
+
+            write_outcome(unit, results_root, [], failed_row(unit, str(exc)))
+        return None
+
+
+def _sound_ids(message: Any) -> Unit | None:
+    """The unit if it parses and its ids are its own, so that its row lands where it belongs."""
+    try:
+        unit = Unit.model_validate(message)
+        if (job_date_of(unit.job_id).isoformat() == unit.job_date and unit.unit_id ==
+                unit_id_for(unit.job_id, unit.model.id, unit.mode, unit.device)):
+            return unit
+    except (ValidationError, ManifestError):
+        pass
+    return None
