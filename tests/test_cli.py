@@ -27,13 +27,14 @@ def test_validate_rejects_bad_input_in_one_line(tmp_path, body, needle):
 
 
 def test_unknown_arch_is_a_clear_error(tmp_path):
+    """Refused before anything runs (the catalogue knows the arch names): exit 2, no rows."""
     path = small_manifest(tmp_path, models=[{"id": "a", "arch": "resnet9000",
                                              "input_size": [64, 64]}])
     proc = qbench("run", str(path), "--results", str(tmp_path / "results"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "unknown arch 'resnet9000'" in proc.stderr
-    rows = read_table(tmp_path / "results", "models").to_pylist()
-    assert {r["status"] for r in rows} == {"error"}, "the failure is recorded, not dropped"
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists(), "nothing is written for a refused manifest"
 
 
 def test_missing_manifest_file(tmp_path):

@@ -138,7 +138,11 @@ def test_fifty_jobs_two_workers_none_lost_or_duplicated(tmp_path):
         redis.stop()
 
 
-def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path):
+def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path, monkeypatch):
+    # A worker reads inputs only inside its own data roots, and a 16M batch is above the
+    # default batch limit: this test raises both, for the submitter and the worker alike.
+    monkeypatch.setenv("QBENCH_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("QBENCH_MAX_BATCH_SIZE", "16000000")
     redis = RedisServer(tmp_path / "redis").start()
     results = tmp_path / "results"
     env = worker_env(redis.url, results)
