@@ -1,0 +1,116 @@
+"""Crafted unit messages sent to a real celery worker on a real redis-server.
+
+The worker trusts no sender: escaping ids and base_dir are refused, nothing is written outside
+the results folder, the worker stays up, and an error row is recorded where the ids allow it.
+One redis-server and one worker serve every test of the module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from celery import Celery
+
+from tests.helpers import CeleryWorker, RedisServer, wait_for
+from worker.manifest import Manifest, unit_id_for
+from worker.orchestrate import plan_from
+from worker.results import read_table
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("messages")
+    redis = RedisServer(tmp / "redis").start()
+    results = tmp / "deep" / "results"
+    worker = CeleryWorker(redis.url, results, tmp / "worker.log").start()
+    client = Celery("sender", broker=redis.url, backend=redis.url)
+    client.conf.update(task_serializer="json", result_serializer="json",
+                       accept_content=["json"], result_accept_content=["json"])
+    yield tmp, results, worker, client
+    worker.stop()
+    redis.stop()
+
+
+def _unit(tmp, **model_fields) -> dict:
+    manifest = Manifest.model_validate({
+        "name": "msg", "models": [{"id": "r18", "arch": "resnet18", "num_classes": 10,
+                                   "input_size": [64, 64], **model_fields}],
+        "quantization": {"modes": ["fp32"]},
+        "benchmark": {"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        "inspect": {"images": 0}, "artifacts": True})
+    plan = plan_from(manifest, tmp, "crafted", now=dt.datetime(2026, 1, 1, 0, 0, 0))
+    return plan.units[0].model_dump(mode="json")
+
+
+def _send(client, message, timeout=120):
+    return client.send_task("qbench.run_unit", args=[message], queue="cpu").get(timeout=timeout)
+
+
+def _everything_under(folder):
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_escaping_job_id_is_refused_and_nothing_lands_outside(stack):
+    tmp, results, worker, client = stack
+    unit = _unit(tmp)
+    evil = "../../outside/evil-20260101T000000-abcdef"
+    unit.update(job_id=evil, unit_id=unit_id_for(evil, "r18", "fp32", "cpu"))
+    out = _send(client, unit)
+    assert out["status"] == "refused"
+    assert not (tmp / "outside").exists() and not (tmp / "deep" / "outside").exists()
+    assert not [p for p in _everything_under(tmp) if "evil" in str(p)]
+    assert "job_id" in worker.log.read_text()
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("field, value", [
+    ("unit_id", "../../../escape"),
+    ("job_date", "../../2026-01-01"),
+    ("unit_id", "0123456789abcdef"),  # a well-formed id that is not this unit's own
+])
+def test_escaping_or_forged_ids_are_refused(stack, field, value):
+    tmp, results, worker, client = stack
+    unit = _unit(tmp)
+    unit[field] = value
+    assert _send(client, unit)["status"] == "refused"
+    assert not [p for p in _everything_under(tmp) if "escape" in str(p)]
+    assert read_table(results, "models", unit["job_id"]).num_rows == 0
+    assert worker.proc.poll() is None
+
+
+def test_base_dir_of_root_does_not_open_system_files(stack):
+    """The sender's base_dir is not a root: /etc/passwd is refused before any load is tried.
+    The ids are sound, so the refusal is recorded as the unit's error row."""
+    tmp, results, worker, client = stack
+    unit = _unit(tmp, checkpoint="etc/passwd")
+    unit["base_dir"] = "/"
+    out = _send(client, unit)
+    assert out["status"] == "refused"
+    rows = read_table(results, "models", unit["job_id"]).to_pylist()
+    assert [r["status"] for r in rows] == ["error"]
+    assert "model.checkpoint" in rows[0]["error"] and "outside the allowed roots" in rows[0]["error"]
+    assert "weights_only" not in rows[0]["error"], "never got as far as torch.load"
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("message", ["not a unit", 42, {"job_id": "x"}, None])
+def test_malformed_messages_are_refused(stack, message):
+    tmp, results, worker, client = stack
+    assert _send(client, message)["status"] == "refused"
+    assert worker.proc.poll() is None
+
+
+def test_the_worker_still_runs_a_sound_unit_afterwards(stack):
+    tmp, results, worker, client = stack
+    unit = _unit(tmp)
+    out = _send(client, unit, timeout=300)
+    assert out["status"] == "ok", out
+    wait_for(lambda: read_table(results, "models", unit["job_id"]).num_rows == 1, 30, "the row")
+    row = read_table(results, "models", unit["job_id"]).to_pylist()[0]
+    assert row["status"] == "ok"
+    for path in _everything_under(tmp):
+        if "redis" not in path.parts and path.name != "worker.log":
+            assert results in path.parents, f"{path} written outside the results folder"
