@@ -131,6 +131,17 @@ class QuantizationSpec(Strict):
                 raise ValueError(f"pattern {pattern!r} does not compile ({problem})")
         return v
 
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, v: list[str]) -> list[str]:
+        known = mode_names()
+        for mode in v:
+            if mode not in known:
+                raise ValueError(f"unknown mode {mode!r}; known: {', '.join(known)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a mode is listed twice")
+        return v
+
 
 def glob_problem(pattern: str) -> str | None:
     """Why an fnmatch pattern is malformed, else None. fnmatch itself never fails: it reads an
@@ -158,17 +169,6 @@ def glob_problem(pattern: str) -> str | None:
     except re.error as exc:
         return str(exc)
     return None
-
-    @field_validator("modes")
-    @classmethod
-    def _known_modes(cls, v: list[str]) -> list[str]:
-        known = mode_names()
-        for mode in v:
-            if mode not in known:
-                raise ValueError(f"unknown mode {mode!r}; known: {', '.join(known)}")
-        if len(set(v)) != len(v):
-            raise ValueError("a mode is listed twice")
-        return v
 
 
 class BenchmarkSpec(Strict):
