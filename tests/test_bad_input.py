@@ -313,3 +313,106 @@ def test_run_into_a_results_path_that_is_a_file(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert str(results) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert results.read_text() == "not a folder"
+
+
+@pytest.fixture(scope="module")
+def small_job(tmp_path_factory):
+    """Two cheap units run in this process, with their artifacts: fp32 and int8_dynamic."""
+    import datetime as dt
+
+    from worker.manifest import Manifest
+    from worker.orchestrate import plan_from, save_plan
+    from worker.pipeline import run_unit
+
+    tmp = tmp_path_factory.mktemp("small_job")
+    manifest = Manifest.model_validate({
+        "name": "tiny", "models": [{"id": "r18", "arch": "resnet18", "num_classes": 10,
+                                    "input_size": [64, 64]}],
+        "quantization": {"modes": ["fp32", "int8_dynamic"]},
+        "benchmark": {"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        "inspect": {"images": 0}})
+    plan = plan_from(manifest, tmp, "tiny", now=dt.datetime(2026, 1, 1))
+    root = tmp / "results"
+    save_plan(plan, root)
+    for unit in plan.units:
+        assert run_unit(unit, root).status == "ok"
+    return root, plan.job_id
+
+
+def test_export_that_fails_later_leaves_the_users_files_as_they_were(small_job, tmp_path):
+    root, job_id = small_job
+    target = tmp_path / "deploy"
+    first = qbench("export", job_id, "--to", str(target), "--results", str(root))
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert {p.name for p in before} == {"fp32.pt", "fp32.json", "int8_dynamic.pt",
+                                        "int8_dynamic.json"}
+    # A later target (int8_dynamic comes after fp32) is blocked by a folder of the user's.
+    (target / "r18" / "int8_dynamic.json").unlink()
+    blocker = target / "r18" / "int8_dynamic.json"
+    blocker.mkdir()
+    (blocker / "notes.txt").write_text("mine")
+    del before[blocker]
+    proc = qbench("export", job_id, "--to", str(target), "--results", str(root))
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and str(blocker) in err, err
+    after = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert after == {**before, blocker / "notes.txt": b"mine"}, "everything exactly as it was"
+
+
+def test_a_corrupt_unit_file_is_named_and_the_rest_reported(small_job, tmp_path):
+    import shutil
+
+    from worker.results import read_table
+
+    root = tmp_path / "results"
+    shutil.copytree(small_job[0], root)
+    job_id = small_job[1]
+    files = sorted((root / "models").rglob("*.parquet"))
+    assert len(files) == 2
+    files[0].write_bytes(files[0].read_bytes()[:100] + b"garbage")
+    for args in (["report", job_id], ["status", job_id], ["export", job_id, "--to",
+                                                         str(tmp_path / "out")]):
+        proc = qbench(*args, "--results", str(root), timeout=300)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert f"skipped unreadable {files[0]}" in proc.stderr, proc.stderr
+    assert read_table(root, "models", job_id).num_rows == 1  # the sound unit is still read
+    report = qbench("report", job_id, "--results", str(root), timeout=300)
+    assert report.returncode == 0, report.stderr
+
+
+def test_coco_file_names_cannot_leave_the_images_folder(tmp_path):
+    from PIL import Image
+
+    from worker.evaluate.coco import DatasetError, load_batch, load_coco
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), "red").save(secret)
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "blue").save(images / "ok.png")
+    for name in (str(secret), "../../secret.png"):
+        doc = {**GOOD_COCO, "images": [{"id": 1, "file_name": "ok.png"},
+                                       {"id": 2, "file_name": name}]}
+        (tmp_path / "ann.json").write_text(json.dumps(doc))
+        ds = load_coco(images, tmp_path / "ann.json", num_classes=5)
+        assert load_batch(ds, [1], (8, 8))[0].shape == (1, 3, 8, 8)
+        with pytest.raises(DatasetError, match="resolves outside the dataset's folders"):
+            load_batch(ds, [2], (8, 8))
+
+
+def test_imagefolder_symlink_out_is_refused(tmp_path):
+    from PIL import Image
+
+    from worker.evaluate.coco import DatasetError, load_image_folder
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), "red").save(secret)
+    cls = tmp_path / "data" / "cat"
+    cls.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "blue").save(cls / "a.png")
+    assert load_image_folder(cls.parent, (8, 8))[0].shape[0] == 1
+    (cls / "b.png").symlink_to(secret)
+    with pytest.raises(DatasetError, match="b.png: resolves outside"):
+        load_image_folder(cls.parent, (8, 8))

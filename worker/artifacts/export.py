@@ -113,12 +113,24 @@ def _stage(root: Path, rows: list[dict], latency: list[dict], staging: Path) -> 
     return staged
 
 
+def _check_way_clear(to: Path, staged: list[Path]) -> None:
+    """Every target is free or a file an earlier export wrote; a folder or a file where a
+    folder must go is the user's and is never replaced."""
+    for rel in staged:
+        final = to / rel
+        if final.parent.exists() and not final.parent.is_dir():
+            raise ExportError(f"cannot write {final}: {final.parent} is a file, not a folder")
+        if final.is_symlink() or (final.exists() and not final.is_file()):
+            raise ExportError(f"cannot write {final}: something other than a file is there "
+                              "(left as it is)")
+
+
 def _roll_back(moved: list[tuple[Path, Path | None]]) -> bool:
     """Undo the moves, newest first; False if a backup could not be put back (it is kept)."""
     ok = True
     for final, backup in reversed(moved):
         try:
-            if final.exists() and (backup is None or final.resolve() != backup.resolve()):
+            if final.is_file():
                 final.unlink()
             if backup is not None:
                 os.replace(backup, final)
@@ -145,11 +157,13 @@ def export_artifacts(root: Path, job_id: str, to: Path, model: str | None = None
     moved: list[tuple[Path, Path | None]] = []
     backups = staging / ".previous"
     try:
-        for rel in _stage(root, ready, latency, staging):
+        staged = _stage(root, ready, latency, staging)
+        _check_way_clear(to, staged)
+        for rel in staged:
             final = to / rel
             final.parent.mkdir(exist_ok=True)
             backup = None
-            if final.exists() or final.is_symlink():
+            if final.exists():
                 backup = backups / rel
                 backup.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(final, backup)
