@@ -41,8 +41,8 @@ def check_coco_document(doc: Any, annotations: Path, num_classes: int | None = N
     missing = [k for k in ("images", "annotations", "categories")
                if not isinstance(doc, dict) or not isinstance(doc.get(k), list)]
     if missing:
-        raise DatasetError(f"{annotations}: not a COCO instances file (missing or not a list: "
-                           f"{', '.join(missing)})")
+        raise DatasetError(f"{annotations}: not a COCO instances file (missing keys: "
+                           f"{', '.join(missing)}; each a list)")
     for key, fields in (("images", ("id", "file_name")), ("categories", ("id",)),
                         ("annotations", ("image_id", "category_id", "bbox"))):
         for i, entry in enumerate(doc[key]):
