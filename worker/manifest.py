@@ -380,8 +380,10 @@ def validate_data(data: object, source: str) -> Manifest:
 def first_error(exc: ValidationError) -> str:
     """`field: message` of a pydantic error, on one line."""
     err = exc.errors()[0]
-    field = _field_path(err["loc"]) or "manifest"
+    field = _field_path(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if not field:  # a whole-manifest check: its message names the fields itself
+        return " ".join(msg.split()) if ":" in msg else f"manifest: {' '.join(msg.split())}"
     return " ".join(f"{field}: {msg}".split())
 
 

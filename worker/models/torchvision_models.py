@@ -65,11 +65,11 @@ def load_checkpoint(module: nn.Module, path: Path) -> None:
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise ModelError(f"checkpoint {path}: cannot be loaded safely (corrupt or not a "
-                             "torch checkpoint)") from None
+                             f"torch checkpoint: {str(exc).splitlines()[0][:120]})") from None
         # torch's own message advises weights_only=False, which would run the file's code.
-        raise ModelError(f"checkpoint {path}: holds pickled Python objects besides tensors, "
-                         "which qbench never unpickles; save a state_dict instead "
-                         "(torch.save(model.state_dict(), path))") from None
+        raise ModelError(f"checkpoint {path}: cannot be loaded safely: it holds pickled Python "
+                         "objects besides tensors, which qbench never unpickles; save a "
+                         "state_dict instead (torch.save(model.state_dict(), path))") from None
     except Exception as exc:  # truncation, not-a-checkpoint land here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"checkpoint {path}: cannot be loaded safely ({first[:200]})") from None
