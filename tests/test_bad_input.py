@@ -416,3 +416,25 @@ def test_imagefolder_symlink_out_is_refused(tmp_path):
     (cls / "b.png").symlink_to(secret)
     with pytest.raises(DatasetError, match="b.png: resolves outside"):
         load_image_folder(cls.parent, (8, 8))
+
+
+def test_a_pickled_checkpoint_says_what_to_do_instead(tmp_path):
+    import pickle
+
+    import torchvision
+
+    from worker.errors import ModelError
+    from worker.models.torchvision_models import load_checkpoint
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "pickled.pt"
+    path.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(ModelError) as err:
+        load_checkpoint(torchvision.models.resnet18(num_classes=2), path)
+    message = str(err.value)
+    assert "save a state_dict" in message and "weights_only=False" not in message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()

@@ -108,8 +108,8 @@ def test_pipeline_runs_an_onnx_file(onnx_file, tmp_path, monkeypatch):
     assert rows["ort_int8"]["status"] == "ok" and rows["ort_int8"]["size_reduction"] > 0.7
     # A torch mode on an ONNX file is refused by the manifest, before anything runs.
     doc["quantization"]["modes"].append("int8_static")
-    with pytest.raises(ManifestError, match="int8_static cannot run models of source onnx; "
-                                            "use ort_fp32, ort_int8"):
+    with pytest.raises(ManifestError, match=r"models\[0\]: mode int8_static cannot run models of "
+                                            r"source onnx.*; use ort_fp32, ort_int8"):
         parse_manifest(yaml.safe_dump(doc))
 
 
