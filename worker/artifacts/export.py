@@ -16,6 +16,7 @@ from typing import Any
 
 from worker.artifacts.card import build_card, card_json
 from worker.artifacts.store import copy_hashing
+from worker.manifest import check_job_id
 from worker.results import job_ids, read_table
 
 LIST_AT_MOST = 20
@@ -142,6 +143,7 @@ def _roll_back(moved: list[tuple[Path, Path | None]]) -> bool:
 def export_artifacts(root: Path, job_id: str, to: Path, model: str | None = None,
                      mode: str | None = None) -> ExportResult:
     """Copy the chosen artifacts of a job to <to>/<model_id>/<mode>.<ext> with <mode>.json."""
+    check_job_id(job_id)
     ready, skipped = _split(_select(root, job_id, model, mode))
     if not ready:
         raise ExportError(f"job {job_id}: nothing to export; {'; '.join(skipped)}")
