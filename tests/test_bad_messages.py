@@ -59,7 +59,7 @@ def test_escaping_job_id_is_refused_and_nothing_lands_outside(stack):
     evil = "../../outside/evil-20260101T000000-abcdef"
     unit.update(job_id=evil, unit_id=unit_id_for(evil, "r18", "fp32", "cpu"))
     out = _send(client, unit)
-    assert out["status"] == "refused"
+    assert out["status"] == "refused" and out["error"].startswith("unit refused: job_id"), out
     assert not (tmp / "outside").exists() and not (tmp / "deep" / "outside").exists()
     assert not [p for p in _everything_under(tmp) if "evil" in str(p)]
     assert "job_id" in worker.log.read_text()

@@ -82,9 +82,9 @@ def confine_unit(data: Unit | dict[str, Any], results_root: Path) -> Unit:
     return unit
 
 
-def receive_unit(message: Any, results_root: Path) -> Unit | None:
-    """What a worker runs: the confined unit, or None after logging the refusal (and, when the
-    unit's own ids are sound, writing its error row so `status` and the report show it)."""
+def receive_unit(message: Any, results_root: Path) -> Unit | dict[str, Any]:
+    """What a worker runs: the confined unit, or the refusal's task summary after logging it
+    (and, when the unit's own ids are sound, writing its error row for `status` and the report)."""
     try:
         return confine_unit(message if isinstance(message, dict) else {}, results_root)
     except ManifestError as exc:
@@ -94,7 +94,8 @@ def receive_unit(message: Any, results_root: Path) -> Unit | None:
             from worker.pipeline import failed_row, write_outcome
 
             write_outcome(unit, results_root, [], failed_row(unit, str(exc)))
-        return None
+        return {"unit_id": unit.unit_id if unit else None, "status": "refused",
+                "error": str(exc)[:500], "files": []}
 
 
 def _sound_ids(message: Any) -> Unit | None:

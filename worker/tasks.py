@@ -9,6 +9,7 @@ from pathlib import Path
 from worker.app import app
 from worker.cancel import is_cancelled
 from worker.confine import receive_unit
+from worker.manifest import Unit
 from worker.pipeline import run_unit
 from worker.report import write_report
 from worker.results import results_root
@@ -19,9 +20,8 @@ log = logging.getLogger(__name__)
 @app.task(name="qbench.run_unit", bind=True)
 def run_unit_task(self, unit_json: dict) -> dict:
     unit = receive_unit(unit_json, results_root())  # never trusts the sender (worker/confine.py)
-    if unit is None:
-        return {"unit_id": str(unit_json.get("unit_id"))[:64] if isinstance(unit_json, dict) else None,
-                "status": "refused", "error": "unit refused (see the worker log)", "files": []}
+    if not isinstance(unit, Unit):
+        return unit  # the refusal, as a summary
     if is_cancelled(unit.job_id):
         log.info("unit %s skipped: job %s was cancelled", unit.unit_id, unit.job_id)
         return {"unit_id": unit.unit_id, "status": "cancelled", "error": None, "files": []}
