@@ -377,9 +377,9 @@ def test_a_corrupt_unit_file_is_named_and_the_rest_reported(small_job, tmp_path)
         proc = qbench(*args, "--results", str(root), timeout=300)
         assert "Traceback" not in proc.stderr, proc.stderr
         assert f"skipped unreadable {files[0]}" in proc.stderr, proc.stderr
+        if args[0] == "report":
+            assert proc.returncode == 0, proc.stderr
     assert read_table(root, "models", job_id).num_rows == 1  # the sound unit is still read
-    report = qbench("report", job_id, "--results", str(root), timeout=300)
-    assert report.returncode == 0, report.stderr
 
 
 def test_coco_file_names_cannot_leave_the_images_folder(tmp_path):

@@ -156,12 +156,14 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
            timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
            ) -> None:
     """Queue the job's units on Redis (QBENCH_BROKER_URL); a report runs when the last ends."""
-    from worker.app import broker_url
     from worker.orchestrate import plan_job, save_plan
+
+    plan = plan_job(manifest, nightly=nightly)  # torch-free: a bad manifest is refused at once
+    from worker.app import broker_url
+
+    _check_broker(broker_url())
     from worker.submit import submit_plan
 
-    plan = plan_job(manifest, nightly=nightly)
-    _check_broker(broker_url())
     save_plan(plan, results)
     submit_plan(plan)
     out.print(f"submitted job {plan.job_id}: {len(plan.units)} unit(s)")
