@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,39 +37,124 @@ def _unit_keys(results, job_id):
     return ([(r["unit_id"], r["batch_size"]) for r in latency], [m["unit_id"] for m in models])
 
 
-def test_worker_killed_mid_unit_is_redelivered_and_finished_once(tmp_path):
+def _long_unit(tmp_path, iterations: int, name: str = "tiny"):
+    """One fp32 unit kept busy by many timed iterations of a small model (no sleep hook)."""
+    return small_manifest(tmp_path, name=name, quantization={"modes": ["fp32"]},
+                          benchmark={"batch_sizes": [1, 2], "warmup": 0,
+                                     "iterations": iterations, "threads": 1})
+
+
+def _runs(workers) -> int:
+    return sum(w.log.read_text().count("measure batch 1") for w in workers)
+
+
+def _reports(workers) -> int:
+    return sum(len(re.findall(r"qbench\.report_job\[[^]]+\] succeeded", w.log.read_text()))
+               for w in workers)
+
+
+def test_worker_killed_mid_unit_runs_again_within_two_minutes_under_defaults(tmp_path):
+    """Default lease, reaper and visibility timeout: nothing in the environment is tuned."""
     redis = RedisServer(tmp_path / "redis").start()
     results = tmp_path / "results"
-    env = {**worker_env(redis.url, results), "QBENCH_VISIBILITY_TIMEOUT": "4",
-           "QBENCH_RESTORE_INTERVAL": "1"}
-    first = CeleryWorker(redis.url, results, tmp_path / "w1.log", name="w1")
-    first.env.update(env)
-    first.start()
-    second = None
+    env = worker_env(redis.url, results)
+    for knob in ("QBENCH_VISIBILITY_TIMEOUT", "QBENCH_LEASE_TTL", "QBENCH_REAP_INTERVAL",
+                 "QBENCH_LEASE_GRACE", "QBENCH_RESTORE_INTERVAL"):
+        env.pop(knob, None)
+    workers = [CeleryWorker(redis.url, results, tmp_path / f"w{i}.log", name=f"w{i}")
+               for i in range(2)]
+    for w in workers:
+        w.env = dict(env)
+        w.start()
     try:
-        # Long enough to be caught in the middle: many timed iterations of a small model.
-        manifest = small_manifest(tmp_path, quantization={"modes": ["fp32"]},
-                                  benchmark={"batch_sizes": [1, 2], "warmup": 0,
-                                             "iterations": 400, "threads": 1})
-        job_id = _job_id(qbench("submit", str(manifest), env=env))
-        wait_for(lambda: b"measure batch 1" in first.log.read_bytes(), 120, "the unit to start")
-        first.stop(signal.SIGKILL)  # the whole worker: main process and the child running the unit
-        assert not read_table(results, "models", job_id).num_rows, "killed before it could finish"
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 400)), env=env))
+        busy = wait_for(lambda: next((w for w in workers
+                                      if b"measure batch 1" in w.log.read_bytes()), None),
+                        120, "the unit to start")
+        busy.stop(signal.SIGKILL)  # the whole process group: main process and its child
+        killed = time.monotonic()
+        survivor = next(w for w in workers if w is not busy)
+        assert not read_table(results, "models", job_id).num_rows, "killed before it finished"
 
-        second = CeleryWorker(redis.url, results, tmp_path / "w2.log", name="w2")
-        second.env.update(env)
-        second.start()
-        done = qbench("submit", "--help", env=env)  # the CLI still works while we wait
-        assert done.returncode == 0
-        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180,
-                 "the redelivered unit to finish")
+        def shown_as_vanished():
+            out = qbench("status", job_id, "--results", str(results), env=env).stdout
+            return ("  lost  " in out or "  requeued  " in out
+                    or read_table(results, "models", job_id).num_rows) and out
+        seen = wait_for(shown_as_vanished, 120, "status to show the unit lost", interval=1)
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 150,
+                 "the requeued unit to finish")
+        took = time.monotonic() - killed
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
         latency, models = _unit_keys(results, job_id)
         assert sorted(b for _, b in latency) == [1, 2], "every batch size exactly once"
         assert len(models) == 1
-        assert b"measure batch 1" in second.log.read_bytes(), "the second worker ran it"
+        log = survivor.log.read_text()
+        assert "requeued" in log and "measure batch 1" in log, "the survivor ran it again"
+        requeue_s = took  # includes the rerun itself
+        assert took < 120 + 60, f"kill to rows {took:.0f}s"
+        print(f"\nSIGKILL to rows again: {requeue_s:.1f}s (defaults); status said: "
+              f"{'lost' if '  lost  ' in str(seen) else 'requeued'}")
+        time.sleep(2)
+        assert _reports([survivor]) == 1, "the chord's report ran once"
     finally:
-        if second:
-            second.stop()
+        for w in workers:
+            w.stop()
+        redis.stop()
+
+
+def test_live_unit_longer_than_its_lease_runs_once(tmp_path):
+    """A 1 s lease, a unit of many seconds: renewals keep it; nothing reruns it."""
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = {**worker_env(redis.url, results), "QBENCH_LEASE_TTL": "1", "QBENCH_LEASE_GRACE": "2",
+           "QBENCH_REAP_INTERVAL": "0.5"}
+    workers = [CeleryWorker(redis.url, results, tmp_path / f"w{i}.log", name=f"w{i}")
+               for i in range(2)]
+    for w in workers:
+        w.env.update(env)
+        w.start()
+    try:
+        started = time.monotonic()
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 300)), env=env))
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180, "the unit")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
+        took = time.monotonic() - started
+        assert took > 3 * 1, f"the unit outlived its lease several times over ({took:.0f}s)"
+        assert _runs(workers) == 1, "started once"
+        assert not any("requeued" in w.log.read_text() for w in workers)
+        time.sleep(1)
+        assert _reports(workers) == 1
+    finally:
+        for w in workers:
+            w.stop()
+        redis.stop()
+
+
+def test_two_workers_racing_on_a_redelivered_unit_write_one_set_of_rows(tmp_path):
+    """Redis redelivers a live unit (visibility timeout 3 s): the second worker drops it."""
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = {**worker_env(redis.url, results), "QBENCH_VISIBILITY_TIMEOUT": "3",
+           "QBENCH_RESTORE_INTERVAL": "1"}
+    workers = [CeleryWorker(redis.url, results, tmp_path / f"w{i}.log", name=f"w{i}")
+               for i in range(2)]
+    for w in workers:
+        w.env.update(env)
+        w.start()
+    try:
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 300)), env=env))
+        wait_for(lambda: any("already running on" in w.log.read_text() for w in workers), 90,
+                 "the redelivered copy to reach the other worker")
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180, "the unit")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
+        latency, models = _unit_keys(results, job_id)
+        assert sorted(b for _, b in latency) == [1, 2] and len(models) == 1
+        assert _runs(workers) == 1, "only the first delivery ran"
+        time.sleep(2)
+        assert _reports(workers) == 1, "the chord counted the unit once"
+    finally:
+        for w in workers:
+            w.stop()
         redis.stop()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from worker.app import app
 from worker.cancel import is_cancelled
+from worker.lease import ensure_sole_run, settle
 from worker.manifest import Unit
 from worker.pipeline import run_unit
 from worker.report import write_report
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 @app.task(name="qbench.run_unit", bind=True)
 def run_unit_task(self, unit_json: dict) -> dict:
+    ensure_sole_run(self.request.id, self.request.hostname)  # Redis redelivered a unit a live worker is running
     unit = Unit.model_validate(unit_json)
     if is_cancelled(unit.job_id):
         log.info("unit %s skipped: job %s was cancelled", unit.unit_id, unit.job_id)
@@ -27,7 +29,9 @@ def run_unit_task(self, unit_json: dict) -> dict:
         log.info("unit %s [%d/%d] %s", unit.unit_id, done, total, step)
         self.update_state(state="PROGRESS", meta={"step": step, "done": done, "total": total})
 
-    return run_unit(unit, results_root(), progress).summary()
+    summary = run_unit(unit, results_root(), progress).summary()
+    settle(self.request.id, self.request.hostname)  # a run requeued while it was cut off from Redis counts once
+    return summary
 
 
 @app.task(name="qbench.report_job")
