@@ -67,7 +67,7 @@ def test_worker_killed_mid_unit_runs_again_within_two_minutes_under_defaults(tmp
         w.env = dict(env)
         w.start()
     try:
-        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 400)), env=env))
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 300)), env=env))
         busy = wait_for(lambda: next((w for w in workers
                                       if b"measure batch 1" in w.log.read_bytes()), None),
                         120, "the unit to start")
@@ -81,19 +81,19 @@ def test_worker_killed_mid_unit_runs_again_within_two_minutes_under_defaults(tmp
             return ("  lost  " in out or "  requeued  " in out
                     or read_table(results, "models", job_id).num_rows) and out
         seen = wait_for(shown_as_vanished, 120, "status to show the unit lost", interval=1)
-        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 150,
+        wait_for(lambda: b"measure batch 1" in survivor.log.read_bytes(), 120,
+                 "the unit to run again on the other worker")
+        again = time.monotonic() - killed
+        assert again < 120, f"SIGKILL to running again: {again:.0f}s"
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180,
                  "the requeued unit to finish")
-        took = time.monotonic() - killed
         wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
         latency, models = _unit_keys(results, job_id)
         assert sorted(b for _, b in latency) == [1, 2], "every batch size exactly once"
         assert len(models) == 1
-        log = survivor.log.read_text()
-        assert "requeued" in log and "measure batch 1" in log, "the survivor ran it again"
-        requeue_s = took  # includes the rerun itself
-        assert took < 120 + 60, f"kill to rows {took:.0f}s"
-        print(f"\nSIGKILL to rows again: {requeue_s:.1f}s (defaults); status said: "
-              f"{'lost' if '  lost  ' in str(seen) else 'requeued'}")
+        assert "requeued" in survivor.log.read_text()
+        print(f"\nSIGKILL to running again on the other worker: {again:.1f}s (defaults); "
+              f"status said: {'lost' if '  lost  ' in str(seen) else 'requeued'}")
         time.sleep(2)
         assert _reports([survivor]) == 1, "the chord's report ran once"
     finally:
