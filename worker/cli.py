@@ -89,8 +89,9 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
     from worker.isolate import run_unit_isolated
     from worker.orchestrate import plan_job, save_plan
     from worker.report import write_report
+    from worker.staging import digest_plan
 
-    plan = plan_job(manifest, job_id=job_id)
+    plan = digest_plan(plan_job(manifest, job_id=job_id))
     save_plan(plan, results)
     console.print(f"job [bold]{plan.job_id}[/]: {len(plan.units)} unit(s), results in {results}/")
     failures = []
@@ -131,12 +132,20 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
     """Queue the job's units on Redis (QBENCH_BROKER_URL); a report runs when the last ends."""
     from worker.app import broker_url
     from worker.orchestrate import plan_job, save_plan
+    from worker.staging import stage_plan
     from worker.submit import submit_plan
 
     plan = plan_job(manifest, nightly=nightly)
     _check_broker(broker_url())
-    save_plan(plan, results)
-    submit_plan(plan)
+    plan = stage_plan(plan, results)
+    saved = save_plan(plan, results)
+    try:
+        submit_plan(plan)
+    except Exception as exc:  # the broker went away between the check and the send
+        saved.unlink(missing_ok=True)  # no plan claims a job that was never queued
+        raise CliError(f"cannot queue job {plan.job_id} on {broker_url()}: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                       ) from None
     out.print(f"submitted job {plan.job_id}: {len(plan.units)} unit(s)")
     out.print(plan.job_id)
     if wait:

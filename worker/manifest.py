@@ -165,12 +165,25 @@ class Unit(Strict):
     inspect: InspectSpec
     base_dir: str  # where relative manifest paths resolve
     artifacts: bool = True  # save the benchmarked model (manifest `artifacts`)
+    # Set by `qbench submit` (worker/staging.py): manifest path as written -> its copy in the
+    # results store (relative to it), and the digests of the bytes the unit benchmarks.
+    staged: dict[str, str] = Field(default_factory=dict)
+    checkpoint_sha256: str | None = None  # the checkpoint's or the ONNX file's
+    dataset_sha256: str | None = None
 
     @property
     def queue(self) -> str:
         return "gpu" if self.device == "cuda" else "cpu"
 
     def resolve(self, relative: str) -> Path:
+        if relative in self.staged:  # this worker's own copy of the store, its inputs/ only
+            from worker.results import results_root
+
+            inputs = (results_root() / "inputs").resolve()
+            path = (results_root() / self.staged[relative]).resolve()
+            if inputs not in path.parents:
+                raise ManifestError(f"staged path {self.staged[relative]!r} is outside {inputs}")
+            return path
         return resolve_inside(relative, Path(self.base_dir), allowed_roots())
 
 
