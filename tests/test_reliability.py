@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from tests.helpers import (
     REPO,
     CeleryWorker,
     RedisServer,
+    free_port,
     qbench,
     small_manifest,
     wait_for,
@@ -345,6 +347,66 @@ def test_nightly_task_submits_with_the_date_and_reruns_rewrite(tmp_path):
         assert len(models) == 2, "the second trigger rewrote the night's rows"
         assert len(read_table(results, "latency").to_pylist()) == 4
         assert "broken.yaml" in worker.log.read_text(), "a bad manifest is logged, not fatal"
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def test_submit_with_redis_down_fails_in_one_line_and_leaves_no_job(tmp_path):
+    results = tmp_path / "results"
+    env = worker_env(f"redis://127.0.0.1:{free_port()}/0", results)  # nothing listens there
+    proc = qbench("submit", str(small_manifest(tmp_path)), "--results", str(results), env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the broker" in lines[0], proc.stderr
+    assert not list(results.glob("jobs/*.json")), "no plan claims a job that was never queued"
+    assert not (results / "inputs").exists(), "nothing staged for it either"
+
+
+def test_redis_restarted_mid_unit_the_unit_completes_once(tmp_path):
+    redis = RedisServer(tmp_path / "redis", appendonly=True).start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log").start()
+    try:
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 150)), env=env))
+        wait_for(lambda: b"measure batch 1" in worker.log.read_bytes(), 120, "the unit to start")
+        redis.stop()
+        time.sleep(2)
+        redis.start()  # same port, same append-only file
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 240, "the unit")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 120, "the report")
+        latency, models = _unit_keys(results, job_id)
+        assert sorted(b for _, b in latency) == [1, 2] and len(models) == 1
+        assert 1 <= _runs([worker]) <= 2, "completed, or rerun once"
+        assert read_table(results, "models", job_id).to_pylist()[0]["status"] == "ok"
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def test_results_folder_unwritable_mid_job_is_a_clear_failure_never_a_half_file(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log").start()
+    try:
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 150)), env=env))
+        wait_for(lambda: b"measure batch 1" in worker.log.read_bytes(), 120, "the unit to start")
+        # Tests run as root, which ignores file modes: a file where the folder should be makes
+        # the latency table unwritable for anyone.
+        shutil.rmtree(results / "latency", ignore_errors=True)
+        (results / "latency").write_text("not a folder")
+        status = wait_for(lambda: (lambda out: "  error  " in out and out)(
+            qbench("status", job_id, "--results", str(results), env=env).stdout), 240,
+            "the unit to fail", interval=1)
+        assert "results store: cannot write" in status and "/latency" in status, status
+        assert read_table(results, "models", job_id).num_rows == 0, "no models row claims it"
+        leftovers = [p for p in results.rglob("*") if p.name.endswith(".tmp")]
+        assert not leftovers, f"no half-written file: {leftovers}"
+        assert worker.proc.poll() is None, "the worker stayed up"
+        wait_for(lambda: "report: failed" in qbench("status", job_id, "--results", str(results),
+                                                    env=env).stdout, 60, "the chord to give up")
     finally:
         worker.stop()
         redis.stop()

@@ -12,6 +12,7 @@ import torchvision
 from PIL import Image
 
 from tests.helpers import small_manifest
+from worker.artifacts.card import build_card
 from worker.manifest import ManifestError
 from worker.orchestrate import plan_job
 from worker.pipeline import run_unit
@@ -76,6 +77,8 @@ def test_submit_stages_inputs_once_by_content_and_units_read_them_there(job, tmp
     assert row["checkpoint_sha256"] == ckpt_sha
     assert row["dataset_sha256"] == unit.dataset_sha256 and len(row["dataset_sha256"]) == 64
     assert row["eval_images"] and row["top1"] is not None
+    card = build_card(row, [], "m-fp32.pt", 1)
+    assert card["inputs"] == {"checkpoint_sha256": ckpt_sha, "dataset_sha256": unit.dataset_sha256}
 
 
 def test_run_records_the_digests_without_copying(job, tmp_path):
