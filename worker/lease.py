@@ -187,8 +187,9 @@ class Keeper(threading.Thread):
                 if now >= next_reap:
                     reap_once(r)
                     next_reap = now + reap_interval()
-            except redis.RedisError as exc:  # Redis down for a moment: again next tick
+            except redis.RedisError as exc:  # Redis down for a moment: again in a second
                 log.warning("lease keeper: %s", exc)
+                next_renew = next_reap = now + 1.0
             self.stopped.wait(max(0.05, min(next_renew, next_reap) - time.monotonic()))
 
 
