@@ -410,3 +410,36 @@ def test_results_folder_unwritable_mid_job_is_a_clear_failure_never_a_half_file(
     finally:
         worker.stop()
         redis.stop()
+
+
+def test_reaper_moves_an_abandoned_message_once_and_leaves_a_leased_one(tmp_path, monkeypatch):
+    """The sweep against a real redis-server, on messages laid out as Kombu lays them out."""
+    import json
+
+    import redis as redis_lib
+
+    from worker import lease
+
+    server = RedisServer(tmp_path / "redis").start()
+    monkeypatch.setenv("QBENCH_BROKER_URL", server.url)
+    r = redis_lib.Redis.from_url(server.url)
+    try:
+        old = time.time() - lease.lease_grace() - 5
+        for tag, task_id in (("t-dead", "unit-dead"), ("t-live", "unit-live"),
+                             ("t-new", "unit-new")):
+            message = {"headers": {"id": task_id}, "properties": {"delivery_tag": tag,
+                                                                  "delivery_info": {}}}
+            r.hset(lease.UNACKED, tag, json.dumps([message, "cpu", "cpu"]))
+            r.zadd(lease.UNACKED_INDEX, {tag: time.time() if tag == "t-new" else old})
+        r.set(lease.lease_key("unit-live"), json.dumps({"worker": "w1@x"}), px=30_000)
+
+        assert lease.reap_once(r) == ["unit-dead"]
+        assert lease.reap_once(r) == [], "a second sweep finds nothing left to move"
+        queued = [json.loads(m) for m in r.lrange("cpu", 0, -1)]
+        assert [m["headers"]["id"] for m in queued] == ["unit-dead"]
+        assert queued[0]["headers"]["redelivered"] is True
+        assert not r.hexists(lease.UNACKED, "t-dead") and r.hexists(lease.UNACKED, "t-live")
+        assert r.hexists(lease.UNACKED, "t-new"), "inside the grace period: left alone"
+        assert lease.requeue_count("unit-dead", r) == 1 and lease.requeue_count("unit-live", r) == 0
+    finally:
+        server.stop()
