@@ -256,7 +256,12 @@ def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path):
     try:
         sub = qbench("submit", str(manifest), env=env)
         job_id = _job_id(sub)
-        gone.unlink()  # valid when submitted, missing when the worker gets to it
+        # Valid when submitted, missing when the worker gets to it: the unit reads the copy
+        # submit staged into the results store, so that copy is the one that vanishes.
+        staged = list(results.glob("inputs/*/gone.pt"))
+        assert len(staged) == 1
+        staged[0].unlink()
+        gone.unlink()
         proc = qbench("status", job_id, "--results", str(results), env=env)
         assert proc.returncode == 0
         wait_for(lambda: read_table(results, "models", job_id).num_rows == 4, 300, "4 units")
