@@ -12,9 +12,11 @@
 #              (docker/redis.Dockerfile); later runs reuse the cached layers
 # 4. up        compose.yaml + docker/compose.local.yaml (host network): redis, worker-cpu
 #              (pinned with cpuset), beat; checks cpuset, non-root user, worker healthcheck
-# 5. job       `qbench submit --wait` from the host CLI (.venv/bin/qbench) with a tiny manifest;
-#              its Parquet rows must appear under the mounted results folder exactly once, and
-#              `qbench report` must render them
+# 5. job       `qbench submit --wait` from the host CLI (.venv/bin/qbench) with a tiny manifest
+#              that names a checkpoint and an ImageFolder dataset beside it on the host (paths
+#              the containers do not have): submit stages them into results/inputs/; its Parquet rows must appear
+#              under the mounted results folder exactly once, with the checkpoint's sha256 and a
+#              dataset digest, and `qbench report` must render them
 # 6. restart   worker stopped, a job queued, `docker restart` of Redis: the queued job survives
 #              (append-only file) and completes once the worker is back, rows exactly once
 # 7. teardown  always (trap): compose down -v, the engine if this script started it
@@ -36,9 +38,8 @@
 #   QBENCH_TORCH_INDEX_URL   [PyPI] torch index for the cpu image (https://download.pytorch.org/whl/cpu
 #                            gives a much smaller image)
 #   QBENCH_SMOKE_JOB_TIMEOUT [900] seconds a job may take
-#   QBENCH_SMOKE_FAULT       [none] `job`: the job names a checkpoint that exists on the host but not
-#                            in the containers, so its units fail inside the worker (tests the
-#                            smoke's own failure path)
+#   QBENCH_SMOKE_FAULT       [none] `job`: the job's checkpoint is an empty file, so its units fail
+#                            inside the worker (tests the smoke's own failure path)
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -307,7 +308,7 @@ case "$wrong" in *NOAUTH*|*WRONGPASS*) ;; *) fail "redis accepts a wrong passwor
 done_step "redis on 127.0.0.1:$redis_port, worker cores $allowed, uid $wuid, healthcheck ${hc_s} s"
 
 # ---- 5. a job from the host CLI ---------------------------------------------------------------
-write_manifest() {  # write_manifest NAME MODES(json list)
+write_manifest() {  # write_manifest NAME MODES(json list) [more lines: the model's, then top-level]
     cat >"$smoke_dir/jobs/$1.yaml" <<EOF
 name: $1
 models:
@@ -316,6 +317,7 @@ models:
     arch: resnet18
     num_classes: 10
     input_size: [64, 64]
+${3:-}
 quantization:
   modes: $2
   calibration: {images: 4, method: minmax}
@@ -327,12 +329,13 @@ benchmark:
   threads: 1
 EOF
 }
-# check_rows JOB UNITS: every expected row exactly once, all ok; prints a summary
+# check_rows JOB UNITS [CHECKPOINT]: every expected row exactly once, all ok, and with the
+# checkpoint's sha256, a dataset digest and top-1 when a checkpoint is given; prints a summary
 check_rows() {
-    QBENCH_RESULTS_DIR=$smoke_dir/results "$venv_bin/python" - "$1" "$2" <<'EOF'
-import collections, glob, os, sys
+    QBENCH_RESULTS_DIR=$smoke_dir/results "$venv_bin/python" - "$1" "$2" "${3:-}" <<'EOF'
+import collections, glob, hashlib, os, sys
 import pyarrow.parquet as pq
-job, units = sys.argv[1], int(sys.argv[2])
+job, units, ckpt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 root = os.environ["QBENCH_RESULTS_DIR"]
 def rows(table):
     files = glob.glob(f"{root}/{table}/date=*/job={job}/*.parquet")
@@ -351,20 +354,46 @@ if len(latency) != units * 2:
 bad = [f"{r['mode']}: {r['error']}" for r in models if r["status"] != "ok"]
 if bad:
     problems.append("units failed: " + "; ".join(bad))
+pinned = ""
+if ckpt and models:
+    sha = hashlib.sha256(open(ckpt, "rb").read()).hexdigest()
+    wrong = [r["mode"] for r in models if r["checkpoint_sha256"] != sha or not r["dataset_sha256"]
+             or r["top1"] is None]
+    if wrong:
+        problems.append(f"units without the checkpoint's sha256, a dataset digest or top1: {wrong}")
+    pinned = (f"; checkpoint sha256 {sha[:12]}, dataset {str(models[0]['dataset_sha256'])[:12]},"
+              " both staged from the host")
 if problems:
     print("; ".join(problems))
     sys.exit(1)
 owner = os.stat(mfiles[0]).st_uid
-print(f"{len(models)} models rows, {len(latency)} latency rows, each once, all ok; files owned by uid {owner}")
+print(f"{len(models)} models rows, {len(latency)} latency rows, each once, all ok; files owned by uid {owner}{pinned}")
 EOF
 }
-step job "qbench submit --wait from the host CLI (resnet18 64 px, fp32 + int8_static, bs 1,2)"
+step job "qbench submit --wait from the host CLI (resnet18 64 px, host checkpoint + dataset, fp32 + int8_static, bs 1,2)"
 job_log=$log_dir/job.log
-write_manifest smoke '[fp32, int8_static]'
-if [ "${QBENCH_SMOKE_FAULT:-}" = job ]; then
-    mkdir -p "$smoke_dir/jobs/ckpt" && : >"$smoke_dir/jobs/ckpt/host-only.pt"
-    sed -i 's|^    input_size: \[64, 64\]|&\n    checkpoint: ckpt/host-only.pt|' "$smoke_dir/jobs/smoke.yaml"
-fi
+# Inputs beside the manifest, on the host only: only staging can bring them to the worker.
+host_inputs=$smoke_dir/jobs/host
+"$venv_bin/python" - "$host_inputs" >>"$job_log" 2>&1 <<'EOF' || fail "cannot write the host checkpoint and dataset" "$job_log"
+import sys
+from pathlib import Path
+import numpy as np, torch, torchvision
+from PIL import Image
+out = Path(sys.argv[1])
+(out / "ckpt").mkdir(parents=True)
+torch.manual_seed(0)
+torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), out / "ckpt" / "r18.pt")
+rng = np.random.default_rng(0)
+for label in ("circle", "square"):
+    (out / "shapes" / label).mkdir(parents=True)
+    for i in range(6):
+        pixels = rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(out / "shapes" / label / f"{i}.png")
+EOF
+ckpt=$host_inputs/ckpt/r18.pt
+[ "${QBENCH_SMOKE_FAULT:-}" = job ] && : >"$ckpt"
+write_manifest smoke '[fp32, int8_static]' "    checkpoint: host/ckpt/r18.pt
+dataset: {format: imagefolder, images: host/shapes}"
 export QBENCH_BROKER_URL=$broker QBENCH_RESULTS_DIR=$smoke_dir/results
 run_logged "$job_log" "$venv_bin/qbench" submit "$smoke_dir/jobs/smoke.yaml" --wait \
     --timeout "$job_timeout" --results "$smoke_dir/results"
@@ -376,7 +405,7 @@ if [ "$submit_rc" != 0 ]; then
     fail "job ${job1:-(not submitted)} did not complete (qbench submit: status $submit_rc${why:+; $why})" "$job_log"
 fi
 [ -n "$job1" ] || fail "no job id in the submit output" "$job_log"
-summary=$(check_rows "$job1" 2) || fail "job $job1: $summary"
+summary=$(check_rows "$job1" 2 "$ckpt") || fail "job $job1: $summary"
 done_step "$job1: $summary"
 
 step report "qbench report renders the job's rows"

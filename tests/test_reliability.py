@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from tests.helpers import (
     REPO,
     CeleryWorker,
     RedisServer,
+    free_port,
     qbench,
     small_manifest,
     wait_for,
@@ -36,39 +39,124 @@ def _unit_keys(results, job_id):
     return ([(r["unit_id"], r["batch_size"]) for r in latency], [m["unit_id"] for m in models])
 
 
-def test_worker_killed_mid_unit_is_redelivered_and_finished_once(tmp_path):
+def _long_unit(tmp_path, iterations: int, name: str = "tiny"):
+    """One fp32 unit kept busy by many timed iterations of a small model (no sleep hook)."""
+    return small_manifest(tmp_path, name=name, quantization={"modes": ["fp32"]},
+                          benchmark={"batch_sizes": [1, 2], "warmup": 0,
+                                     "iterations": iterations, "threads": 1})
+
+
+def _runs(workers) -> int:
+    return sum(w.log.read_text().count("measure batch 1") for w in workers)
+
+
+def _reports(workers) -> int:
+    return sum(len(re.findall(r"qbench\.report_job\[[^]]+\] succeeded", w.log.read_text()))
+               for w in workers)
+
+
+def test_worker_killed_mid_unit_runs_again_within_two_minutes_under_defaults(tmp_path):
+    """Default lease, reaper and visibility timeout: nothing in the environment is tuned."""
     redis = RedisServer(tmp_path / "redis").start()
     results = tmp_path / "results"
-    env = {**worker_env(redis.url, results), "QBENCH_VISIBILITY_TIMEOUT": "4",
-           "QBENCH_RESTORE_INTERVAL": "1"}
-    first = CeleryWorker(redis.url, results, tmp_path / "w1.log", name="w1")
-    first.env.update(env)
-    first.start()
-    second = None
+    env = worker_env(redis.url, results)
+    for knob in ("QBENCH_VISIBILITY_TIMEOUT", "QBENCH_LEASE_TTL", "QBENCH_REAP_INTERVAL",
+                 "QBENCH_LEASE_GRACE", "QBENCH_RESTORE_INTERVAL"):
+        env.pop(knob, None)
+    workers = [CeleryWorker(redis.url, results, tmp_path / f"w{i}.log", name=f"w{i}")
+               for i in range(2)]
+    for w in workers:
+        w.env = dict(env)
+        w.start()
     try:
-        # Long enough to be caught in the middle: many timed iterations of a small model.
-        manifest = small_manifest(tmp_path, quantization={"modes": ["fp32"]},
-                                  benchmark={"batch_sizes": [1, 2], "warmup": 0,
-                                             "iterations": 400, "threads": 1})
-        job_id = _job_id(qbench("submit", str(manifest), env=env))
-        wait_for(lambda: b"measure batch 1" in first.log.read_bytes(), 120, "the unit to start")
-        first.stop(signal.SIGKILL)  # the whole worker: main process and the child running the unit
-        assert not read_table(results, "models", job_id).num_rows, "killed before it could finish"
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 300)), env=env))
+        busy = wait_for(lambda: next((w for w in workers
+                                      if b"measure batch 1" in w.log.read_bytes()), None),
+                        120, "the unit to start")
+        busy.stop(signal.SIGKILL)  # the whole process group: main process and its child
+        killed = time.monotonic()
+        survivor = next(w for w in workers if w is not busy)
+        assert not read_table(results, "models", job_id).num_rows, "killed before it finished"
 
-        second = CeleryWorker(redis.url, results, tmp_path / "w2.log", name="w2")
-        second.env.update(env)
-        second.start()
-        done = qbench("submit", "--help", env=env)  # the CLI still works while we wait
-        assert done.returncode == 0
+        def shown_as_vanished():
+            out = qbench("status", job_id, "--results", str(results), env=env).stdout
+            return ("  lost  " in out or "  requeued  " in out
+                    or read_table(results, "models", job_id).num_rows) and out
+        seen = wait_for(shown_as_vanished, 120, "status to show the unit lost", interval=1)
+        wait_for(lambda: b"measure batch 1" in survivor.log.read_bytes(), 120,
+                 "the unit to run again on the other worker")
+        again = time.monotonic() - killed
+        assert again < 120, f"SIGKILL to running again: {again:.0f}s"
         wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180,
-                 "the redelivered unit to finish")
+                 "the requeued unit to finish")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
         latency, models = _unit_keys(results, job_id)
         assert sorted(b for _, b in latency) == [1, 2], "every batch size exactly once"
         assert len(models) == 1
-        assert b"measure batch 1" in second.log.read_bytes(), "the second worker ran it"
+        assert "requeued" in survivor.log.read_text()
+        print(f"\nSIGKILL to running again on the other worker: {again:.1f}s (defaults); "
+              f"status said: {'lost' if '  lost  ' in str(seen) else 'requeued'}")
+        time.sleep(2)
+        assert _reports([survivor]) == 1, "the chord's report ran once"
     finally:
-        if second:
-            second.stop()
+        for w in workers:
+            w.stop()
+        redis.stop()
+
+
+def test_live_unit_longer_than_its_lease_runs_once(tmp_path):
+    """A 1 s lease, a unit of many seconds: renewals keep it; nothing reruns it."""
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = {**worker_env(redis.url, results), "QBENCH_LEASE_TTL": "1", "QBENCH_LEASE_GRACE": "2",
+           "QBENCH_REAP_INTERVAL": "0.5"}
+    workers = [CeleryWorker(redis.url, results, tmp_path / f"w{i}.log", name=f"w{i}")
+               for i in range(2)]
+    for w in workers:
+        w.env.update(env)
+        w.start()
+    try:
+        started = time.monotonic()
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 300)), env=env))
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180, "the unit")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
+        took = time.monotonic() - started
+        assert took > 3 * 1, f"the unit outlived its lease several times over ({took:.0f}s)"
+        assert _runs(workers) == 1, "started once"
+        assert not any("requeued" in w.log.read_text() for w in workers)
+        time.sleep(1)
+        assert _reports(workers) == 1
+    finally:
+        for w in workers:
+            w.stop()
+        redis.stop()
+
+
+def test_two_workers_racing_on_a_redelivered_unit_write_one_set_of_rows(tmp_path):
+    """Redis redelivers a live unit (visibility timeout 3 s): the second worker drops it."""
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = {**worker_env(redis.url, results), "QBENCH_VISIBILITY_TIMEOUT": "3",
+           "QBENCH_RESTORE_INTERVAL": "1"}
+    workers = [CeleryWorker(redis.url, results, tmp_path / f"w{i}.log", name=f"w{i}")
+               for i in range(2)]
+    for w in workers:
+        w.env.update(env)
+        w.start()
+    try:
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 300)), env=env))
+        wait_for(lambda: any("already running on" in w.log.read_text() for w in workers), 90,
+                 "the redelivered copy to reach the other worker")
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 180, "the unit")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 60, "the report")
+        latency, models = _unit_keys(results, job_id)
+        assert sorted(b for _, b in latency) == [1, 2] and len(models) == 1
+        assert _runs(workers) == 1, "only the first delivery ran"
+        time.sleep(2)
+        assert _reports(workers) == 1, "the chord counted the unit once"
+    finally:
+        for w in workers:
+            w.stop()
         redis.stop()
 
 
@@ -172,7 +260,12 @@ def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path, monkeypatch):
     try:
         sub = qbench("submit", str(manifest), env=env)
         job_id = _job_id(sub)
-        gone.unlink()  # valid when submitted, missing when the worker gets to it
+        # Valid when submitted, missing when the worker gets to it: the unit reads the copy
+        # submit staged into the results store, so that copy is the one that vanishes.
+        staged = list(results.glob("inputs/*/gone.pt"))
+        assert len(staged) == 1
+        staged[0].unlink()
+        gone.unlink()
         proc = qbench("status", job_id, "--results", str(results), env=env)
         assert proc.returncode == 0
         wait_for(lambda: read_table(results, "models", job_id).num_rows == 4, 300, "4 units")
@@ -266,3 +359,96 @@ def test_nightly_task_submits_with_the_date_and_reruns_rewrite(tmp_path):
     finally:
         worker.stop()
         redis.stop()
+
+
+def test_submit_with_redis_down_fails_in_one_line_and_leaves_no_job(tmp_path):
+    results = tmp_path / "results"
+    env = worker_env(f"redis://127.0.0.1:{free_port()}/0", results)  # nothing listens there
+    proc = qbench("submit", str(small_manifest(tmp_path)), "--results", str(results), env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the broker" in lines[0], proc.stderr
+    assert not list(results.glob("jobs/*.json")), "no plan claims a job that was never queued"
+    assert not (results / "inputs").exists(), "nothing staged for it either"
+
+
+def test_redis_restarted_mid_unit_the_unit_completes_once(tmp_path):
+    redis = RedisServer(tmp_path / "redis", appendonly=True).start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log").start()
+    try:
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 150)), env=env))
+        wait_for(lambda: b"measure batch 1" in worker.log.read_bytes(), 120, "the unit to start")
+        redis.stop()
+        time.sleep(2)
+        redis.start()  # same port, same append-only file
+        wait_for(lambda: read_table(results, "models", job_id).num_rows == 1, 240, "the unit")
+        wait_for(lambda: (results / "reports" / job_id / "report.md").exists(), 120, "the report")
+        latency, models = _unit_keys(results, job_id)
+        assert sorted(b for _, b in latency) == [1, 2] and len(models) == 1
+        assert 1 <= _runs([worker]) <= 2, "completed, or rerun once"
+        assert read_table(results, "models", job_id).to_pylist()[0]["status"] == "ok"
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def test_results_folder_unwritable_mid_job_is_a_clear_failure_never_a_half_file(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    results = tmp_path / "results"
+    env = worker_env(redis.url, results)
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log").start()
+    try:
+        job_id = _job_id(qbench("submit", str(_long_unit(tmp_path, 150)), env=env))
+        wait_for(lambda: b"measure batch 1" in worker.log.read_bytes(), 120, "the unit to start")
+        # Tests run as root, which ignores file modes: a file where the folder should be makes
+        # the latency table unwritable for anyone.
+        shutil.rmtree(results / "latency", ignore_errors=True)
+        (results / "latency").write_text("not a folder")
+        status = wait_for(lambda: (lambda out: "  error  " in out and out)(
+            qbench("status", job_id, "--results", str(results), env=env).stdout), 240,
+            "the unit to fail", interval=1)
+        assert "results store: cannot write" in status and "/latency" in status, status
+        assert read_table(results, "models", job_id).num_rows == 0, "no models row claims it"
+        leftovers = [p for p in results.rglob("*") if p.name.endswith(".tmp")]
+        assert not leftovers, f"no half-written file: {leftovers}"
+        assert worker.proc.poll() is None, "the worker stayed up"
+        wait_for(lambda: "report: failed" in qbench("status", job_id, "--results", str(results),
+                                                    env=env).stdout, 60, "the chord to give up")
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def test_reaper_moves_an_abandoned_message_once_and_leaves_a_leased_one(tmp_path, monkeypatch):
+    """The sweep against a real redis-server, on messages laid out as Kombu lays them out."""
+    import json
+
+    import redis as redis_lib
+
+    from worker import lease
+
+    server = RedisServer(tmp_path / "redis").start()
+    monkeypatch.setenv("QBENCH_BROKER_URL", server.url)
+    r = redis_lib.Redis.from_url(server.url)
+    try:
+        old = time.time() - lease.lease_grace() - 5
+        for tag, task_id in (("t-dead", "unit-dead"), ("t-live", "unit-live"),
+                             ("t-new", "unit-new")):
+            message = {"headers": {"id": task_id}, "properties": {"delivery_tag": tag,
+                                                                  "delivery_info": {}}}
+            r.hset(lease.UNACKED, tag, json.dumps([message, "cpu", "cpu"]))
+            r.zadd(lease.UNACKED_INDEX, {tag: time.time() if tag == "t-new" else old})
+        r.set(lease.lease_key("unit-live"), json.dumps({"worker": "w1@x"}), px=30_000)
+
+        assert lease.reap_once(r) == ["unit-dead"]
+        assert lease.reap_once(r) == [], "a second sweep finds nothing left to move"
+        queued = [json.loads(m) for m in r.lrange("cpu", 0, -1)]
+        assert [m["headers"]["id"] for m in queued] == ["unit-dead"]
+        assert queued[0]["headers"]["redelivered"] is True
+        assert not r.hexists(lease.UNACKED, "t-dead") and r.hexists(lease.UNACKED, "t-live")
+        assert r.hexists(lease.UNACKED, "t-new"), "inside the grace period: left alone"
+        assert lease.requeue_count("unit-dead", r) == 1 and lease.requeue_count("unit-live", r) == 0
+    finally:
+        server.stop()

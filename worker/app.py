@@ -6,6 +6,7 @@ import os
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import worker_ready
 from kombu import Queue
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
@@ -47,11 +48,11 @@ app.conf.update(
     task_track_started=True,
     result_extended=True,
     result_expires=int(os.environ.get("QBENCH_RESULT_EXPIRES", 7 * 24 * 3600)),
-    # A worker killed outright leaves its unit unacknowledged in Redis; a live worker puts it
-    # back on the queue once it is older than the visibility timeout, which must therefore
-    # exceed the longest unit. Sweeps run every QBENCH_RESTORE_INTERVAL seconds.
+    # A worker killed outright leaves its unit unacknowledged in Redis. Leases bring it back
+    # within a minute or so (worker/lease.py); Redis' own redelivery after the visibility
+    # timeout cannot tell a dead worker from a long unit, so it is kept longer than any unit.
     broker_transport_options={
-        "visibility_timeout": int(os.environ.get("QBENCH_VISIBILITY_TIMEOUT", 3600)),
+        "visibility_timeout": int(os.environ.get("QBENCH_VISIBILITY_TIMEOUT", 7 * 24 * 3600)),
         "unacked_restore_interval": int(os.environ.get("QBENCH_RESTORE_INTERVAL", 30)),
         "unacked_restore_throttle": 1,
     },
@@ -62,3 +63,10 @@ app.conf.update(
                                "options": {"queue": "cpu"}},
     },
 )
+
+
+@worker_ready.connect
+def _start_lease_keeper(sender, **_) -> None:
+    from worker.lease import Keeper, held_by_this_worker
+
+    Keeper(sender.hostname, held_by_this_worker).start()

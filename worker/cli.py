@@ -91,8 +91,9 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
     """Run every unit in this process (no broker), then print and write the report."""
     from worker.confine import confine_unit
     from worker.orchestrate import plan_job, save_plan
+    from worker.staging import digest_plan
 
-    plan = plan_job(manifest, job_id=job_id)
+    plan = digest_plan(plan_job(manifest, job_id=job_id))
     for unit in plan.units:  # the same checks a worker makes, before anything is written
         confine_unit(unit, results)
     _check_writable(results)
@@ -162,10 +163,18 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
     from worker.app import broker_url
 
     _check_broker(broker_url())
+    from worker.staging import stage_plan
     from worker.submit import submit_plan
 
-    save_plan(plan, results)
-    submit_plan(plan)
+    plan = stage_plan(plan, results)
+    saved = save_plan(plan, results)
+    try:
+        submit_plan(plan)
+    except Exception as exc:  # the broker went away between the check and the send
+        saved.unlink(missing_ok=True)  # no plan claims a job that was never queued
+        raise CliError(f"cannot queue job {plan.job_id} on {broker_url()}: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                       ) from None
     out.print(f"submitted job {plan.job_id}: {len(plan.units)} unit(s)")
     out.print(plan.job_id)
     if wait:

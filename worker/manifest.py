@@ -260,6 +260,11 @@ class Unit(Strict):
     inspect: InspectSpec
     base_dir: str  # where relative manifest paths resolve (not a root the worker trusts)
     artifacts: StrictBool = True  # save the benchmarked model (manifest `artifacts`)
+    # Set by `qbench submit` (worker/staging.py): manifest path as written -> its copy in the
+    # results store (relative to it), and the digests of the bytes the unit benchmarks.
+    staged: dict[str, str] = Field(default_factory=dict)
+    checkpoint_sha256: str | None = None  # the checkpoint's or the ONNX file's
+    dataset_sha256: str | None = None
 
     @property
     def queue(self) -> str:
@@ -273,7 +278,16 @@ class Unit(Strict):
         return v
 
     def resolve(self, relative: str) -> Path:
-        """A path of the manifest, confined to this process's input roots (input_roots)."""
+        """A path of the manifest: this worker's staged copy (inside its own results store's
+        inputs/ only), else the path confined to this process's input roots (input_roots)."""
+        if relative in self.staged:
+            from worker.results import results_root
+
+            inputs = (results_root() / "inputs").resolve()
+            path = (results_root() / self.staged[relative]).resolve()
+            if inputs not in path.parents:
+                raise ManifestError(f"staged path {self.staged[relative]!r} is outside {inputs}")
+            return path
         base = Path(self.base_dir)
         return resolve_inside(relative, base, input_roots(base))
 

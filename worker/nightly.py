@@ -8,6 +8,7 @@ from pathlib import Path
 
 from worker.manifest import ManifestError
 from worker.orchestrate import plan_job, save_plan
+from worker.staging import stage_plan
 from worker.submit import submit_plan
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ def submit_nightly(folder: Path, results_root: Path, now: dt.datetime | None = N
             plan = plan_job(path, nightly=True, now=now)
         except ManifestError as exc:
             log.error("nightly: %s", exc)
+            continue
+        try:
+            plan = stage_plan(plan, results_root)
+        except ManifestError as exc:
+            log.error("nightly: %s: %s", path, exc)
             continue
         save_plan(plan, results_root)
         submit_plan(plan)

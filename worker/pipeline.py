@@ -169,6 +169,7 @@ def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
         "calibration_images": calib.images if calibrated else None,
         "calibration_per_channel": calib.per_channel if calibrated else None,
         "keep_float": list(unit.quantization.keep_float), "started_at": _now(),
+        "checkpoint_sha256": unit.checkpoint_sha256, "dataset_sha256": unit.dataset_sha256,
     }
 
 

@@ -118,6 +118,10 @@ MODELS = pa.schema(IDENTITY + [
     ("notes", pa.string()),
     # The saved model (README "Artifacts"); null when nothing was saved, the reason in notes
     # (artifacts: false) or error (saving failed; status stays ok).
+    # The exact bytes benchmarked (README "Workers"): sha256 of the checkpoint or ONNX file,
+    # and of the dataset (each file's path and sha256); null when the unit names none.
+    ("checkpoint_sha256", pa.string()),
+    ("dataset_sha256", pa.string()),
     ("artifact_path", pa.string()),  # relative to the results folder
     ("artifact_sha256", pa.string()),
     ("artifact_format", pa.string()),  # torchscript | onnx

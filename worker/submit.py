@@ -8,6 +8,7 @@ from pathlib import Path
 from celery import chord
 from celery.result import AsyncResult
 
+from worker import lease
 from worker.app import app
 from worker.cancel import cancel_job, is_cancelled
 from worker.orchestrate import JobPlan, load_plan
@@ -52,7 +53,7 @@ class UnitState:
     model_id: str
     mode: str
     device: str
-    state: str  # queued | running | ok | error | cancelled
+    state: str  # queued | running | lost | requeued | ok | error | cancelled
     error: str | None
 
 
@@ -92,7 +93,14 @@ def _broker_state(unit_id: str) -> tuple[str, str | None]:
         return ("cancelled" if result.result.get("status") == "cancelled" else "running"), None
     if result.state == "FAILURE":
         return "error", str(result.result)[:300]
-    return _CELERY_STATE.get(result.state, "queued"), None
+    state = _CELERY_STATE.get(result.state, "queued")
+    if state == "running" and lease.holder(unit_id) is None:
+        # Started, but nobody renews its lease: its worker vanished. The reaper puts it back
+        # on the queue (then "requeued") until a worker takes it up again.
+        if lease.requeue_count(unit_id):
+            return "requeued", "its worker vanished; queued again"
+        return "lost", "its worker vanished; it is queued again within a minute"
+    return state, None
 
 
 def job_states(results_root: Path, job_id: str) -> JobStates:

@@ -9,8 +9,9 @@ from pathlib import Path
 from worker.app import app
 from worker.cancel import is_cancelled
 from worker.confine import receive_unit
+from worker.lease import ensure_sole_run, settle
 from worker.manifest import Unit
-from worker.pipeline import run_unit
+from worker.pipeline import failed_row, run_unit, write_outcome
 from worker.report import write_report
 from worker.results import results_root
 
@@ -19,8 +20,11 @@ log = logging.getLogger(__name__)
 
 @app.task(name="qbench.run_unit", bind=True)
 def run_unit_task(self, unit_json: dict) -> dict:
+    # A copy Redis redelivered while a live worker runs the unit is dropped here.
+    ensure_sole_run(self.request.id, self.request.hostname)
     unit = receive_unit(unit_json, results_root())  # never trusts the sender (worker/confine.py)
     if not isinstance(unit, Unit):
+        settle(self.request.id, self.request.hostname)
         return unit  # the refusal, as a summary
     if is_cancelled(unit.job_id):
         log.info("unit %s skipped: job %s was cancelled", unit.unit_id, unit.job_id)
@@ -30,7 +34,23 @@ def run_unit_task(self, unit_json: dict) -> dict:
         log.info("unit %s [%d/%d] %s", unit.unit_id, done, total, step)
         self.update_state(state="PROGRESS", meta={"step": step, "done": done, "total": total})
 
-    return run_unit(unit, results_root(), progress).summary()
+    root = results_root()
+    try:
+        summary = run_unit(unit, root, progress).summary()
+    except OSError as exc:  # the results store itself failed: say where, as one line
+        summary = unwritable_results(unit, root, exc)
+    # A run requeued while it was cut off from Redis ends ignored: the unit counts once.
+    settle(self.request.id, self.request.hostname)
+    return summary
+
+
+def unwritable_results(unit: Unit, root: Path, exc: OSError) -> dict:
+    """An error row if the models table still takes one; else a failure naming the path."""
+    error = f"results store: cannot write {exc.filename or root}: {exc.strerror or exc}"
+    try:
+        return write_outcome(unit, root, [], failed_row(unit, error)).summary()
+    except OSError:
+        raise RuntimeError(error) from None
 
 
 @app.task(name="qbench.report_job")

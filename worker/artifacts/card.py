@@ -62,6 +62,8 @@ def build_card(row: dict[str, Any], latency: list[dict[str, Any]], file: str, si
         "model": {"model_id": row["model_id"], "arch": row["arch"], "source": row["source"],
                   "task": row["task"], "input_size": [row["input_h"], row["input_w"]],
                   "trained_weights": row["trained_weights"]},
+        "inputs": {"checkpoint_sha256": row.get("checkpoint_sha256"),
+                   "dataset_sha256": row.get("dataset_sha256")},
         "job": {"job_id": row["job_id"], "job_name": row["job_name"], "unit_id": row["unit_id"],
                 "started_at": _plain(row["started_at"]), "ended_at": _plain(row["ended_at"])},
         "quantization": {

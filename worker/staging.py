@@ -1,0 +1,179 @@
+"""A job's input files travel with it: staged into the results store by content at submit.
+
+`qbench submit` copies the checkpoint or ONNX file and the dataset a manifest names into
+<results>/inputs/<sha256>/<name>, written once (a temporary name, then a rename) and shared by
+every job that names the same bytes. The units carry the store-relative paths and each worker
+resolves them against its own QBENCH_RESULTS_DIR, inside its inputs/ folder only, so a manifest
+submitted from any host that shares the results store runs as written, on the exact bytes whose
+digests the `models` row records.
+
+Datasets larger than QBENCH_STAGE_MAX_BYTES (default 2 GiB) are referenced instead: they must
+lie inside a data root (QBENCH_DATA_ROOTS), which the workers are expected to mount at the
+same path; their digest is still recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from worker.atomic import atomic_path
+from worker.manifest import ManifestError, Unit, allowed_roots, resolve_inside, safe_name
+from worker.orchestrate import JobPlan
+
+INPUTS = "inputs"
+CHUNK = 1 << 20
+
+
+def stage_max_bytes() -> int:
+    return int(os.environ.get("QBENCH_STAGE_MAX_BYTES", 2 << 30))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over each file's path (relative, sorted) and its sha256: names and bytes."""
+    digest = hashlib.sha256()
+    for p in _files(folder):
+        digest.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
+    return digest.hexdigest()
+
+
+def digest(path: Path) -> str:
+    return tree_digest(path) if path.is_dir() else sha256_file(path)
+
+
+def size_of(path: Path) -> int:
+    return sum(p.stat().st_size for p in _files(path)) if path.is_dir() else path.stat().st_size
+
+
+def store_path(sha: str, source: Path) -> str:
+    """Where bytes of this digest live, relative to the results store."""
+    return f"{INPUTS}/{sha}/{safe_name(source.name)}"
+
+
+def put(source: Path, sha: str, root: Path) -> str:
+    """Copy a file or folder into the store once; a copy already there is kept as it is."""
+    relative = store_path(sha, source)
+    target = root / relative
+    if target.exists():
+        return relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            shutil.copytree(source, tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not target.is_dir():  # not a submitter that got there first
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with atomic_path(target) as tmp_file:
+            shutil.copyfile(source, tmp_file)
+    return relative
+
+
+@dataclasses.dataclass
+class _Input:
+    field: str
+    value: str  # as the manifest wrote it
+    path: Path
+    sha: str
+
+
+def _inputs_of(unit: Unit) -> tuple[_Input | None, list[_Input]]:
+    base, roots = Path(unit.base_dir), allowed_roots()
+
+    def one(field: str, value: str | None) -> _Input | None:
+        if value is None:
+            return None
+        path = resolve_inside(value, base, roots)
+        if not path.exists():
+            raise ManifestError(f"{field}: file not found: {path}")
+        return _Input(field, value, path, digest(path))
+
+    model = one("checkpoint", unit.model.checkpoint) or one("path", unit.model.path)
+    data: list[_Input] = []
+    if unit.dataset is not None:
+        data = [i for i in (one("dataset.images", unit.dataset.images),
+                            one("dataset.annotations", unit.dataset.annotations)) if i]
+    return model, data
+
+
+def _check_referenced(item: _Input, limit: int) -> None:
+    """A dataset too big to copy is read in place: only a data root is shared with workers."""
+    roots = allowed_roots()
+    if not any(item.path == r or r in item.path.parents for r in roots):
+        raise ManifestError(
+            f"{item.field}: {item.path} is over QBENCH_STAGE_MAX_BYTES={limit} to copy into "
+            f"the results store and not inside a data root the workers share "
+            f"(QBENCH_DATA_ROOTS); move it under one or raise the limit")
+
+
+def _dataset_digest(data: list[_Input]) -> str | None:
+    if not data:
+        return None
+    text = "".join(f"{i.field}:{i.sha}\n" for i in data)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digested(plan: JobPlan, root: Path | None) -> JobPlan:
+    cache: dict[tuple[str, str], tuple[_Input | None, list[_Input]]] = {}
+    limit = stage_max_bytes()
+    units = []
+    for unit in plan.units:
+        key = (unit.model.id, unit.base_dir)
+        if key not in cache:
+            cache[key] = _inputs_of(unit)
+        model, data = cache[key]
+        staged = dict(unit.staged)
+        if root is not None:
+            if model is not None:
+                staged[model.value] = put(model.path, model.sha, root)
+            if data and sum(size_of(i.path) for i in data) <= limit:
+                for i in data:
+                    staged[i.value] = put(i.path, i.sha, root)
+            else:
+                for i in data:
+                    _check_referenced(i, limit)
+        units.append(unit.model_copy(update={
+            "staged": staged,
+            "checkpoint_sha256": model.sha if model else None,
+            "dataset_sha256": _dataset_digest(data)}))
+    return dataclasses.replace(plan, units=units)
+
+
+def stage_plan(plan: JobPlan, results_root: Path) -> JobPlan:
+    """The plan with its input files in the store and their digests on every unit.
+
+    A file that cannot be read or copied is a one-line ManifestError; what was already copied
+    stays (it is addressed by content, so it is reused, never wrong).
+    """
+    try:
+        return _digested(plan, results_root)
+    except OSError as exc:
+        raise ManifestError(f"staging inputs into {results_root / INPUTS}: "
+                            f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+
+def digest_plan(plan: JobPlan) -> JobPlan:
+    """`qbench run`: the same digests, files used where they are."""
+    return _digested(plan, None)
