@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 
 from worker.atomic import atomic_path
-from worker.manifest import ManifestError, Unit, allowed_roots, resolve_inside, safe_name
+from worker.manifest import ManifestError, Unit, allowed_roots
 from worker.orchestrate import JobPlan
 
 INPUTS = "inputs"
@@ -91,6 +92,11 @@ def put(source: Path, sha: str, root: Path) -> str:
     return relative
 
 
+def safe_name(text: str) -> str:
+    """A file name that is one plain path component in the store, whatever the user named it."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "_"
+
+
 @dataclasses.dataclass
 class _Input:
     field: str
@@ -100,12 +106,10 @@ class _Input:
 
 
 def _inputs_of(unit: Unit) -> tuple[_Input | None, list[_Input]]:
-    base, roots = Path(unit.base_dir), allowed_roots()
-
     def one(field: str, value: str | None) -> _Input | None:
         if value is None:
             return None
-        path = resolve_inside(value, base, roots)
+        path = unit.resolve(value)  # before staging: confined to this process's input roots
         if not path.exists():
             raise ManifestError(f"{field}: file not found: {path}")
         return _Input(field, value, path, digest(path))
