@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from worker.decode.spec import OutputsSpec
+from worker.preprocess.spec import PreprocessSpec
 from worker.quantize.registry import mode_names, validate_mode_device
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -37,6 +39,8 @@ class ModelSpec(Strict):
     path: str | None = None  # the .onnx file for source: onnx
     num_classes: int | None = Field(default=None, ge=1)
     input_size: tuple[int, int] = (320, 320)
+    preprocess: PreprocessSpec | None = None  # None: the source's default (worker/preprocess/)
+    outputs: OutputsSpec | None = None  # how to decode the outputs (worker/decode/)
 
     @field_validator("input_size")
     @classmethod
