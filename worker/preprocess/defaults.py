@@ -61,3 +61,8 @@ def resolve(declared: PreprocessSpec | None, source: str, task: str, arch: str |
         return Resolved(torchvision_classifier_spec(arch or ""),
                         f"default: torchvision weights transform of {arch}")
     return Resolved(PreprocessSpec(), "default: detector's internal transform ([0, 1] RGB)")
+
+
+def for_model(declared: PreprocessSpec | None, loaded) -> Resolved:
+    """The preprocessing of a loaded model (a LoadedModel: source, task, arch)."""
+    return resolve(declared, loaded.source, loaded.task, loaded.arch)
