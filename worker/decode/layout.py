@@ -45,3 +45,27 @@ def check_onnx_layout(spec: OutputsSpec | None, path: str | Path) -> str | None:
     if spec is None or spec.decoder is None:
         return None
     return layout_problem(spec, onnx_output_shapes(path))
+
+
+def check_manifest_outputs(manifest, base: Path, source: str) -> None:
+    """Refuse (ManifestError, one line) an ONNX file whose outputs its decoder cannot read."""
+    from worker.manifest import ManifestError, allowed_roots, resolve_inside
+
+    for i, m in enumerate(manifest.models):
+        if m.source != "onnx" or m.outputs is None or m.outputs.decoder is None or not m.path:
+            continue
+        path = resolve_inside(m.path, base, allowed_roots())
+        try:
+            problem = check_onnx_layout(m.outputs, path)
+        except Exception:  # unreadable file: the loader names it when the unit runs
+            continue
+        if problem:
+            raise ManifestError(f"{source}: models[{i}].outputs.decoder: {problem}")
+
+
+def manifest_warnings(manifest) -> list[str]:
+    """One line per model whose accuracy will be null because nothing says how to feed it."""
+    from worker.preprocess.defaults import UNDECLARED
+
+    return [f"warning: models[{i}] ({m.id}): {UNDECLARED}"
+            for i, m in enumerate(manifest.models) if m.source == "onnx" and m.preprocess is None]
