@@ -23,17 +23,16 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from worker.models.yolo import load_yolo
+    from worker.models.yolo import build_yolo, load_yolo
     from worker.quantize.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("yolo")
     generate_dataset(root / "data", seed=3, images=8, size=(160, 120))  # letterboxed to 128
     (root / "models").mkdir()
     torch.manual_seed(0)
-    torch.save(load_yolo("y", "yolov8n", 3, (SIZE, SIZE), None).module.model.state_dict(),
-               root / "models" / "y.pt")
+    torch.save(build_yolo("yolov8n", 4).state_dict(), root / "models" / "y.pt")  # as trained
     # the layout ultralytics' own ONNX export has: one output [B, 4 + classes, anchors]
-    export_onnx(load_yolo("y", "yolov8n", 3, (SIZE, SIZE), root / "models" / "y.pt"),
+    export_onnx(load_yolo("y", "yolov8n", 4, (SIZE, SIZE), root / "models" / "y.pt"),
                 root / "models" / "y.onnx")
     return root
 
@@ -57,9 +56,9 @@ def _rows(manifest):
 
 
 def test_yolo_state_dict_and_its_onnx_file_decode_alike(root):
-    decoder = {"decoder": "ultralytics", "category_map": {0: 1, 1: 2, 2: 3}}
+    decoder = {"decoder": "ultralytics", "category_map": {0: 1, 1: 2, 2: 3, 3: 4}}
     torch_rows = _rows(_manifest(root, "yt", {
-        "id": "y", "source": "yolo", "arch": "yolov8n", "num_classes": 3,
+        "id": "y", "source": "yolo", "arch": "yolov8n", "num_classes": 4,
         "checkpoint": "models/y.pt", "input_size": [SIZE, SIZE], "outputs": decoder}, ["fp32"]))
     onnx_rows = _rows(_manifest(root, "yo", {
         "id": "yo", "source": "onnx", "path": "models/y.onnx", "input_size": [SIZE, SIZE],
@@ -89,7 +88,7 @@ def test_category_ids_absent_from_the_mapping_fail_the_unit_naming_the_field(roo
         "outputs": {"decoder": "ultralytics", "category_map": {0: 1}}}, ["ort_fp32"]))
     outcome = run_unit(plan.units[0], root / "results-map")
     assert outcome.status == "error"
-    assert "models[yo].outputs.category_map: dataset category ids [2, 3] are absent" in outcome.error
+    assert "models[yo].outputs.category_map: dataset category ids [2, 3, 4] are absent" in outcome.error
 
 
 def test_ultralytics_never_goes_online():

@@ -65,8 +65,15 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
         ref_raw.append(_tensors(reference(batch)))
         cand_raw.append(_tensors(candidate(batch.to(device))))
     if spec is None or spec.decoder is None:
-        return {**output_agreement(ref_raw, cand_raw),
-                "accuracy_note": "no outputs.decoder: no accuracy, agreement on raw outputs"}
+        row = {**output_agreement(ref_raw, cand_raw),
+               "accuracy_note": "no outputs.decoder: no accuracy, agreement on raw outputs"}
+        if all(len(p) == 1 and p[0].dim() == 2 for p in ref_raw):  # one [B, C] output: logits
+            from worker.evaluate.agreement import classification_agreement
+
+            ref, ours = torch.cat([p[0] for p in ref_raw]), torch.cat([p[0] for p in cand_raw])
+            row.update(agreement_top1=classification_agreement(ref, ours)["top1_agreement"],
+                       logits_sqnr_db=row["output_sqnr_db"])
+        return row
     size = tuple(loaded.input_size)
     fp32 = [d for parts in ref_raw for d in decode(parts, spec, size, names)]
     quant = [d for parts in cand_raw for d in decode(parts, spec, size, names)]
