@@ -74,9 +74,13 @@ class CliError(Exception):
 @app.command()
 def validate(manifest: Path) -> None:
     """Check a manifest (fields, files, modes per device) and list the units it expands to."""
+    from worker.decode.layout import manifest_warnings
+    from worker.manifest import load_manifest
     from worker.orchestrate import plan_job
 
     plan = plan_job(manifest)
+    for line in manifest_warnings(load_manifest(manifest)[0]):
+        out.print(line, highlight=False, soft_wrap=True)
     print(f"job {plan.name}:")
     for u in plan.units:
         print(f"  unit {u.unit_id}  {u.model.id}  {u.model.arch or u.model.path}  {u.mode}  "

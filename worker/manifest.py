@@ -33,6 +33,8 @@ from worker.catalogue import MODES, arch_problem, mode_device_problem, mode_name
 from worker.errors import ManifestError
 
 __all__ = ["ManifestError", "Manifest", "Unit", "load_manifest", "parse_manifest"]
+from worker.decode.spec import OutputsSpec
+from worker.preprocess.spec import PreprocessSpec
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # <name>-<stamp>-<digest>; a user may pass their own to `qbench run --job-id`. Never a path.
@@ -75,6 +77,8 @@ class ModelSpec(Strict):
     path: str | None = Field(default=None, max_length=4096)  # the .onnx file for source: onnx
     num_classes: StrictInt | None = Field(default=None, ge=1, le=100_000)
     input_size: tuple[StrictInt, StrictInt] = (320, 320)
+    preprocess: PreprocessSpec | None = None  # None: the source's default (worker/preprocess/)
+    outputs: OutputsSpec | None = None  # how to decode the outputs (worker/decode/)
 
     @field_validator("input_size")
     @classmethod

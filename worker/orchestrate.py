@@ -46,6 +46,9 @@ class JobPlan:
 def plan_job(manifest_path: str | Path, *, nightly: bool = False, job_id: str | None = None,
              now: dt.datetime | None = None) -> JobPlan:
     manifest, base = load_manifest(manifest_path)
+    from worker.decode.layout import check_manifest_outputs
+
+    check_manifest_outputs(manifest, base, str(manifest_path))  # decoder vs the ONNX file
     return plan_from(manifest, base, str(manifest_path), nightly=nightly, job_id=job_id, now=now)
 
 

@@ -25,6 +25,8 @@ from worker.manifest import Unit
 from worker.measure import BatchResult, environment_fingerprint, is_oom, measure_batch
 from worker.models import LoadedModel, load_model
 from worker.models.base import run_task
+from worker.preprocess.defaults import UNDECLARED, for_model
+from worker.preprocess.transform import unit_to_input
 from worker.quantize.common import serialized_size_bytes
 from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, get_mode, quantize
 from worker.results import unit_file, write_rows
@@ -89,9 +91,10 @@ def calibration_source(unit: Unit, loaded: LoadedModel) -> Callable[[], list[tor
 
         return lambda: calibration_batches(unit, loaded, count)
     h, w = loaded.input_size
+    pre = for_model(unit.model.preprocess, loaded).spec
 
     def batches() -> list[torch.Tensor]:
-        images = synth_images(count, (h, w), CALIBRATION_SEED)
+        images = unit_to_input(synth_images(count, (h, w), CALIBRATION_SEED), pre)
         return list(images.split(4))
 
     return batches
@@ -196,6 +199,9 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
         loaded = load_model(unit)
         model_row.update(task=loaded.task, trained_weights=loaded.trained,
                          input_h=loaded.input_size[0], input_w=loaded.input_size[1])
+        pre = for_model(unit.model.preprocess, loaded)
+        model_row.update(preprocess=pre.to_json(),
+                         accuracy_note=None if pre.trusted else UNDECLARED)
         fp32_size = serialized_size_bytes(loaded.module)
         say(f"quantize {unit.mode}", 1, total_steps)
         with tempfile.TemporaryDirectory(prefix=f"qbench-{unit.unit_id}-") as work_dir:
@@ -210,8 +216,8 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
             model_row.update(backend=q.backend, **size_columns(q, fp32_size))
             if q.search is not None:
                 model_row.update(mixed_search_columns(q, unit, results_root))
-            pool = synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
-                                BENCH_SEED)
+            pool = unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)),
+                                              loaded.input_size, BENCH_SEED), pre.spec)
             for i, bs in enumerate(unit.benchmark.batch_sizes):
                 say(f"measure batch {bs}", 2 + i, total_steps)
                 result = measure_one(q, pool, bs, unit)
@@ -282,7 +288,8 @@ def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, 
 
         images = evaluation_set(unit, loaded).images[: unit.inspect.images]
     else:
-        images = synth_images(unit.inspect.images, loaded.input_size, INSPECT_SEED)
+        images = unit_to_input(synth_images(unit.inspect.images, loaded.input_size, INSPECT_SEED),
+                               for_model(unit.model.preprocess, loaded).spec)
     out = report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
     try:
         rows, _ = inspect_unit(loaded, q, images, unit.inspect.layers, out, label=unit.mode)

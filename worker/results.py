@@ -104,6 +104,15 @@ MODELS = pa.schema(IDENTITY + [
     ("agreement_mean_iou", pa.float64()),
     ("agreement_score_diff", pa.float64()),
     ("agreement_top1", pa.float64()),
+    # Preprocessing and decoding (README "Preprocessing and outputs"): the resolved preprocess
+    # block as JSON with its origin, what agreement was measured on, raw-output and logits
+    # SQNR, and why accuracy columns are null where they are.
+    ("preprocess", pa.string()),
+    ("agreement_basis", pa.string()),
+    ("logits_sqnr_db", pa.float64()),
+    ("output_sqnr_db", pa.float64()),
+    ("output_cosine", pa.float64()),
+    ("accuracy_note", pa.string()),
     ("eval_images", pa.int32()),
     ("calibration_method", pa.string()),
     ("calibration_images", pa.int32()),

@@ -61,7 +61,9 @@ def build_card(row: dict[str, Any], latency: list[dict[str, Any]], file: str, si
                      "bytes": size, "load": how_to_load(fmt, row["task"], file, onnx_input)},
         "model": {"model_id": row["model_id"], "arch": row["arch"], "source": row["source"],
                   "task": row["task"], "input_size": [row["input_h"], row["input_w"]],
-                  "trained_weights": row["trained_weights"]},
+                  "trained_weights": row["trained_weights"],
+                  # how images are fed to it (resize, scale, mean/std, channel order) and why
+                  "preprocess": json.loads(row["preprocess"]) if row.get("preprocess") else None},
         "inputs": {"checkpoint_sha256": row.get("checkpoint_sha256"),
                    "dataset_sha256": row.get("dataset_sha256")},
         "job": {"job_id": row["job_id"], "job_name": row["job_name"], "unit_id": row["unit_id"],

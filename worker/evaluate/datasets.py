@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from worker.evaluate.coco import DatasetError, load_batch, load_coco, load_image_folder, split
+from worker.evaluate.coco import DatasetError, confined_file, load_coco, split
 from worker.manifest import Unit, input_roots
 from worker.models.base import LoadedModel
+from worker.preprocess.defaults import for_model
+from worker.preprocess.spec import PreprocessSpec
+from worker.preprocess.transform import Geometry, ImageReadError, load_images
 
 SPLIT_SEED = 0  # fixed: every mode of a job calibrates and evaluates on the same images
 BATCH = 4
@@ -23,37 +26,62 @@ class EvalSet:
     scales: list[tuple[float, float]]  # resize factors back to the original images
     labels: torch.Tensor | None  # classification labels
     gt: dict | None  # the COCO instances document (detection)
+    geometries: list[Geometry] = field(default_factory=list)  # model input -> original pixels
+    labels_note: str | None = None  # why an image folder has no labels
+
+
+def _read(paths, spec: PreprocessSpec, size: tuple[int, int]) -> tuple[torch.Tensor, list[Geometry]]:
+    try:
+        return load_images(list(paths), spec, size)
+    except ImageReadError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 @lru_cache(maxsize=4)
-def _load(unit_json: str, num_classes: int, size: tuple[int, int]):
+def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str,
+          torchvision_ids: bool):
     unit = Unit.model_validate_json(unit_json)
     spec = unit.dataset
     images = unit.resolve(spec.images)
     roots = tuple(input_roots(Path(unit.base_dir)))  # every image file is confined like these
     calib_count = unit.quantization.calibration.images
     if spec.format == "coco":
-        ds = load_coco(images, unit.resolve(spec.annotations), num_classes=num_classes,
-                       roots=roots)
+        # torchvision detectors' label i is category id i; decoded models go through a mapping
+        ds = load_coco(images, unit.resolve(spec.annotations),
+                       num_classes=num_classes if torchvision_ids else None, roots=roots)
         calib_ids, eval_ids = split(ds.image_ids, calib_count, SPLIT_SEED)
         return ds, calib_ids, eval_ids[: spec.eval_images]
-    batch, labels, _ = load_image_folder(images, size, roots=roots)
-    calib_ids, eval_ids = split(list(range(len(labels))), calib_count, SPLIT_SEED)
-    return (batch, labels), calib_ids, eval_ids[: spec.eval_images]
+    from worker.evaluate.image_folder import scan_image_folder
+
+    outputs = unit.model.outputs
+    folder = scan_image_folder(images, outputs.labels if outputs else None, num_classes)
+    # every entry (a symlink included) must lie inside the folder or the unit's input roots
+    paths = [confined_file(images, str(Path(p).relative_to(images)), roots) for p in folder.paths]
+    batch, geometries = _read(paths, PreprocessSpec.model_validate_json(pre_json), size)
+    labels = torch.tensor(folder.labels, dtype=torch.int64) if folder.labels is not None else None
+    calib_ids, eval_ids = split(list(range(len(paths))), calib_count, SPLIT_SEED)
+    return (batch, labels, geometries, folder.note), calib_ids, eval_ids[: spec.eval_images]
 
 
 def _dataset(unit: Unit, loaded: LoadedModel):
-    if unit.dataset.format == "coco" and loaded.task != "detection":
-        raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a detector")
-    if unit.dataset.format == "imagefolder" and loaded.task != "classification":
-        raise DatasetError(f"{unit.dataset.images}: an ImageFolder dataset needs a classifier")
-    return _load(unit.model_dump_json(), loaded.num_classes, tuple(loaded.input_size))
+    decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
+    if unit.dataset.format == "coco" and not (loaded.task in ("detection", "yolo") or decoded):
+        raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a "
+                           "detector (an ONNX file needs outputs.decoder)")
+    pre = for_model(unit.model.preprocess, loaded).spec
+    return _load(unit.model_dump_json(), loaded.num_classes, tuple(loaded.input_size),
+                 pre.model_dump_json(), loaded.task == "detection")
+
+
+def _coco_images(unit: Unit, loaded: LoadedModel, data, ids: list[int]):
+    pre = for_model(unit.model.preprocess, loaded).spec
+    return _read([data.image_path(i) for i in ids], pre, tuple(loaded.input_size))
 
 
 def calibration_batches(unit: Unit, loaded: LoadedModel, count: int) -> list[torch.Tensor]:
     data, calib_ids, _ = _dataset(unit, loaded)
     if unit.dataset.format == "coco":
-        images, _ = load_batch(data, calib_ids, tuple(loaded.input_size))
+        images, _ = _coco_images(unit, loaded, data, calib_ids)
     else:
         images = data[0][calib_ids]
     return list(images.split(BATCH))
@@ -62,9 +90,12 @@ def calibration_batches(unit: Unit, loaded: LoadedModel, count: int) -> list[tor
 def evaluation_set(unit: Unit, loaded: LoadedModel) -> EvalSet:
     data, _, eval_ids = _dataset(unit, loaded)
     if unit.dataset.format == "coco":
-        images, scales = load_batch(data, eval_ids, tuple(loaded.input_size))
-        return EvalSet(images, eval_ids, scales, None, data.doc)
-    return EvalSet(data[0][eval_ids], eval_ids, [], data[1][eval_ids], None)
+        images, geos = _coco_images(unit, loaded, data, eval_ids)
+        return EvalSet(images, eval_ids, [(g.sx, g.sy) for g in geos], None, data.doc, geos)
+    batch, labels, geos, note = data
+    return EvalSet(batch[eval_ids], eval_ids, [(geos[i].sx, geos[i].sy) for i in eval_ids],
+                   labels[eval_ids] if labels is not None else None, None,
+                   [geos[i] for i in eval_ids], None if labels is not None else note)
 
 
 def calibration_map_scorer(unit: Unit, loaded: LoadedModel):
@@ -72,7 +103,8 @@ def calibration_map_scorer(unit: Unit, loaded: LoadedModel):
     from worker.evaluate.coco import evaluate_detections, to_coco_results
 
     data, calib_ids, _ = _dataset(unit, loaded)
-    images, scales = load_batch(data, calib_ids, tuple(loaded.input_size))
+    images, geos = _coco_images(unit, loaded, data, calib_ids)
+    scales = [(g.sx, g.sy) for g in geos]
 
     def score(predict) -> float:
         outs = [o for batch in images.split(BATCH) for o in predict(batch)]

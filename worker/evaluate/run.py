@@ -19,6 +19,13 @@ def _nan_to_none(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def logits_sqnr(ref: torch.Tensor, ours: torch.Tensor) -> float | None:
+    from worker.inspect.metrics import sqnr_db
+
+    value = sqnr_db(float((ref.double() ** 2).sum()), float(((ref.double() - ours.double()) ** 2).sum()))
+    return value if math.isfinite(value) else None
+
+
 def _outputs(predict, images: torch.Tensor, device: str) -> list[Any]:
     outs: list[Any] = []
     for batch in images.split(BATCH):
@@ -31,6 +38,12 @@ def _outputs(predict, images: torch.Tensor, device: str) -> list[Any]:
 def evaluate_unit(unit: Unit, loaded: LoadedModel, q: Quantized) -> dict[str, Any]:
     """Columns of the `models` row: accuracy (trained weights only) and agreement with fp32."""
     data = evaluation_set(unit, loaded)
+    if loaded.task in ("yolo", "onnx"):  # raw outputs: decoded by the manifest's outputs block
+        from worker.evaluate.decoded import evaluate_decoded
+
+        fp32 = lambda b: run_task(loaded.task, loaded.module, b)  # noqa: E731
+        return {"eval_images": len(data.image_ids),
+                **evaluate_decoded(unit, loaded, fp32, q.predict, data, unit.device)}
     reference = _outputs(lambda b: run_task(loaded.task, loaded.module, b), data.images, "cpu")
     candidate = _outputs(q.predict, data.images, unit.device)
     row: dict[str, Any] = {"eval_images": len(data.image_ids)}
@@ -49,7 +62,9 @@ def _detection(data: EvalSet, fp32: list[dict], quant: list[dict], trained: bool
         "agreement_score_diff": _nan_to_none(agree["score_abs_diff_mean"]),
         "count_error_mean": agree["count_error_mean"], "count_error_std": agree["count_error_std"],
     }
-    if trained:  # random weights are never reported as an accuracy
+    if trained and data.gt is None:
+        row["accuracy_note"] = "no annotations: agreement with fp32 only"
+    elif trained:  # random weights are never reported as an accuracy
         ours = evaluate_detections(data.gt, to_coco_results(data.image_ids, quant, data.scales),
                                    data.image_ids)
         ref = evaluate_detections(data.gt, to_coco_results(data.image_ids, fp32, data.scales),
@@ -62,8 +77,11 @@ def _detection(data: EvalSet, fp32: list[dict], quant: list[dict], trained: bool
 def _classification(data: EvalSet, fp32: list, quant: list, trained: bool) -> dict[str, Any]:
     ref, ours = torch.cat(fp32), torch.cat(quant)
     agree = classification_agreement(ref, ours)
-    row: dict[str, Any] = {"agreement_top1": agree["top1_agreement"]}
-    if trained:
+    row: dict[str, Any] = {"agreement_top1": agree["top1_agreement"],
+                           "logits_sqnr_db": logits_sqnr(ref, ours)}
+    if trained and data.labels is None:
+        row["accuracy_note"] = data.labels_note
+    elif trained:
         acc = topk_accuracy(ours, data.labels, ks=(1, 5))
         row.update(top1=acc["top1"], top5=acc["top5"])
     return row

@@ -13,6 +13,7 @@ are excluded.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ def fold_batchnorm(module: nn.Module) -> None:
 
 
 def build_yolo(arch: str, num_classes: int | None) -> nn.Module:
+    # ultralytics probes DNS at import and sends usage events when online: never reach out
+    os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
         from ultralytics.nn.tasks import DetectionModel
     except ImportError:

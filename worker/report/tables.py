@@ -83,16 +83,23 @@ def size_accuracy_table(models: list[dict]) -> Table:
         count = ("–" if m["count_error_mean"] is None else
                  f"{100 * m['count_error_mean']:.1f}% ± {100 * (m['count_error_std'] or 0):.1f}%")
         accuracy = fmt(m["map"], ".3f") if m["task"] != "classification" else fmt(m["top1"], ".3f")
+        if accuracy == "–" and (m.get("accuracy_note") or "").startswith("no labels"):
+            accuracy = "no labels"
+        # agreement with fp32: top-1 for classifiers, detection recall, else the raw outputs' cosine
+        agreement = m["agreement_top1"] if m["task"] == "classification" else (
+            m["agreement_recall"] if m["agreement_recall"] is not None else m.get("output_cosine"))
+        sqnr = m.get("logits_sqnr_db") if m.get("logits_sqnr_db") is not None else m.get("output_sqnr_db")
         rows.append([
             m["model_id"], m["mode"], m["device"], m["backend"] or "–",
             fmt(m["size_bytes"] / MB if m["size_bytes"] is not None else None, ".1f"),
             fmt(_pct(m["size_reduction"]), ".1f"), fmt(_pct(m["params_int8_fraction"]), ".1f"),
             accuracy, fmt(m["map50"], ".3f"), fmt(drop, "+.2f"), count,
-            fmt(m["agreement_recall"], ".3f"), _status(m["status"], m["error"]),
+            fmt(agreement, ".3f"), fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
         ])
     return Table(["model", "mode", "device", "backend", "size MB", "reduction %", "int8 params %",
-                  "mAP / top-1", "mAP@.5", "mAP drop pts", "count error", "fp32 recall", "status"],
-                 rows, align_right={4, 5, 6, 7, 8, 9, 10, 11})
+                  "mAP / top-1", "mAP@.5", "mAP drop pts", "count error",
+                  "fp32 agreement (top-1 / recall)", "SQNR dB", "status"],
+                 rows, align_right={4, 5, 6, 7, 8, 9, 10, 11, 12})
 
 
 def latency_table(rows: list[dict]) -> Table:

@@ -1,0 +1,129 @@
+"""Real trained models on real inputs: declared preprocessing, label mapping, decoded ONNX mAP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.helpers import qbench, small_manifest
+from tests.trained_classifier import LABELS, PREPROCESS, SIZE, train_classifier, write_images
+from worker.evaluate.synth import generate_dataset
+from worker.orchestrate import plan_job
+from worker.pipeline import run_unit
+from worker.results import read_table
+
+
+def _run(manifest):
+    plan = plan_job(manifest)
+    results = manifest.parent / "results"
+    for unit in plan.units:
+        outcome = run_unit(unit, results)
+        assert outcome.status == "ok", outcome.error
+    return {(m["model_id"], m["mode"]): m
+            for m in read_table(results, "models", plan.job_id).to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    (root / "models").mkdir()
+    train_classifier(root / "models" / "grey.pt")
+    write_images(root / "data" / "photos", 8, seed=7)  # held-out images, 24 in all
+    return root
+
+
+def _model(mid, **extra):
+    return {"id": mid, "arch": "resnet18", "num_classes": 3, "input_size": list(SIZE),
+            "checkpoint": "models/grey.pt", **extra}
+
+
+def test_declared_preprocessing_and_labels_give_the_real_accuracy(classifier):
+    manifest = small_manifest(
+        classifier, name="grey",
+        models=[_model("declared", preprocess=PREPROCESS, outputs={"labels": LABELS}),
+                _model("unnormalised", preprocess={"resize": "stretch"}, outputs={"labels": LABELS}),
+                _model("folder-order", preprocess=PREPROCESS)],
+        quantization={"modes": ["fp32", "int8_static"], "calibration": {"images": 6}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0},
+        dataset={"format": "imagefolder", "images": "data/photos"})
+    rows = _run(manifest)
+    good, good_int8 = rows["declared", "fp32"], rows["declared", "int8_static"]
+    assert good["eval_images"] == 18 and good["top1"] >= 0.9
+    assert json.loads(good["preprocess"])["origin"] == "manifest"
+    assert good_int8["agreement_top1"] >= 0.8 and good_int8["logits_sqnr_db"] > 5
+    # the same checkpoint without its normalisation, or with folders in sorted order, is not
+    # that model's accuracy: both are visibly worse
+    assert rows["unnormalised", "fp32"]["top1"] <= good["top1"] - 0.3
+    assert rows["folder-order", "fp32"]["top1"] <= good["top1"] - 0.3
+
+
+def test_unlabelled_folder_calibrates_and_says_no_labels(classifier):
+    flat = classifier / "data" / "flat"
+    flat.mkdir(exist_ok=True)
+    for f in (classifier / "data" / "photos").glob("*/*.png"):
+        shutil.copy(f, flat / f"{f.parent.name}-{f.name}")
+    manifest = small_manifest(
+        classifier, name="flat", models=[_model("declared", preprocess=PREPROCESS)],
+        quantization={"modes": ["int8_static"], "calibration": {"images": 6}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/flat"})
+    row = _run(manifest)["declared", "int8_static"]
+    assert row["top1"] is None and row["accuracy_note"].startswith("no labels")
+    assert row["agreement_top1"] is not None and row["calibration_images"] == 6
+
+
+@pytest.fixture(scope="module")
+def detector_data(tmp_path_factory):
+    from worker.models.torchvision_models import load_fixture
+    from worker.quantize.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp("det")
+    generate_dataset(root / "data", seed=5, images=14, size=(256, 256))
+    (root / "models").mkdir()
+    export_onnx(load_fixture("fx", (256, 256), None), root / "models" / "fixture.onnx")
+    return root
+
+
+def _det_manifest(root, name, model, modes, **extra):
+    return small_manifest(
+        root, name=name, models=[model],
+        quantization={"modes": modes, "calibration": {"images": 6}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0},
+        dataset={"format": "coco", "images": "data/images", "annotations": "data/annotations.json"},
+        **extra)
+
+
+def test_onnx_export_scored_by_the_torchvision_decoder_matches_torch(detector_data):
+    torch_rows = _run(_det_manifest(detector_data, "torchfx",
+                                    {"id": "fx", "arch": "fixture", "input_size": [256, 256]},
+                                    ["fp32"]))
+    onnx_model = {"id": "fxo", "source": "onnx", "path": "models/fixture.onnx",
+                  "input_size": [256, 256], "preprocess": {"resize": "stretch"},
+                  "outputs": {"decoder": "torchvision"}}
+    onnx_rows = _run(_det_manifest(detector_data, "onnxfx", onnx_model, ["ort_fp32"]))
+    ref, ours = torch_rows["fx", "fp32"], onnx_rows["fxo", "ort_fp32"]
+    assert ref["map"] > 0.3
+    assert abs(ours["map"] - ref["map"]) < 0.005, (ours["map"], ref["map"])
+    assert ours["agreement_basis"] == "decoded detections (torchvision)"
+    assert ours["agreement_recall"] == 1.0 and ours["accuracy_note"] is None
+
+
+def test_validate_warns_without_preprocess_and_refuses_a_mismatched_decoder(detector_data):
+    plain = {"id": "fxo", "source": "onnx", "path": "models/fixture.onnx", "input_size": [256, 256]}
+    ok = _det_manifest(detector_data, "warn", plain, ["ort_fp32"])
+    res = qbench("validate", str(ok))
+    assert res.returncode == 0, res.stdout + res.stderr
+    warnings = [line for line in res.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "accuracy is not reported" in warnings[0]
+
+    bad = _det_manifest(detector_data, "bad", {**plain, "outputs": {"decoder": "ultralytics"}},
+                        ["ort_fp32"])
+    res = qbench("validate", str(bad))
+    assert res.returncode == 2
+    assert "models[0].outputs.decoder: decoder ultralytics expects" in res.stdout + res.stderr
+    assert not (detector_data / "results").exists() or not list(
+        (detector_data / "results").glob("jobs/bad-*"))

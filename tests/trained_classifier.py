@@ -1,0 +1,60 @@
+"""A real trained classifier for the tests: resnet18 learns three grey levels in seconds.
+
+Its inputs are normalised with a non-trivial per-channel mean/std, so a model fed raw [0, 1]
+pixels (a missing normalisation) sees every class near the middle one and its predictions
+visibly change. Images are written as an ImageFolder; the label order (MID, DARK, BRIGHT) is
+not the sorted folder order, so only outputs.labels maps folders to the right indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from worker.preprocess.spec import PreprocessSpec
+from worker.preprocess.transform import load_images
+
+LABELS = ["mid", "dark", "bright"]  # output index -> folder name
+LEVELS = {"dark": 0.36, "mid": 0.5, "bright": 0.64}
+PREPROCESS = {"mean": [0.45, 0.5, 0.55], "std": [0.07, 0.08, 0.09], "resize": "stretch"}
+SIZE = (32, 32)
+
+
+def write_images(root: Path, per_class: int, seed: int) -> list[tuple[Path, int]]:
+    rng = np.random.default_rng(seed)
+    files = []
+    for index, name in enumerate(LABELS):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            level = LEVELS[name] + rng.normal(0, 0.015)
+            img = np.clip(rng.normal(level, 0.03, (*SIZE, 3)), 0, 1)
+            y, x = rng.integers(0, SIZE[0] - 8, 2)
+            img[y:y + 8, x:x + 8] = rng.uniform(0.3, 0.7, 3)  # a distracting patch
+            path = root / name / f"{i:03d}.png"
+            Image.fromarray((img * 255).astype(np.uint8)).save(path)
+            files.append((path, index))
+    return files
+
+
+def train_classifier(out: Path, seed: int = 0, steps: int = 25) -> Path:
+    """Train on freshly written images (not the test set) and save the state_dict."""
+    torch.manual_seed(seed)
+    files = write_images(out.parent / "train_images", 16, seed + 100)
+    x, _ = load_images([f for f, _ in files], PreprocessSpec(**PREPROCESS), SIZE)
+    y = torch.tensor([c for _, c in files])
+    model = torchvision.models.resnet18(weights=None, num_classes=len(LABELS))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (16,))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    torch.save(model.state_dict(), out)
+    return out

@@ -1,0 +1,105 @@
+"""Accuracy and agreement of models whose raw outputs need a decoder (YOLO, ONNX files).
+
+With `outputs.decoder`, fp32's and the candidate's outputs are decoded alike and scored as the
+torchvision detectors are (agreement, count error, pycocotools mAP through the preprocessing's
+inverse geometry and the category map). Without one, agreement is measured on the raw output
+tensors (SQNR and cosine), named as such in `agreement_basis`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from worker.decode.coco_results import check_categories, to_coco_results
+from worker.decode.decoders import decode
+from worker.decode.spec import category_mapping
+from worker.evaluate.agreement import detection_agreement
+from worker.evaluate.coco import evaluate_detections
+from worker.evaluate.datasets import BATCH, EvalSet
+from worker.inspect.metrics import sqnr_db
+from worker.preprocess.defaults import UNDECLARED, for_model
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out.detach().float().cpu()]
+    return [torch.as_tensor(o).detach().float().cpu() for o in out]
+
+
+def _none_if_nan(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else v
+
+
+def output_agreement(ref: list[list[torch.Tensor]], cand: list[list[torch.Tensor]]) -> dict[str, Any]:
+    """SQNR (dB) over every output element, and mean per-image cosine of the flattened outputs."""
+    signal = noise = 0.0
+    cosines = []
+    for r_parts, c_parts in zip(ref, cand, strict=True):
+        r = torch.cat([t.flatten(1) if t.dim() > 1 else t[None] for t in r_parts], 1)
+        c = torch.cat([t.flatten(1) if t.dim() > 1 else t[None] for t in c_parts], 1)
+        signal += float((r.double() ** 2).sum())
+        noise += float(((r.double() - c.double()) ** 2).sum())
+        cosines += torch.nn.functional.cosine_similarity(r, c, dim=1).tolist()
+    sqnr = sqnr_db(signal, noise)
+    return {"output_sqnr_db": sqnr if math.isfinite(sqnr) else None,
+            "output_cosine": sum(cosines) / len(cosines) if cosines else None,
+            "agreement_basis": "raw outputs (no outputs.decoder): SQNR and cosine"}
+
+
+def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: str) -> dict[str, Any]:
+    """Columns of the models row for a YOLO or ONNX model (see the module docstring)."""
+    spec = unit.model.outputs
+    pre = for_model(unit.model.preprocess, loaded)
+    names = None
+    if getattr(loaded, "onnx_path", None):
+        from worker.decode.layout import onnx_output_shapes
+
+        names = [n for n, _ in onnx_output_shapes(loaded.onnx_path)]
+    # a torchvision-layout file returns one image's detections: feed it image by image
+    step = 1 if spec is not None and spec.decoder == "torchvision" else BATCH
+    ref_raw, cand_raw = [], []
+    for batch in data.images.split(step):
+        ref_raw.append(_tensors(reference(batch)))
+        cand_raw.append(_tensors(candidate(batch.to(device))))
+    if spec is None or spec.decoder is None:
+        row = {**output_agreement(ref_raw, cand_raw),
+               "accuracy_note": "no outputs.decoder: no accuracy, agreement on raw outputs"}
+        if all(len(p) == 1 and p[0].dim() == 2 for p in ref_raw):  # one [B, C] output: logits
+            from worker.evaluate.agreement import classification_agreement
+
+            ref, ours = torch.cat([p[0] for p in ref_raw]), torch.cat([p[0] for p in cand_raw])
+            row.update(agreement_top1=classification_agreement(ref, ours)["top1_agreement"],
+                       logits_sqnr_db=row["output_sqnr_db"])
+        return row
+    size = tuple(loaded.input_size)
+    fp32 = [d for parts in ref_raw for d in decode(parts, spec, size, names)]
+    quant = [d for parts in cand_raw for d in decode(parts, spec, size, names)]
+    agree = detection_agreement(fp32, quant)
+    row: dict[str, Any] = {
+        "agreement_basis": f"decoded detections ({spec.decoder})",
+        "agreement_precision": agree["precision"], "agreement_recall": agree["recall"],
+        "agreement_mean_iou": _none_if_nan(agree["mean_iou"]),
+        "agreement_score_diff": _none_if_nan(agree["score_abs_diff_mean"]),
+        "count_error_mean": agree["count_error_mean"], "count_error_std": agree["count_error_std"],
+    }
+    trained = loaded.trained or loaded.source == "onnx"  # a given ONNX file is what it is
+    if not pre.trusted:
+        row["accuracy_note"] = UNDECLARED
+    elif not trained:
+        row["accuracy_note"] = "random weights: no accuracy"
+    elif data.gt is None:
+        row["accuracy_note"] = "no annotations: agreement with fp32 only"
+    else:
+        mapping = category_mapping(spec)
+        check_categories({int(c["id"]) for c in data.gt["categories"]}, mapping,
+                         loaded.num_classes or None, f"models[{unit.model.id}].outputs.category_map")
+        ours = evaluate_detections(data.gt, to_coco_results(data.image_ids, quant, data.geometries,
+                                                            mapping), data.image_ids)
+        ref = evaluate_detections(data.gt, to_coco_results(data.image_ids, fp32, data.geometries,
+                                                           mapping), data.image_ids)
+        row.update(map=_none_if_nan(ours["map"]), map50=_none_if_nan(ours["map50"]),
+                   map_fp32=_none_if_nan(ref["map"]), map50_fp32=_none_if_nan(ref["map50"]))
+    return row
