@@ -467,11 +467,16 @@ def check_dataset(manifest: Manifest, resolved: dict[str, Path], source: str) ->
     tasks = {i: (torchvision_task(m.arch) if m.source == "torchvision" and m.arch else
                  "yolo" if m.source == "yolo" else None)
              for i, m in enumerate(manifest.models)}
-    wanted = "detection" if spec.format == "coco" else "classification"
-    for i, task in tasks.items():
-        if task is not None and task != wanted:
-            raise ManifestError(f"{source}: dataset.format: {spec.format} needs a {wanted} model, "
-                                f"models[{i}] ({manifest.models[i].arch}) is a {task} model")
+    # An image folder serves every family (labels, or unlabelled calibration and agreement);
+    # COCO boxes need a model whose outputs are boxes: a detector, YOLO, or a declared decoder.
+    if spec.format == "coco":
+        for i, m in enumerate(manifest.models):
+            decoded = m.outputs is not None and m.outputs.decoder is not None
+            if tasks[i] == "classification" or (m.source == "onnx" and not decoded):
+                what = f"{m.arch} is a classification model" if tasks[i] else \
+                    "an ONNX file needs outputs.decoder to be scored on boxes"
+                raise ManifestError(f"{source}: dataset.format: coco needs a detection model; "
+                                    f"models[{i}]: {what}")
     if spec.format != "coco":
         return
     try:

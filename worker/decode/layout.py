@@ -54,7 +54,7 @@ def check_manifest_outputs(manifest, base: Path, source: str) -> None:
     for i, m in enumerate(manifest.models):
         if m.source != "onnx" or m.outputs is None or m.outputs.decoder is None or not m.path:
             continue
-        path = resolve_inside(m.path, base, allowed_roots())
+        path = resolve_inside(m.path, base, [base, *allowed_roots()])  # as check_files does
         try:
             problem = check_onnx_layout(m.outputs, path)
         except Exception:  # unreadable file: the loader names it when the unit runs
