@@ -23,7 +23,7 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic.modules.fused import _FusedModule
 
-from worker.inspect.record import Comparison, LayerRecord, image_hwc
+from worker.inspect.record import LayerComparison, LayerRecord, image_hwc
 from worker.models.base import Task, run_task
 from worker.quantize.common import CastIO
 from worker.quantize.detection_parts import PerLevelRPNHead
@@ -160,7 +160,7 @@ class _Pairing:
             predict(image)
         self.first_image = False
 
-    def result(self, images: torch.Tensor) -> Comparison:
+    def result(self, images: torch.Tensor) -> LayerComparison:
         for name in self.ref_layers.keys() - self.q_layers.keys():
             if name in self.records:
                 self.skipped[name] = "only in the fp32 model"
@@ -171,14 +171,14 @@ class _Pairing:
         if self.skipped:
             log.info("inspect: %d layers not paired: %s", len(self.skipped), sorted(self.skipped)[:10])
         h, w = images.shape[-2:]
-        return Comparison(layers=kept, image=image_hwc(images[0]),
+        return LayerComparison(layers=kept, image=image_hwc(images[0]),
                           canvas=self.seen.get("canvas", (float(h), float(w))),
                           skipped=[f"{n}: {why}" for n, why in sorted(self.skipped.items())],
                           note=FORCED_NOTE if self.forcing else "")
 
 
 def compare_torch(ref: nn.Module, quant: nn.Module, predict: Callable[[torch.Tensor], Any],
-                  task: Task, images: torch.Tensor, layers: str) -> Comparison:
+                  task: Task, images: torch.Tensor, layers: str) -> LayerComparison:
     """Run `ref` (fp32) and `predict` (which runs `quant`) on each image and compare layers."""
     if images.shape[0] == 0:
         raise ValueError("inspect: no images")

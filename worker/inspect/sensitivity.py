@@ -18,7 +18,6 @@ import torch
 
 from worker.evaluate.agreement import classification_agreement, detection_agreement
 from worker.inspect.capture import named_layers
-from worker.measure import measure_batch
 from worker.models.base import LoadedModel, run_task
 from worker.quantize.registry import Quantized, QuantizeRequest, quantize
 
@@ -118,15 +117,6 @@ def agreement_score(loaded: LoadedModel, images: torch.Tensor,
         return classification_agreement(reference, out)["cosine_mean"]
 
     return score
-
-
-def latency_p50(images: torch.Tensor, device: str = "cpu", warmup: int = 1,
-                iterations: int = 5) -> LatencyFn:
-    """Median latency (ms) of predict on `images` as one batch."""
-    def measure(q: Quantized) -> float:
-        result = measure_batch(lambda: q.predict(images), device, warmup, iterations)
-        return result.latency.p50_ms if result.latency else float("nan")
-    return measure
 
 
 def rank_sensitivity(loaded: LoadedModel, quantize_fn: QuantizeFn,

@@ -1,7 +1,7 @@
 """Faster R-CNN surgery for static int8: which submodules are quantized, and how they are swapped.
 
 The whole detector cannot be traced (data-dependent NMS), and quantized RoIAlign is slower than
-float and batch-1 only (shared/measured.md). So the traceable parts are quantized one by one:
+float and batch-1 only (measured). So the traceable parts are quantized one by one:
 backbone (body + FPN), RPN head (one level at a time), box head and box predictor. The transform,
 anchors, box decoding, RoIAlign and NMS stay float.
 

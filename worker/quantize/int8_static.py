@@ -1,7 +1,7 @@
 """int8_static: post-training static int8 with torch.ao FX on the x86 backend (CPU).
 
 Base: the x86 backend's own QConfigMapping (hand-made qconfigs without reduce_range gave 0%
-agreement, shared/measured.md); only the activation observer (calibration.method) and the
+agreement when measured); only the activation observer (calibration.method) and the
 weight granularity (calibration.per_channel) are changed. FX was picked over PT2E for speed
 (PT2E was no faster than compiled fp32); `_prepare`/`_convert` are the only FX-specific code.
 """
@@ -43,7 +43,7 @@ class PercentileObserver(HistogramObserver):
     """Histogram observer whose range is the [100-p, p] percentiles instead of an L2 search.
 
     torch.ao has no percentile observer; clipping rare outliers is what helped detectors most
-    in shared/measured.md (minmax -8.2 mAP, percentile 99.99 -2.7).
+    when measured (minmax -8.2 mAP, percentile 99.99 -2.7).
     """
 
     def __init__(self, percentile: float = 99.99, **kwargs) -> None:
