@@ -20,7 +20,7 @@ from worker.quantize.common import (
     serialized_size_bytes,
     weight_modules,
 )
-from worker.quantize.detection_parts import frozen_bn_to_bn
+from worker.quantize.parts import frozen_bn_to_bn
 from worker.quantize.int8_static import PercentileObserver
 from worker.quantize.registry import QuantizeRequest, quantize
 

@@ -24,7 +24,6 @@ from worker.evaluate.synth import synth_images
 from worker.manifest import Unit
 from worker.measure import BatchResult, environment_fingerprint, is_oom, measure_batch
 from worker.models import LoadedModel, load_model
-from worker.models.base import run_task
 from worker.quantize.common import serialized_size_bytes
 from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, get_mode, quantize
 from worker.results import unit_file, write_rows
@@ -242,11 +241,11 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
 def search_target(unit: Unit, loaded: LoadedModel, request: QuantizeRequest) -> SearchTarget:
     """int8_mixed's goal, scored on calibration images only (evaluation images stay unseen)."""
     target = unit.quantization.target
-    if target.max_map_drop is not None and loaded.task == "detection":
+    if target.max_map_drop is not None and loaded.kind.scores_map:
         from worker.evaluate.datasets import calibration_map_scorer
 
         score = calibration_map_scorer(unit, loaded)
-        fp32 = score(lambda b: run_task(loaded.task, loaded.module, b))
+        fp32 = score(loaded.predict_fp32)
         return SearchTarget(lambda q: score(q.predict), fp32 - target.max_map_drop / 100,
                             "mAP on the calibration split", target.max_float)
     from worker.inspect.sensitivity import agreement_score

@@ -82,8 +82,8 @@ def _save_torch(unit: Unit, loaded: LoadedModel, q: Quantized, root: Path) -> Sa
     from worker.evaluate.synth import synth_images
 
     example = synth_images(1, loaded.input_size, EXAMPLE_SEED).to(unit.device)
-    program, traced = to_torchscript(q.module, loaded.task, example)
-    expected, got = q.predict(example), run_program(program, loaded.task, example)
+    program, traced = to_torchscript(q.module, loaded.kind, example)
+    expected, got = q.predict(example), run_program(program, loaded.kind, example)
     diff = max_difference(expected, got)
     if diff > RELATIVE_TOLERANCE:
         raise ArtifactError(f"the TorchScript program differs from the benchmarked model on an "

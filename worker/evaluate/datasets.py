@@ -40,9 +40,10 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int]):
 
 
 def _dataset(unit: Unit, loaded: LoadedModel):
-    if unit.dataset.format == "coco" and loaded.task != "detection":
-        raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a detector")
-    if unit.dataset.format == "imagefolder" and loaded.task != "classification":
+    if unit.dataset.format not in loaded.kind.dataset_formats:
+        if unit.dataset.format == "coco":
+            raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a "
+                               "detector")
         raise DatasetError(f"{unit.dataset.images}: an ImageFolder dataset needs a classifier")
     return _load(unit.model_dump_json(), loaded.num_classes, tuple(loaded.input_size))
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from worker.evaluate.agreement import classification_agreement, detection_agreement
+from worker.evaluate.scores import detection_quality  # noqa: F401  (scores live in evaluate/)
 from worker.inspect.capture import named_layers
-from worker.models.base import LoadedModel, run_task
+from worker.models.base import LoadedModel
 from worker.quantize.registry import Quantized, QuantizeRequest, quantize
 
 QuantizeFn = Callable[[list[str]], Quantized]  # groups kept float -> quantized model
@@ -83,24 +83,12 @@ def mode_quantizer(loaded: LoadedModel, mode: str, request: QuantizeRequest) -> 
 def candidate_groups(loaded: LoadedModel, depth: int | None = None) -> list[str]:
     """Module paths, `depth` segments deep, that hold conv/linear layers, in module order.
 
-    Default depth: 3 for detectors (backbone.body.layer1, backbone.fpn.inner_blocks, rpn.head.conv,
+    Default depth: the kind's group_depth, 3 for detectors (backbone.body.layer1, backbone.fpn.inner_blocks, rpn.head.conv,
     roi_heads.box_head.fc6, ...), 1 for classifiers (conv1, layer1, ..., fc).
     """
-    depth = depth or (3 if loaded.task == "detection" else 1)
+    depth = depth or loaded.kind.group_depth
     groups = [".".join(name.split(".")[:depth]) for name in named_layers(loaded.module)]
     return list(dict.fromkeys(groups))
-
-
-def detection_quality(agreement: dict) -> float:
-    """Panoptic-quality-style agreement: sum of matched IoUs / (matched + (unmatched both
-    sides) / 2), i.e. an F1 whose matches count by their IoU. 1.0 only for identical boxes;
-    continuous, so one group kept float moves it even when F1 does not."""
-    n = agreement["fp32_detections"] + agreement["quant_detections"]
-    if n == 0:
-        return 1.0
-    if agreement["matched"] == 0:
-        return 0.0
-    return 2.0 * agreement["mean_iou"] * agreement["matched"] / n
 
 
 def agreement_score(loaded: LoadedModel, images: torch.Tensor,
@@ -108,13 +96,10 @@ def agreement_score(loaded: LoadedModel, images: torch.Tensor,
     """Agreement with the fp32 model on `images` when there is no dataset, continuous so that
     few images still rank groups: detection_quality of detections with scores >=
     score_threshold, or the mean cosine similarity of classifier logits."""
-    reference = run_task(loaded.task, loaded.module, images)
+    reference = loaded.predict_fp32(images)
 
     def score(q: Quantized) -> float:
-        out = q.predict(images)
-        if loaded.task == "detection":
-            return detection_quality(detection_agreement(reference, out, score_threshold))
-        return classification_agreement(reference, out)["cosine_mean"]
+        return loaded.kind.agreement_score(reference, q.predict(images), score_threshold)
 
     return score
 

@@ -18,6 +18,8 @@ from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
 
 from worker.models.base import LoadedModel
+from worker.models.kinds.classification import CLASSIFICATION
+from worker.models.kinds.detection import DETECTION
 
 DETECTOR_TYPES = (GeneralizedRCNN, RetinaNet, SSD, FCOS)
 
@@ -121,10 +123,10 @@ def load_torchvision(model_id: str, arch: str, num_classes: int | None,
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
     module.eval()
-    task = "detection" if isinstance(module, DETECTOR_TYPES) else "classification"
-    classes = num_classes or (91 if task == "detection" else 1000)
+    kind = DETECTION if isinstance(module, DETECTOR_TYPES) else CLASSIFICATION
+    classes = num_classes or kind.default_classes
     return LoadedModel(
-        model_id=model_id, arch=arch, task=task, module=module, input_size=input_size,
+        model_id=model_id, arch=arch, task=kind.name, module=module, input_size=input_size,
         num_classes=classes, trained=checkpoint is not None,
     )
 
@@ -139,7 +141,7 @@ def load_fixture(model_id: str, input_size: tuple[int, int], checkpoint: Path | 
         load_checkpoint(module, checkpoint)
     module.eval()
     return LoadedModel(
-        model_id=model_id, arch="fixture", task="detection", module=module,
+        model_id=model_id, arch="fixture", task=DETECTION.name, module=module,
         input_size=input_size, num_classes=len(CLASSES) + 1,
         category_names=list(CLASSES), trained=True,
     )

@@ -1,0 +1,57 @@
+"""Scores of fp32 vs quantized outputs: the accuracy and agreement columns of a `models` row,
+and the continuous agreement int8_mixed's search maximises without a dataset."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from worker.evaluate.agreement import classification_agreement, detection_agreement
+from worker.evaluate.coco import evaluate_detections, to_coco_results, topk_accuracy
+
+
+def nan_to_none(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def detection_columns(data: Any, fp32: list[dict], quant: list[dict],
+                      trained: bool) -> dict[str, Any]:
+    agree = detection_agreement(fp32, quant)
+    row = {
+        "agreement_precision": agree["precision"], "agreement_recall": agree["recall"],
+        "agreement_mean_iou": nan_to_none(agree["mean_iou"]),
+        "agreement_score_diff": nan_to_none(agree["score_abs_diff_mean"]),
+        "count_error_mean": agree["count_error_mean"], "count_error_std": agree["count_error_std"],
+    }
+    if trained:  # random weights are never reported as an accuracy
+        ours = evaluate_detections(data.gt, to_coco_results(data.image_ids, quant, data.scales),
+                                   data.image_ids)
+        ref = evaluate_detections(data.gt, to_coco_results(data.image_ids, fp32, data.scales),
+                                  data.image_ids)
+        row.update(map=nan_to_none(ours["map"]), map50=nan_to_none(ours["map50"]),
+                   map_fp32=nan_to_none(ref["map"]), map50_fp32=nan_to_none(ref["map50"]))
+    return row
+
+
+def classification_columns(data: Any, fp32: list, quant: list, trained: bool) -> dict[str, Any]:
+    ref, ours = torch.cat(fp32), torch.cat(quant)
+    agree = classification_agreement(ref, ours)
+    row: dict[str, Any] = {"agreement_top1": agree["top1_agreement"]}
+    if trained:
+        acc = topk_accuracy(ours, data.labels, ks=(1, 5))
+        row.update(top1=acc["top1"], top5=acc["top5"])
+    return row
+
+
+def detection_quality(agreement: dict) -> float:
+    """Panoptic-quality-style agreement: sum of matched IoUs / (matched + (unmatched both
+    sides) / 2), i.e. an F1 whose matches count by their IoU. 1.0 only for identical boxes;
+    continuous, so one group kept float moves it even when F1 does not."""
+    n = agreement["fp32_detections"] + agreement["quant_detections"]
+    if n == 0:
+        return 1.0
+    if agreement["matched"] == 0:
+        return 0.0
+    return 2.0 * agreement["mean_iou"] * agreement["matched"] / n
