@@ -21,11 +21,12 @@ import torch
 
 from worker.artifacts.save import discard_artifact, save_artifact
 from worker.evaluate.synth import synth_images
+from worker.evaluate.targets import search_target
 from worker.manifest import Unit
 from worker.measure import BatchResult, environment_fingerprint, is_oom, measure_batch
 from worker.models import LoadedModel, load_model
 from worker.quantize.common import serialized_size_bytes
-from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, get_mode, quantize
+from worker.quantize.registry import Quantized, QuantizeRequest, get_mode, quantize
 from worker.results import unit_file, write_rows
 
 # torch.ao's eager/FX quantization warns about its own deprecation on every observer and
@@ -39,7 +40,6 @@ Progress = Callable[[str, int, int], None]
 CALIBRATION_SEED = 20_240_601  # synthetic calibration scenes when a job names no dataset
 BENCH_SEED = 7
 INSPECT_SEED = 13
-NO_INSPECT_MODES = {"fp32", "ort_fp32"}  # the reference itself: every layer would be identical
 INT8_DTYPES = {"qint8", "quint8", "int8", "uint8"}
 
 
@@ -197,12 +197,12 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
         fp32_size = serialized_size_bytes(loaded.module)
         say(f"quantize {unit.mode}", 1, total_steps)
         with tempfile.TemporaryDirectory(prefix=f"qbench-{unit.unit_id}-") as work_dir:
+            batches = calibration_source(unit, loaded)
             request = QuantizeRequest(
                 device=unit.device, calibration=calib, keep_float=list(unit.quantization.keep_float),
-                calibration_batches=calibration_source(unit, loaded), work_dir=work_dir,
+                calibration_batches=batches, work_dir=work_dir,
+                search_target=lambda: search_target(unit, loaded, batches),
             )
-            if unit.mode == "int8_mixed":
-                request.search = search_target(unit, loaded, request)
             q = quantize(loaded, unit.mode, request)
             base = {**_identity(unit, q.backend), **env}
             model_row.update(backend=q.backend, **size_columns(q, fp32_size))
@@ -221,7 +221,8 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
                 from worker.evaluate.run import evaluate_unit
 
                 model_row.update(evaluate_unit(unit, loaded, q))
-            if unit.inspect.images and unit.mode not in NO_INSPECT_MODES:
+            # A reference mode is the model itself: every layer would be identical.
+            if unit.inspect.images and not get_mode(unit.mode).reference:
                 say("inspect layers", total_steps - 1, total_steps)
                 layer_rows = inspect_step(unit, loaded, q, base, results_root, model_row)
             # After measuring (scripting a copy must not inflate the RSS peaks) and before
@@ -238,35 +239,13 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     return write_outcome(unit, results_root, latency_rows, model_row, layer_rows)
 
 
-def search_target(unit: Unit, loaded: LoadedModel, request: QuantizeRequest) -> SearchTarget:
-    """int8_mixed's goal, scored on calibration images only (evaluation images stay unseen)."""
-    target = unit.quantization.target
-    if target.max_map_drop is not None and loaded.kind.scores_map:
-        from worker.evaluate.datasets import calibration_map_scorer
-
-        score = calibration_map_scorer(unit, loaded)
-        fp32 = score(loaded.predict_fp32)
-        return SearchTarget(lambda q: score(q.predict), fp32 - target.max_map_drop / 100,
-                            "mAP on the calibration split", target.max_float)
-    from worker.inspect.sensitivity import agreement_score
-
-    images = torch.cat(list(request.calibration_batches()))
-    return SearchTarget(agreement_score(loaded, images), target.min_agreement,
-                        "agreement with fp32 on the calibration images", target.max_float)
-
-
 def mixed_search_columns(q: Quantized, unit: Unit, root: Path) -> dict[str, Any]:
     """The search's outcome for the models row, and its trade-off plot for the report."""
-    from worker.inspect.tradeoff_plot import plot_tradeoff
     from worker.report import report_folder
 
-    sensitivity, search, target = q.search
     out = report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
-    out.mkdir(parents=True, exist_ok=True)
-    plot_tradeoff(sensitivity, search, out / "mixed_precision_tradeoff.png", target.name)
-    return {"mixed_target_metric": target.name, "mixed_target": target.value,
-            "mixed_score": search.chosen.score, "mixed_target_met": search.met,
-            "mixed_float_groups": list(search.float_groups)}
+    q.search.write_plot(out)
+    return q.search.columns()
 
 
 def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, Any],

@@ -72,7 +72,7 @@ def ort_quantized(model: LoadedModel, path: Path, device: str, notes: list[str],
     )
 
 
-@register("ort_fp32", devices=ort_devices(), sources=ALL_SOURCES,
+@register("ort_fp32", devices=ort_devices(), sources=ALL_SOURCES, reference=True,
           description="ONNX Runtime float32 of the exported model")
 def quantize_ort_fp32(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     path, notes = fp32_onnx(model, request)

@@ -136,9 +136,10 @@ class Detection(TaskKind):
         return module(list(batch.unbind(0)))
 
     def run(self, module: nn.Module, batch: torch.Tensor, per_image: bool = False) -> Any:
+        run = super().run  # zero-argument super() does not work inside a comprehension
         if per_image:
-            return [d for image in batch.split(1) for d in super().run(module, image)]
-        return super().run(module, batch)
+            return [d for image in batch.split(1) for d in run(module, image)]
+        return run(module, batch)
 
     def per_image_outputs(self, result: Any) -> list[Any]:
         return [{k: v.detach().float().cpu() for k, v in o.items()} for o in result]
