@@ -84,3 +84,20 @@ def test_mixed_search_fills_exactly_its_declared_columns():
     assert tuple(outcome.columns()) == MIXED_COLUMNS
     assert outcome.columns()["mixed_float_groups"] == ["layer1"]
     assert "kept float layer1" in outcome.note() and "(met: 0.900" in outcome.note()
+
+
+def test_models_row_is_assembled_from_typed_results():
+    from worker.model_row import Backend, ParamsResult, SizeResult, assemble, join_notes
+
+    parts = [Backend("torch-fx-x86"), SizeResult(250, 1000),
+             ParamsResult({"float32": 10, "qint8": 30}, ("a", "b"), ("c",))]
+    row = assemble({"unit_id": "u", "input_h": 1}, parts, status="ok", error=None,
+                   notes=join_notes(["q notes", None, "", "artifact saved"]), ended_at=5)
+    assert row["size_reduction"] == 0.75 and row["params_int8_fraction"] == 0.75
+    assert row["int8_module_count"] == 2 and row["float_modules"] == ["c"]
+    assert row["backend"] == "torch-fx-x86" and row["notes"] == "q notes; artifact saved"
+    assert (row["unit_id"], row["status"], row["ended_at"]) == ("u", "ok", 5)
+    assert set(row) - {"unit_id", "input_h", "status", "error", "ended_at", "notes"} <= set(
+        MODELS.names)
+    failed = assemble({"unit_id": "u"}, [], status="error", error="E: x", notes=None, ended_at=1)
+    assert "notes" not in failed and failed["error"] == "E: x"

@@ -39,9 +39,13 @@ class SavedArtifact:
     note: str | None = None  # appended to the row's notes
     error: str | None = None  # "artifact not saved: ..." (the unit's status stays ok)
 
+    def columns(self) -> dict[str, Any]:
+        return {"artifact_path": self.path, "artifact_sha256": self.sha256,
+                "artifact_format": self.format}
+
     def apply(self, row: dict[str, Any]) -> None:
-        row.update(artifact_path=self.path, artifact_sha256=self.sha256,
-                   artifact_format=self.format)
+        """Into a row held as a dict (the pipeline assembles its row from columns())."""
+        row.update(self.columns())
         if self.note:
             row["notes"] = "; ".join(filter(None, [row.get("notes"), self.note]))
         if self.error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,10 +20,22 @@ def _outputs(loaded: LoadedModel, predict, images: torch.Tensor, device: str) ->
     return outs
 
 
-def evaluate_unit(unit: Unit, loaded: LoadedModel, q: Quantized) -> dict[str, Any]:
-    """Columns of the `models` row: accuracy (trained weights only) and agreement with fp32."""
+@dataclass(frozen=True)
+class Evaluation:
+    """Agreement with fp32 and accuracy (trained weights only) on the evaluation images."""
+
+    eval_images: int
+    agreement: dict[str, Any]
+    accuracy: dict[str, Any]
+
+    def columns(self) -> dict[str, Any]:
+        return {"eval_images": self.eval_images, **self.agreement, **self.accuracy}
+
+
+def evaluate_unit(unit: Unit, loaded: LoadedModel, q: Quantized) -> Evaluation:
     data = evaluation_set(unit, loaded)
     reference = _outputs(loaded, loaded.predict_fp32, data.images, "cpu")
     candidate = _outputs(loaded, q.predict, data.images, unit.device)
-    return {"eval_images": len(data.image_ids),
-            **loaded.kind.evaluation_columns(data, reference, candidate, loaded.trained)}
+    agreement, accuracy = loaded.kind.evaluation_columns(data, reference, candidate,
+                                                         loaded.trained)
+    return Evaluation(len(data.image_ids), agreement, accuracy)

@@ -16,33 +16,39 @@ def nan_to_none(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+Columns = dict[str, Any]
+
+
 def detection_columns(data: Any, fp32: list[dict], quant: list[dict],
-                      trained: bool) -> dict[str, Any]:
+                      trained: bool) -> tuple[Columns, Columns]:
+    """(agreement with fp32, accuracy) of detections; accuracy only for trained weights."""
     agree = detection_agreement(fp32, quant)
-    row = {
+    agreement = {
         "agreement_precision": agree["precision"], "agreement_recall": agree["recall"],
         "agreement_mean_iou": nan_to_none(agree["mean_iou"]),
         "agreement_score_diff": nan_to_none(agree["score_abs_diff_mean"]),
         "count_error_mean": agree["count_error_mean"], "count_error_std": agree["count_error_std"],
     }
-    if trained:  # random weights are never reported as an accuracy
-        ours = evaluate_detections(data.gt, to_coco_results(data.image_ids, quant, data.scales),
-                                   data.image_ids)
-        ref = evaluate_detections(data.gt, to_coco_results(data.image_ids, fp32, data.scales),
-                                  data.image_ids)
-        row.update(map=nan_to_none(ours["map"]), map50=nan_to_none(ours["map50"]),
-                   map_fp32=nan_to_none(ref["map"]), map50_fp32=nan_to_none(ref["map50"]))
-    return row
+    if not trained:  # random weights are never reported as an accuracy
+        return agreement, {}
+    ours = evaluate_detections(data.gt, to_coco_results(data.image_ids, quant, data.scales),
+                               data.image_ids)
+    ref = evaluate_detections(data.gt, to_coco_results(data.image_ids, fp32, data.scales),
+                              data.image_ids)
+    return agreement, {"map": nan_to_none(ours["map"]), "map50": nan_to_none(ours["map50"]),
+                       "map_fp32": nan_to_none(ref["map"]),
+                       "map50_fp32": nan_to_none(ref["map50"])}
 
 
-def classification_columns(data: Any, fp32: list, quant: list, trained: bool) -> dict[str, Any]:
+def classification_columns(data: Any, fp32: list, quant: list,
+                           trained: bool) -> tuple[Columns, Columns]:
+    """(top-1 agreement with fp32, top-1/top-5 accuracy for trained weights) of logits."""
     ref, ours = torch.cat(fp32), torch.cat(quant)
-    agree = classification_agreement(ref, ours)
-    row: dict[str, Any] = {"agreement_top1": agree["top1_agreement"]}
-    if trained:
-        acc = topk_accuracy(ours, data.labels, ks=(1, 5))
-        row.update(top1=acc["top1"], top5=acc["top5"])
-    return row
+    agreement = {"agreement_top1": classification_agreement(ref, ours)["top1_agreement"]}
+    if not trained:
+        return agreement, {}
+    acc = topk_accuracy(ours, data.labels, ks=(1, 5))
+    return agreement, {"top1": acc["top1"], "top5": acc["top5"]}
 
 
 def detection_quality(agreement: dict) -> float:

@@ -168,6 +168,6 @@ class TaskKind:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluation_columns(self, data: Any, fp32: list[Any], quant: list[Any],
-                           trained: bool) -> dict[str, Any]:
-        """Accuracy (trained weights only) and agreement columns of the `models` row."""
+                           trained: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(agreement, accuracy) columns of the `models` row; accuracy for trained weights only."""
         raise ValueError(f"task {self.name}: no evaluation dataset is supported")

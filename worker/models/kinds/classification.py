@@ -26,7 +26,7 @@ class Classification(TaskKind):
         return PartPlan([Part("", model, (torch.rand(1, 3, *input_size),))], [])
 
     def evaluation_columns(self, data: Any, fp32: list[Any], quant: list[Any],
-                           trained: bool) -> dict[str, Any]:
+                           trained: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         from worker.evaluate.scores import classification_columns
 
         return classification_columns(data, fp32, quant, trained)

@@ -228,7 +228,7 @@ class Detection(TaskKind):
                            f"elements per image; per image from {PER_IMAGE_ELEMENTS / 1e6:.0f}M)")
 
     def evaluation_columns(self, data: Any, fp32: list[Any], quant: list[Any],
-                           trained: bool) -> dict[str, Any]:
+                           trained: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         from worker.evaluate.scores import detection_columns
 
         return detection_columns(data, fp32, quant, trained)
