@@ -89,6 +89,7 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
     from worker.isolate import run_unit_isolated
     from worker.orchestrate import plan_job, save_plan
     from worker.report import write_report
+    from worker.report.terminal import print_report
 
     plan = plan_job(manifest, job_id=job_id)
     save_plan(plan, results)
@@ -102,8 +103,7 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
             if outcome.status != "ok":
                 failures.append(outcome)
     rep = write_report(results, plan.job_id)
-    print(rep.markdown, flush=True)
-    out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
+    print_report(rep.blocks, rep.folder, rep.files)
     if (results / "artifacts" / plan.job_id).exists():
         out.print(f"artifacts: {results / 'artifacts' / plan.job_id}/ "
                   f"(qbench export {plan.job_id} --to DIR)")
@@ -219,6 +219,7 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
     """
     from worker.orchestrate import latest_job
     from worker.report import Thresholds, write_report
+    from worker.report.terminal import print_report
     from worker.results import job_ids
 
     base = None
@@ -232,8 +233,7 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
         if jid not in known:
             raise CliError(f"job {jid!r}: no rows under {results}")
     rep = write_report(results, job_id, base, Thresholds(latency_threshold, map_threshold))
-    print(rep.markdown, flush=True)
-    out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
+    print_report(rep.blocks, rep.folder, rep.files)
     if check and rep.regressions:
         console.print(f"[bold red]{len(rep.regressions)} regression(s)[/] against "
                       f"{rep.comparison.base}", highlight=False)
