@@ -16,16 +16,11 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantiz
 from PIL import Image
 from torch import nn
 
+from worker.evaluate.scores import detection_quality
 from worker.evaluate.synth import synth_images
 from worker.inspect import inspect_onnx, inspect_unit
 from worker.inspect.capture import compare_torch, named_layers
 from worker.inspect.metrics import LayerStats, layer_metrics
-from worker.inspect.sensitivity import (
-    candidate_groups,
-    detection_quality,
-    mixed_precision_search,
-    rank_sensitivity,
-)
 from worker.inspect.tradeoff_plot import plot_tradeoff
 from worker.manifest import CalibrationSpec
 from worker.models.base import LoadedModel
@@ -35,6 +30,11 @@ from worker.quantize.common import make_predict, serialized_size_bytes
 from worker.quantize.fp32 import quantize_fp32
 from worker.quantize.int8_dynamic import quantize_int8_dynamic
 from worker.quantize.int8_static import quantize_int8_static
+from worker.quantize.mixed_search import (
+    candidate_groups,
+    mixed_precision_search,
+    rank_sensitivity,
+)
 from worker.quantize.registry import Quantized, QuantizeRequest
 from worker.results import LAYERS, to_table
 

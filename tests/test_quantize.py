@@ -20,8 +20,8 @@ from worker.quantize.common import (
     serialized_size_bytes,
     weight_modules,
 )
-from worker.quantize.detection_parts import frozen_bn_to_bn
 from worker.quantize.int8_static import PercentileObserver
+from worker.quantize.parts import frozen_bn_to_bn
 from worker.quantize.registry import QuantizeRequest, quantize
 
 

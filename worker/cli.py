@@ -103,6 +103,7 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
     _check_writable(results)
     from worker.isolate import run_unit_isolated  # torch: only once the job is sound
     from worker.report import write_report
+    from worker.report.terminal import print_report
 
     save_plan(plan, results)
     console.print(f"job {plan.job_id}: {len(plan.units)} unit(s), results in {results}/")
@@ -115,8 +116,7 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
             if outcome.status != "ok":
                 failures.append(outcome)
     rep = write_report(results, plan.job_id)
-    print(rep.markdown, flush=True)
-    out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
+    print_report(rep.blocks, rep.folder, rep.files)
     if (results / "artifacts" / plan.job_id).exists():
         out.print(f"artifacts: {results / 'artifacts' / plan.job_id}/ "
                   f"(qbench export {plan.job_id} --to DIR)")
@@ -268,6 +268,7 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
     """
     from worker.orchestrate import latest_job
     from worker.report import Thresholds, write_report
+    from worker.report.terminal import print_report
     from worker.results import job_ids
 
     base = None
@@ -281,8 +282,7 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
         if jid not in known:
             raise CliError(f"job {jid!r}: no rows under {results}")
     rep = write_report(results, job_id, base, Thresholds(latency_threshold, map_threshold))
-    print(rep.markdown, flush=True)
-    out.print(f"report: {rep.folder / 'report.md'} (and report.html, summary.csv)")
+    print_report(rep.blocks, rep.folder, rep.files)
     if check and rep.regressions:
         console.print(f"{len(rep.regressions)} regression(s) against {rep.comparison.base}",
                       style="bold red", highlight=False)

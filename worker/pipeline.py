@@ -8,7 +8,6 @@ caller moves on to the next unit.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tempfile
 import traceback
 import warnings
@@ -21,14 +20,24 @@ import torch
 
 from worker.artifacts.save import discard_artifact, save_artifact
 from worker.evaluate.synth import synth_images
+from worker.evaluate.targets import search_target
 from worker.manifest import Unit
 from worker.measure import BatchResult, environment_fingerprint, is_oom, measure_batch
+from worker.model_row import (
+    Backend,
+    InputFacts,
+    ModelFacts,
+    ParamsResult,
+    RowPart,
+    SizeResult,
+    assemble,
+    join_notes,
+)
 from worker.models import LoadedModel, load_model
-from worker.models.base import run_task
-from worker.preprocess.defaults import UNDECLARED, for_model
+from worker.preprocess.defaults import for_model
 from worker.preprocess.transform import unit_to_input
 from worker.quantize.common import serialized_size_bytes
-from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, get_mode, quantize
+from worker.quantize.registry import Quantized, QuantizeRequest, get_mode, quantize
 from worker.results import unit_file, write_rows
 
 # torch.ao's eager/FX quantization warns about its own deprecation on every observer and
@@ -42,8 +51,6 @@ Progress = Callable[[str, int, int], None]
 CALIBRATION_SEED = 20_240_601  # synthetic calibration scenes when a job names no dataset
 BENCH_SEED = 7
 INSPECT_SEED = 13
-NO_INSPECT_MODES = {"fp32", "ort_fp32"}  # the reference itself: every layer would be identical
-INT8_DTYPES = {"qint8", "quint8", "int8", "uint8"}
 
 
 @dataclass
@@ -144,22 +151,9 @@ def latency_row(base: dict[str, Any], unit: Unit, loaded: LoadedModel, batch_siz
 
 
 def size_columns(q: Quantized, fp32_size: int) -> dict[str, Any]:
-    counts = q.params_by_dtype
-    total = sum(counts.values())
-    int8 = sum(n for d, n in counts.items() if d in INT8_DTYPES)
-    known = {"float32", "float16", "bfloat16", *INT8_DTYPES}
-    return {
-        "size_bytes": q.size_bytes, "fp32_size_bytes": fp32_size,
-        "size_reduction": 1.0 - q.size_bytes / fp32_size if fp32_size else None,
-        "params_total": total, "params_fp32": counts.get("float32", 0),
-        "params_fp16": counts.get("float16", 0), "params_bf16": counts.get("bfloat16", 0),
-        "params_int8": int8,
-        "params_other": sum(n for d, n in counts.items() if d not in known),
-        "params_int8_fraction": int8 / total if total else None,
-        "params_by_dtype": json.dumps(counts, sort_keys=True),
-        "int8_module_count": len(q.int8_modules), "float_module_count": len(q.float_modules),
-        "int8_modules": q.int8_modules, "float_modules": q.float_modules, "notes": q.notes,
-    }
+    """Size, parameter and layer columns of a quantized model, with its notes."""
+    return {**SizeResult.of(q, fp32_size).columns(), **ParamsResult.of(q).columns(),
+            "notes": q.notes}
 
 
 def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
@@ -178,110 +172,101 @@ def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
 
 def failed_row(unit: Unit, error: str) -> dict[str, Any]:
     """The models row of a unit that could not even report its own failure."""
-    return {**initial_model_row(unit, environment_fingerprint()), "status": "error",
-            "error": error, "ended_at": _now()}
+    return assemble(initial_model_row(unit, environment_fingerprint()), [], status="error",
+                    error=error, notes=None, ended_at=_now())
+
+
+def measure_step(q: Quantized, loaded: LoadedModel, unit: Unit, base: dict[str, Any],
+                 say: Callable[[str, int], None]) -> list[dict[str, Any]]:
+    """The timed part: one `latency` row per batch size, on the same pool of images."""
+    pool = unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
+                                      BENCH_SEED), for_model(unit.model.preprocess, loaded).spec)
+    rows = []
+    for i, bs in enumerate(unit.benchmark.batch_sizes):
+        say(f"measure batch {bs}", 2 + i)
+        rows.append(latency_row(base, unit, loaded, bs, measure_one(q, pool, bs, unit)))
+    if all(r["status"] == "error" for r in rows):
+        raise RuntimeError(f"every batch size failed: {rows[0]['error']}")
+    return rows
 
 
 def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -> UnitOutcome:
     """Run one unit end to end and write its rows; errors become a `models` row, never raise."""
-    say = progress or (lambda step, done, total: None)
+    total_steps = len(unit.benchmark.batch_sizes) + 4
+    report = progress or (lambda step, done, total: None)
+
+    def say(step: str, done: int) -> None:
+        report(step, done, total_steps)
+
     if unit.benchmark.threads:
         torch.set_num_threads(unit.benchmark.threads)
     env = environment_fingerprint()
     calib = unit.quantization.calibration
-    model_row = initial_model_row(unit, env)
+    start = initial_model_row(unit, env)
+    parts: list[RowPart] = []  # each step's result, in order; the row is assembled at the end
+    notes: list[str] | None = None  # None until quantized: an earlier failure keeps its trace
+    status, error = "ok", None
     latency_rows: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
-    total_steps = len(unit.benchmark.batch_sizes) + 4
     try:
         check_device(unit.device)
-        say("load model", 0, total_steps)
+        say("load model", 0)
         loaded = load_model(unit)
-        model_row.update(task=loaded.task, trained_weights=loaded.trained,
-                         input_h=loaded.input_size[0], input_w=loaded.input_size[1])
-        pre = for_model(unit.model.preprocess, loaded)
-        model_row.update(preprocess=pre.to_json(),
-                         accuracy_note=None if pre.trusted else UNDECLARED)
+        parts += [ModelFacts.of(loaded), InputFacts.of(for_model(unit.model.preprocess, loaded))]
         fp32_size = serialized_size_bytes(loaded.module)
-        say(f"quantize {unit.mode}", 1, total_steps)
+        say(f"quantize {unit.mode}", 1)
         with tempfile.TemporaryDirectory(prefix=f"qbench-{unit.unit_id}-") as work_dir:
+            batches = calibration_source(unit, loaded)
             request = QuantizeRequest(
                 device=unit.device, calibration=calib, keep_float=list(unit.quantization.keep_float),
-                calibration_batches=calibration_source(unit, loaded), work_dir=work_dir,
+                calibration_batches=batches, work_dir=work_dir,
+                search_target=lambda: search_target(unit, loaded, batches),
             )
-            if unit.mode == "int8_mixed":
-                request.search = search_target(unit, loaded, request)
             q = quantize(loaded, unit.mode, request)
             base = {**_identity(unit, q.backend), **env}
-            model_row.update(backend=q.backend, **size_columns(q, fp32_size))
-            if q.search is not None:
-                model_row.update(mixed_search_columns(q, unit, results_root))
-            pool = unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)),
-                                              loaded.input_size, BENCH_SEED), pre.spec)
-            for i, bs in enumerate(unit.benchmark.batch_sizes):
-                say(f"measure batch {bs}", 2 + i, total_steps)
-                result = measure_one(q, pool, bs, unit)
-                latency_rows.append(latency_row(base, unit, loaded, bs, result))
-            if all(r["status"] == "error" for r in latency_rows):
-                raise RuntimeError(f"every batch size failed: {latency_rows[0]['error']}")
+            parts += [Backend(q.backend), SizeResult.of(q, fp32_size), ParamsResult.of(q)]
+            notes = [q.notes]
+            if q.search is not None:  # a searching mode: its outcome and trade-off plot
+                q.search.write_plot(inspect_folder(results_root, unit))
+                parts.append(q.search)
+            latency_rows = measure_step(q, loaded, unit, base, say)
             if unit.dataset is not None:
-                say("evaluate", total_steps - 2, total_steps)
+                say("evaluate", total_steps - 2)
                 from worker.evaluate.run import evaluate_unit
 
-                model_row.update(evaluate_unit(unit, loaded, q))
-            if unit.inspect.images and unit.mode not in NO_INSPECT_MODES:
-                say("inspect layers", total_steps - 1, total_steps)
-                layer_rows = inspect_step(unit, loaded, q, base, results_root, model_row)
+                parts.append(evaluate_unit(unit, loaded, q))
+            # A reference mode is the model itself: every layer would be identical.
+            if unit.inspect.images and not get_mode(unit.mode).reference:
+                say("inspect layers", total_steps - 1)
+                layer_rows, note = inspect_step(unit, loaded, q, base, results_root)
+                notes.append(note)
             # After measuring (scripting a copy must not inflate the RSS peaks) and before
             # work_dir (where an ORT mode's .onnx file lives) is deleted. Never raises.
             saved = save_artifact(unit, loaded, q, results_root)
-        model_row.update(status="ok", error=None)
-        saved.apply(model_row)  # artifact columns; why there is none goes to notes or error
+        parts.append(saved)  # artifact columns; why there is none goes to notes or error
+        notes.append(saved.note)
+        error = saved.error
     except Exception as exc:  # a unit's failure is data: record it, keep the worker up
         discard_artifact(unit, results_root)  # no file of an earlier attempt outlives it
-        model_row.update(status="error", error=_one_line(exc))
-        model_row.setdefault("notes", traceback.format_exc(limit=3)[-2000:])
-    model_row["ended_at"] = _now()
-    say("write results", total_steps, total_steps)
+        status, error = "error", _one_line(exc)
+        if notes is None:
+            notes = [traceback.format_exc(limit=3)[-2000:]]
+    model_row = assemble(start, parts, status=status, error=error,
+                         notes=None if notes is None else join_notes(notes), ended_at=_now())
+    say("write results", total_steps)
     return write_outcome(unit, results_root, latency_rows, model_row, layer_rows)
 
 
-def search_target(unit: Unit, loaded: LoadedModel, request: QuantizeRequest) -> SearchTarget:
-    """int8_mixed's goal, scored on calibration images only (evaluation images stay unseen)."""
-    target = unit.quantization.target
-    if target.max_map_drop is not None and loaded.task == "detection":
-        from worker.evaluate.datasets import calibration_map_scorer
-
-        score = calibration_map_scorer(unit, loaded)
-        fp32 = score(lambda b: run_task(loaded.task, loaded.module, b))
-        return SearchTarget(lambda q: score(q.predict), fp32 - target.max_map_drop / 100,
-                            "mAP on the calibration split", target.max_float)
-    from worker.inspect.sensitivity import agreement_score
-
-    images = torch.cat(list(request.calibration_batches()))
-    return SearchTarget(agreement_score(loaded, images), target.min_agreement,
-                        "agreement with fp32 on the calibration images", target.max_float)
-
-
-def mixed_search_columns(q: Quantized, unit: Unit, root: Path) -> dict[str, Any]:
-    """The search's outcome for the models row, and its trade-off plot for the report."""
-    from worker.inspect.tradeoff_plot import plot_tradeoff
+def inspect_folder(root: Path, unit: Unit) -> Path:
     from worker.report import report_folder
 
-    sensitivity, search, target = q.search
-    out = report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
-    out.mkdir(parents=True, exist_ok=True)
-    plot_tradeoff(sensitivity, search, out / "mixed_precision_tradeoff.png", target.name)
-    return {"mixed_target_metric": target.name, "mixed_target": target.value,
-            "mixed_score": search.chosen.score, "mixed_target_met": search.met,
-            "mixed_float_groups": list(search.float_groups)}
+    return report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
 
 
 def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, Any],
-                 root: Path, model_row: dict[str, Any]) -> list[dict[str, Any]]:
+                 root: Path) -> tuple[list[dict[str, Any]], str | None]:
     """Layer-by-layer differences and pictures; a failure here is a note, not a failed unit."""
     from worker.inspect import inspect_unit
-    from worker.report import report_folder
 
     if unit.dataset is not None:
         from worker.evaluate.datasets import evaluation_set
@@ -290,14 +275,12 @@ def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, 
     else:
         images = unit_to_input(synth_images(unit.inspect.images, loaded.input_size, INSPECT_SEED),
                                for_model(unit.model.preprocess, loaded).spec)
-    out = report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
     try:
-        rows, _ = inspect_unit(loaded, q, images, unit.inspect.layers, out, label=unit.mode)
+        rows, _ = inspect_unit(loaded, q, images, unit.inspect.layers, inspect_folder(root, unit),
+                               label=unit.mode)
     except Exception as exc:
-        note = f"inspection failed: {_one_line(exc)}"
-        model_row["notes"] = f"{model_row.get('notes') or ''}; {note}".lstrip("; ")
-        return []
-    return [{**base, **r} for r in rows]
+        return [], f"inspection failed: {_one_line(exc)}"
+    return [{**base, **r} for r in rows], None
 
 
 def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],

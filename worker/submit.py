@@ -13,7 +13,6 @@ from worker.app import app
 from worker.cancel import cancel_job, is_cancelled
 from worker.orchestrate import JobPlan, load_plan
 from worker.results import read_table
-from worker.tasks import report_job_task, run_unit_task
 
 
 def report_task_id(job_id: str) -> str:
@@ -23,14 +22,18 @@ def report_task_id(job_id: str) -> str:
 def submit_plan(plan: JobPlan) -> None:
     """One task per unit on its device's queue; the report job is the chord's body.
 
+    Tasks are sent by their registered names (worker/tasks.py), so submitting imports
+    neither the pipeline nor torch.
+
     Task ids are the unit ids, so a unit's state can be looked up from the job plan alone.
     """
     header = [
-        run_unit_task.signature((u.model_dump(mode="json"),), queue=u.queue, task_id=u.unit_id)
+        app.signature("qbench.run_unit", (u.model_dump(mode="json"),), queue=u.queue,
+                      task_id=u.unit_id)
         for u in plan.units
     ]
-    body = report_job_task.signature((plan.job_id,), queue="cpu",
-                                     task_id=report_task_id(plan.job_id))
+    body = app.signature("qbench.report_job", (plan.job_id,), queue="cpu",
+                         task_id=report_task_id(plan.job_id))
     chord(header)(body)
 
 

@@ -23,23 +23,11 @@ MACHINE = ("cpu_model", "cpu_count", "threads", "gpu_name", "gpu_driver", "env_f
 
 
 def how_to_load(fmt: str, task: str | None, file: str, onnx_input: str | None) -> str:
-    """A Python snippet that loads and runs the artifact without qbench."""
-    if fmt == "torchscript" and task == "detection":
-        return (f"import torch, torchvision  # torchvision registers nms/roi_align\n"
-                f"model = torch.jit.load({file!r})\n"
-                "losses, detections = model([image])  # image: float32 [3, H, W] in [0, 1]; "
-                "detections: [{'boxes', 'labels', 'scores'}]")
-    if fmt == "torchscript":
-        return (f"import torch\nmodel = torch.jit.load({file!r})\n"
-                "outputs = model(batch)  # batch: float32 [N, 3, H, W] in [0, 1]")
-    name = onnx_input or "input"
-    if task == "detection":
-        return (f"import onnxruntime as ort\nsession = ort.InferenceSession({file!r})\n"
-                f"boxes, labels, scores = session.run(None, {{{name!r}: image}})  "
-                "# one image: float32 numpy [3, H, W] in [0, 1]")
-    return (f"import onnxruntime as ort\nsession = ort.InferenceSession({file!r})\n"
-            f"outputs = session.run(None, {{{name!r}: batch}})  "
-            "# float32 numpy [N, 3, H, W] in [0, 1]")
+    """A Python snippet that loads and runs the artifact without qbench (the task's own)."""
+    from worker.models.kinds import KINDS, TaskKind
+
+    kind = KINDS.get(task or "", TaskKind())
+    return kind.load_snippet(fmt, file, onnx_input)
 
 
 def _plain(value: Any) -> Any:

@@ -39,9 +39,13 @@ class SavedArtifact:
     note: str | None = None  # appended to the row's notes
     error: str | None = None  # "artifact not saved: ..." (the unit's status stays ok)
 
+    def columns(self) -> dict[str, Any]:
+        return {"artifact_path": self.path, "artifact_sha256": self.sha256,
+                "artifact_format": self.format}
+
     def apply(self, row: dict[str, Any]) -> None:
-        row.update(artifact_path=self.path, artifact_sha256=self.sha256,
-                   artifact_format=self.format)
+        """Into a row held as a dict (the pipeline assembles its row from columns())."""
+        row.update(self.columns())
         if self.note:
             row["notes"] = "; ".join(filter(None, [row.get("notes"), self.note]))
         if self.error:
@@ -82,8 +86,8 @@ def _save_torch(unit: Unit, loaded: LoadedModel, q: Quantized, root: Path) -> Sa
     from worker.evaluate.synth import synth_images
 
     example = synth_images(1, loaded.input_size, EXAMPLE_SEED).to(unit.device)
-    program, traced = to_torchscript(q.module, loaded.task, example)
-    expected, got = q.predict(example), run_program(program, loaded.task, example)
+    program, traced = to_torchscript(q.module, loaded.kind, example)
+    expected, got = q.predict(example), run_program(program, loaded.kind, example)
     diff = max_difference(expected, got)
     if diff > RELATIVE_TOLERANCE:
         raise ArtifactError(f"the TorchScript program differs from the benchmarked model on an "

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from worker.models.kinds import TaskKind, as_kind
 from worker.quantize.common import CastIO
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -57,12 +58,7 @@ def _outermost(module: nn.Module, kinds: tuple[type, ...]) -> Iterator[tuple[str
             yield name, sub
 
 
-def _example_call(module: nn.Module, task: str, example: torch.Tensor) -> Any:
-    with torch.no_grad():
-        return module(list(example.unbind(0))) if task == "detection" else module(example)
-
-
-def trace_parts(module: nn.Module, task: str, example: torch.Tensor) -> list[str]:
+def trace_parts(module: nn.Module, task: TaskKind | str, example: torch.Tensor) -> list[str]:
     """Replace FX GraphModules and CastIO parts inside `module` by their traces, in place."""
     parts = dict(_outermost(module, (fx.GraphModule, CastIO)))
     inputs: dict[str, tuple] = {}
@@ -74,7 +70,7 @@ def trace_parts(module: nn.Module, task: str, example: torch.Tensor) -> list[str
 
     hooks = [sub.register_forward_pre_hook(recorder(name)) for name, sub in parts.items()]
     try:
-        _example_call(module, task, example)
+        as_kind(task).example_call(module, example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -87,42 +83,44 @@ def trace_parts(module: nn.Module, task: str, example: torch.Tensor) -> list[str
     return list(parts)
 
 
-def _compile(work: nn.Module, task: str, example: torch.Tensor
+def _compile(work: nn.Module, kind: TaskKind, example: torch.Tensor
              ) -> tuple[torch.jit.ScriptModule, list[str]]:
-    if task != "detection" and isinstance(work, fx.GraphModule):
+    if kind.traceable_whole and isinstance(work, fx.GraphModule):
         return torch.jit.trace(work, example, strict=False, check_trace=False), ["(whole model)"]
-    traced = trace_parts(work, task, example)
+    traced = trace_parts(work, kind, example)
     try:
         return torch.jit.script(work), traced
     except Exception:
-        if task == "detection":
+        if not kind.traceable_whole:
             raise  # a traced detector would freeze its NMS to the example image
     # A tensor model (classifier, YOLO network) TorchScript cannot compile: no data-dependent
     # control flow to freeze.
     return torch.jit.trace(work, example, strict=False, check_trace=False), ["(whole model)"]
 
 
-def to_torchscript(module: nn.Module, task: str, example: torch.Tensor
+def to_torchscript(module: nn.Module, task: TaskKind | str, example: torch.Tensor
                    ) -> tuple[torch.jit.ScriptModule, list[str]]:
     """A TorchScript program computing what the benchmarked module computes; `module` itself
     is left untouched (it may still be measured). Returns it and the names of traced parts."""
+    kind = as_kind(task)
     work = copy.deepcopy(module).eval()
-    dtype = low_precision_dtype(work) if task != "detection" else None
+    # A tensor model cast whole runs behind float32 borders; a detector's cast parts carry
+    # their own (CastIO).
+    dtype = low_precision_dtype(work) if kind.traceable_whole else None
     if dtype is not None:
         work = CastInput(work, dtype)
     with warnings.catch_warnings():
         # TorchScript warns that it is deprecated on every call; the choice is deliberate.
         warnings.simplefilter("ignore")
-        return _compile(work, task, example)
+        return _compile(work, kind, example)
 
 
-def run_program(program: torch.jit.ScriptModule, task: str, batch: torch.Tensor) -> Any:
+def run_program(program: torch.jit.ScriptModule, task: TaskKind | str,
+                batch: torch.Tensor) -> Any:
     """Outputs of a saved program in qbench's structure (a detector returns (losses, dets))."""
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "RCNN always returns a (Losses, Detections) tuple"
-        if task == "detection":
-            return program(list(batch.unbind(0)))[1]
-        return program(batch)
+        return as_kind(task).program_outputs(program, batch)
 
 
 def max_difference(expected: Any, got: Any) -> float:

@@ -65,12 +65,13 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str
 
 def _dataset(unit: Unit, loaded: LoadedModel):
     decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
-    if unit.dataset.format == "coco" and not (loaded.task in ("detection", "yolo") or decoded):
+    formats = loaded.kind.dataset_formats + (("coco",) if decoded else ())
+    if unit.dataset.format not in formats:
         raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a "
                            "detector (an ONNX file needs outputs.decoder)")
     pre = for_model(unit.model.preprocess, loaded).spec
     return _load(unit.model_dump_json(), loaded.num_classes, tuple(loaded.input_size),
-                 pre.model_dump_json(), loaded.task == "detection")
+                 pre.model_dump_json(), loaded.kind.labels_are_category_ids)
 
 
 def _coco_images(unit: Unit, loaded: LoadedModel, data, ids: list[int]):

@@ -16,7 +16,7 @@ from worker.inspect.onnx_compare import compare_onnx
 from worker.inspect.outputs import output_pairs
 from worker.inspect.plots import render_all
 from worker.inspect.reference import float_reference
-from worker.models.base import LoadedModel, run_task
+from worker.models.base import LoadedModel
 from worker.quantize.onnx_export import module_names, node_module
 from worker.quantize.registry import Quantized
 
@@ -44,8 +44,8 @@ def inspect_unit(loaded: LoadedModel, quantized: Quantized, images: torch.Tensor
     if not isinstance(quantized.module, torch.nn.Module):
         raise TypeError(f"inspect: cannot inspect a {type(quantized.module).__name__}")
     ref = float_reference(loaded, quantized.module, images)
-    comp = compare_torch(ref, quantized.module, quantized.predict, loaded.task, images, layers)
-    comp.outputs = output_pairs(loaded.task, run_task(loaded.task, loaded.module, images),
+    comp = compare_torch(ref, quantized.module, quantized.predict, loaded.kind, images, layers)
+    comp.outputs = output_pairs(loaded.kind, loaded.predict_fp32(images),
                                 quantized.predict(images))
     return comp.rows(), render_all(comp, Path(out_dir), label)
 
@@ -72,9 +72,9 @@ def _inspect_ort(loaded: LoadedModel, quantized: Quantized, images: torch.Tensor
     comp = compare_onnx(Path(paths[0]), Path(paths[1]), images, layers,
                         rename=lambda node: node_module(node, modules))
     if from_torch:
-        comp.outputs = output_pairs(loaded.task, run_task(loaded.task, loaded.module, images),
+        comp.outputs = output_pairs(loaded.kind, loaded.predict_fp32(images),
                                     quantized.predict(images))
-    if loaded.task == "detection":
+    if loaded.kind.teacher_forcing:
         # No teacher forcing in a session: the RoI heads would compare different boxes.
         comp.drop("roi_heads.", "RoI heads of the two ONNX models pool different proposals")
         comp.note = "ONNX: RoI heads left out (each model pools its own proposals)"

@@ -23,10 +23,10 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic.modules.fused import _FusedModule
 
-from worker.inspect.record import Comparison, LayerRecord, image_hwc
-from worker.models.base import Task, run_task
+from worker.inspect.record import LayerComparison, LayerRecord, image_hwc
+from worker.models.kinds import TaskKind, as_kind
+from worker.models.kinds.detection import PerLevelRPNHead
 from worker.quantize.common import CastIO
-from worker.quantize.detection_parts import PerLevelRPNHead
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,13 @@ def _canvas_hook(image: torch.Tensor, seen: dict) -> Callable:
 class _Pairing:
     """State of one fp32 vs quantized comparison, fed one image at a time."""
 
-    def __init__(self, ref: nn.Module, quant: nn.Module, task: Task, layers: str) -> None:
-        self.ref, self.quant, self.task = ref, quant, task
+    def __init__(self, ref: nn.Module, quant: nn.Module, kind: TaskKind, layers: str) -> None:
+        self.ref, self.quant, self.kind = ref, quant, kind
         self.ref_layers, self.q_layers = named_layers(ref, layers), named_layers(quant, layers)
         self.records: dict[str, LayerRecord] = {}
         self.skipped = {n: "only in the quantized model"
                         for n in self.q_layers.keys() - self.ref_layers.keys()}
-        self.forcing = task == "detection" and hasattr(ref, "rpn") and hasattr(quant, "rpn")
+        self.forcing = kind.teacher_forcing and hasattr(ref, "rpn") and hasattr(quant, "rpn")
         self.seen: dict[str, tuple[float, float]] = {}
         # Per image: fp32 outputs per layer and call, fp32 proposals, quantized call counts.
         self.outs: dict[str, list[torch.Tensor | None]] = {}
@@ -148,10 +148,10 @@ class _Pairing:
         ref_hooks = [(m, self._save(n)) for n, (_, m) in self.ref_layers.items()]
         if self.forcing:
             ref_hooks.append((self.ref.rpn, lambda _m, _i, out: self.proposals.append(out[0])))
-        if self.first_image and self.task == "detection" and hasattr(self.ref, "transform"):
+        if self.first_image and self.kind.resizes_inside and hasattr(self.ref, "transform"):
             ref_hooks.append((self.ref.transform, _canvas_hook(image[0], self.seen)))
         with _hooks(ref_hooks):
-            run_task(self.task, self.ref, image)
+            self.kind.run(self.ref, image)
         q_hooks = [(m, self._compare(n)) for n, (_, m) in self.q_layers.items()
                    if n in self.ref_layers]
         if self.forcing and self.proposals:
@@ -160,7 +160,7 @@ class _Pairing:
             predict(image)
         self.first_image = False
 
-    def result(self, images: torch.Tensor) -> Comparison:
+    def result(self, images: torch.Tensor) -> LayerComparison:
         for name in self.ref_layers.keys() - self.q_layers.keys():
             if name in self.records:
                 self.skipped[name] = "only in the fp32 model"
@@ -171,18 +171,18 @@ class _Pairing:
         if self.skipped:
             log.info("inspect: %d layers not paired: %s", len(self.skipped), sorted(self.skipped)[:10])
         h, w = images.shape[-2:]
-        return Comparison(layers=kept, image=image_hwc(images[0]),
+        return LayerComparison(layers=kept, image=image_hwc(images[0]),
                           canvas=self.seen.get("canvas", (float(h), float(w))),
                           skipped=[f"{n}: {why}" for n, why in sorted(self.skipped.items())],
                           note=FORCED_NOTE if self.forcing else "")
 
 
 def compare_torch(ref: nn.Module, quant: nn.Module, predict: Callable[[torch.Tensor], Any],
-                  task: Task, images: torch.Tensor, layers: str) -> Comparison:
+                  task: TaskKind | str, images: torch.Tensor, layers: str) -> LayerComparison:
     """Run `ref` (fp32) and `predict` (which runs `quant`) on each image and compare layers."""
     if images.shape[0] == 0:
         raise ValueError("inspect: no images")
-    pairing = _Pairing(ref, quant, task, layers)
+    pairing = _Pairing(ref, quant, as_kind(task), layers)
     for image in images.split(1):
         pairing.run(image, predict)
     return pairing.result(images)

@@ -26,7 +26,7 @@ import torch
 from onnx import TensorProto, helper
 
 from worker.inspect.capture import KINDS
-from worker.inspect.record import Comparison, LayerRecord, image_hwc
+from worker.inspect.record import LayerComparison, LayerRecord, image_hwc
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _unique_names(names: list[str]) -> list[str]:
 
 
 def compare_onnx(fp32_path: Path, quant_path: Path, images: torch.Tensor, layers: str,
-                 rename: Callable[[str], str | None] | None = None) -> Comparison:
+                 rename: Callable[[str], str | None] | None = None) -> LayerComparison:
     """`rename(node name)`: the row's layer name (e.g. the torch module it was exported
     from); None or no rename keeps the node name."""
     if images.shape[0] == 0:
@@ -157,5 +157,5 @@ def compare_onnx(fp32_path: Path, quant_path: Path, images: torch.Tensor, layers
         log.info("inspect onnx: %d layers not paired: %s", len(skipped), skipped[:10])
     outputs = {"model outputs": (np.concatenate(final_x), np.concatenate(final_q))} if final_x else {}
     h, w = images.shape[-2:]
-    return Comparison(layers=kept, image=image_hwc(images[0]), canvas=(float(h), float(w)),
+    return LayerComparison(layers=kept, image=image_hwc(images[0]), canvas=(float(h), float(w)),
                       outputs=outputs, skipped=sorted(set(skipped)))

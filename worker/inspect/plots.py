@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from worker.inspect.metrics import layer_metrics
-from worker.inspect.record import Comparison, LayerRecord
+from worker.inspect.record import LayerComparison, LayerRecord
 
 GRID_CAP = 24  # panels in the all-conv grid
 DPI = 100
@@ -53,7 +53,7 @@ def _stride(rec: LayerRecord, canvas: tuple[float, float]) -> float:
     return canvas[0] / rec.abs_map.shape[0]
 
 
-def _overlay(fig: Figure, ax: Axes, comp: Comparison, heat: np.ndarray, cbar_label: str,
+def _overlay(fig: Figure, ax: Axes, comp: LayerComparison, heat: np.ndarray, cbar_label: str,
              cmap: str, font: float = 9) -> None:
     """Heat map (bilinear upsampled over the layer's canvas) on a grey copy of the image."""
     h, w = comp.image.shape[:2]
@@ -73,11 +73,11 @@ def _overlay(fig: Figure, ax: Axes, comp: Comparison, heat: np.ndarray, cbar_lab
     cb.ax.tick_params(labelsize=font - 1)
 
 
-def _conv_maps(comp: Comparison) -> list[LayerRecord]:
+def _conv_maps(comp: LayerComparison) -> list[LayerRecord]:
     return [r for r in comp.layers if r.abs_map is not None]
 
 
-def plot_first_conv(comp: Comparison, path: Path, label: str) -> Path | None:
+def plot_first_conv(comp: LayerComparison, path: Path, label: str) -> Path | None:
     """Input image, absolute and relative difference maps of the first conv layer."""
     convs = _conv_maps(comp)
     if not convs:
@@ -109,7 +109,7 @@ def evenly(items: list, cap: int) -> list:
     return [items[i] for i in idx]
 
 
-def plot_conv_grid(comp: Comparison, path: Path, label: str, relative: bool = False,
+def plot_conv_grid(comp: LayerComparison, path: Path, label: str, relative: bool = False,
                    cap: int = GRID_CAP) -> Path | None:
     """One difference map per conv layer (at most `cap`, evenly spaced in network order)."""
     convs = _conv_maps(comp)
@@ -140,7 +140,7 @@ def plot_conv_grid(comp: Comparison, path: Path, label: str, relative: bool = Fa
     return path
 
 
-def chosen_layers(comp: Comparison) -> list[LayerRecord]:
+def chosen_layers(comp: LayerComparison) -> list[LayerRecord]:
     """First, worst (lowest SQNR), median and last layer, without repeats."""
     if not comp.layers:
         return []
@@ -180,7 +180,7 @@ def _hexbin(fig: Figure, ax: Axes, x: np.ndarray, q: np.ndarray, title: str, lab
     cb.ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_layer_hexbins(comp: Comparison, path: Path, label: str) -> Path | None:
+def plot_layer_hexbins(comp: LayerComparison, path: Path, label: str) -> Path | None:
     recs = chosen_layers(comp)
     if not recs:
         return None
@@ -198,7 +198,7 @@ def plot_layer_hexbins(comp: Comparison, path: Path, label: str) -> Path | None:
     return path
 
 
-def plot_output_hexbins(comp: Comparison, path: Path, label: str) -> Path | None:
+def plot_output_hexbins(comp: LayerComparison, path: Path, label: str) -> Path | None:
     if not comp.outputs:
         return None
     fig, axes = _figure(5.2 * len(comp.outputs), 5.4, 1, len(comp.outputs), title_in=1.1,
@@ -224,7 +224,7 @@ def group_of(name: str) -> str:
     return ".".join(parts[:2]) if parts[0] in {"backbone", "rpn", "roi_heads"} else parts[0]
 
 
-def plot_sqnr(comp: Comparison, path: Path, label: str) -> Path | None:
+def plot_sqnr(comp: LayerComparison, path: Path, label: str) -> Path | None:
     """SQNR and cosine by layer in network order; the worst layer is annotated."""
     if not comp.layers:
         return None
@@ -275,7 +275,7 @@ def plot_sqnr(comp: Comparison, path: Path, label: str) -> Path | None:
     return path
 
 
-def render_all(comp: Comparison, out_dir: Path, label: str) -> list[Path]:
+def render_all(comp: LayerComparison, out_dir: Path, label: str) -> list[Path]:
     """Every picture of an inspection that has something to show, written under out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     made = [

@@ -72,7 +72,7 @@ class LayerRecord:
 
 
 @dataclass
-class Comparison:
+class LayerComparison:
     """Everything the rows and the pictures need from one fp32 vs quantized inspection."""
 
     layers: list[LayerRecord]  # network order

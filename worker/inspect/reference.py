@@ -11,18 +11,12 @@ fp32 model itself.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import fx, nn
 from torch.ao.quantization.quantize_fx import fuse_fx
 
 from worker.models.base import LoadedModel
-from worker.quantize.detection_parts import frozen_bn_to_bn, quantize_detector
-from worker.quantize.submodules import quantize_submodules, submodule_roots
-
-# The parts quantize_detector quantizes one by one (detection_parts._parts).
-DETECTOR_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor")
+from worker.quantize.parts import quantize_parts
 
 
 def has_fx(module: nn.Module) -> bool:
@@ -33,31 +27,22 @@ def _fuse(module: nn.Module, _example: tuple, _skip: list[str]) -> nn.Module:
     return fuse_fx(module.eval())
 
 
-def _float_parts(quant: nn.Module) -> list[str]:
-    """Detector parts the quantized model left untouched (kept float as a whole)."""
-    kept = []
-    for path in DETECTOR_PARTS:
+def _untouched(quant: nn.Module):
+    """Whether a part of the quantized model was left float as a whole (no FX graph in it)."""
+    def untouched(name: str) -> bool:
         try:
-            part = quant.get_submodule(path)
+            part = quant.get_submodule(name)
         except AttributeError:
-            continue
-        if not has_fx(part):
-            kept.append(path)
-    return kept
+            return False
+        return not has_fx(part)
+    return untouched
 
 
 def float_reference(loaded: LoadedModel, quant: nn.Module, images: torch.Tensor) -> nn.Module:
     """A float model whose layer names and boundaries match `quant`'s."""
     if not has_fx(quant):
         return loaded.module
-    if loaded.task == "detection" and hasattr(loaded.module, "roi_heads"):
-        # One forward pass is quantize_detector's calibration step; here it only runs.
-        return quantize_detector(loaded.module, _fuse, lambda m: m, [images[:1]],
-                                 _float_parts(quant)).module.eval()
-    if loaded.task != "classification":  # YOLO, RetinaNet, SSD: quantized part by part
-        return quantize_submodules(loaded.module, loaded.task,
-                                   submodule_roots(loaded.task, loaded.module), _fuse,
-                                   lambda m: m, [images[:1]], []).module.eval()
-    module = copy.deepcopy(loaded.module).eval()
-    frozen_bn_to_bn(module)
-    return fuse_fx(module).eval()
+    # The same parts as int8_static's, fused instead of quantized; the calibration pass
+    # only runs.
+    return quantize_parts(loaded.module, loaded.kind, loaded.input_size, _fuse, lambda m: m,
+                          [images[:1]], [], keep_part=_untouched(quant)).module.eval()

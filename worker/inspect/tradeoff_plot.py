@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
-from worker.inspect.sensitivity import MixedPrecision, SensitivityResult, Trial
+if TYPE_CHECKING:
+    from worker.quantize.mixed_search import MixedPrecision, SensitivityResult, Trial
 
 
 def _x(trial: Trial, by_latency: bool) -> float:

@@ -98,8 +98,5 @@ class LatencyTracker:
     def count(self) -> int:
         return len(self._values_s)
 
-    def reset(self) -> None:
-        self._values_s.clear()
-
     def latency(self) -> Latency:
         return Latency.from_seconds(self._values_s)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from worker.models.base import LoadedModel
+from worker.models.kinds.onnx import ONNX
 from worker.models.torchvision_models import ModelError
 
 
@@ -34,7 +35,7 @@ class OnnxModule(nn.Module):
             from worker.quantize.ort_runtime import input_info, make_ort_predict, session
 
             path = Path(self.path)
-            self._predict = make_ort_predict(session(path, "cpu"), input_info(path), "onnx")
+            self._predict = make_ort_predict(session(path, "cpu"), input_info(path), ONNX)
         return self._predict(batch)
 
 
@@ -63,6 +64,6 @@ def load_onnx(model_id: str, path: Path, input_size: tuple[int, int]) -> LoadedM
         raise ModelError(f"models[{model_id}].input_size: {path.name} takes {shown} images, "
                          f"the manifest gives 3x{input_size[0]}x{input_size[1]}")
     return OnnxLoadedModel(
-        model_id=model_id, arch=path.name, task="onnx", module=OnnxModule(path),
+        model_id=model_id, arch=path.name, task=ONNX.name, module=OnnxModule(path),
         input_size=input_size, num_classes=0, source="onnx", onnx_path=str(path),
     )

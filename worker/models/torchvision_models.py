@@ -21,6 +21,8 @@ from torchvision.models.detection.ssd import SSD
 from worker import catalogue
 from worker.errors import ModelError
 from worker.models.base import LoadedModel
+from worker.models.kinds.classification import CLASSIFICATION
+from worker.models.kinds.detection import DETECTION
 
 __all__ = ["ModelError", "load_torchvision", "load_checkpoint", "build_torchvision"]
 
@@ -112,10 +114,10 @@ def load_torchvision(model_id: str, arch: str, num_classes: int | None,
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
     module.eval()
-    task = "detection" if isinstance(module, DETECTOR_TYPES) else "classification"
-    classes = num_classes or (91 if task == "detection" else 1000)
+    kind = DETECTION if isinstance(module, DETECTOR_TYPES) else CLASSIFICATION
+    classes = num_classes or kind.default_classes
     return LoadedModel(
-        model_id=model_id, arch=arch, task=task, module=module, input_size=input_size,
+        model_id=model_id, arch=arch, task=kind.name, module=module, input_size=input_size,
         num_classes=classes, trained=checkpoint is not None,
     )
 
@@ -130,7 +132,7 @@ def load_fixture(model_id: str, input_size: tuple[int, int], checkpoint: Path | 
         load_checkpoint(module, checkpoint)
     module.eval()
     return LoadedModel(
-        model_id=model_id, arch="fixture", task="detection", module=module,
+        model_id=model_id, arch="fixture", task=DETECTION.name, module=module,
         input_size=input_size, num_classes=len(CLASSES) + 1,
         category_names=list(CLASSES), trained=True,
     )

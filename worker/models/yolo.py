@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from worker.models.base import LoadedModel
+from worker.models.kinds.yolo import YOLO
 from worker.models.torchvision_models import ModelError, load_checkpoint
 
 EXTRA = "pip install 'qbench[yolo]'"
@@ -89,7 +90,7 @@ def load_yolo(model_id: str, arch: str, num_classes: int | None, input_size: tup
     net.eval()
     fold_batchnorm(net)
     return YoloLoadedModel(
-        model_id=model_id, arch=arch, task="yolo", module=YoloNet(net).eval(),
+        model_id=model_id, arch=arch, task=YOLO.name, module=YoloNet(net).eval(),
         input_size=input_size, num_classes=num_classes or 80, trained=checkpoint is not None,
         source="yolo",
     )

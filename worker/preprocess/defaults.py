@@ -51,18 +51,19 @@ def torchvision_classifier_spec(arch: str) -> PreprocessSpec:
 
 
 def resolve(declared: PreprocessSpec | None, source: str, task: str, arch: str | None) -> Resolved:
+    """The declared block, else the default of the model's task kind (worker/models/kinds/).
+
+    source is kept for callers that know only the manifest entry; the kind (one per source
+    for YOLO and ONNX files) decides."""
     if declared is not None:
         return Resolved(declared, "manifest")
-    if source == "yolo":
-        return Resolved(PreprocessSpec(resize="letterbox", pad_value=114), "default: YOLO letterbox")
-    if source == "onnx":
-        return Resolved(PreprocessSpec(), "none declared: [0, 1] RGB stretched", trusted=False)
-    if task == "classification":
-        return Resolved(torchvision_classifier_spec(arch or ""),
-                        f"default: torchvision weights transform of {arch}")
-    return Resolved(PreprocessSpec(), "default: detector's internal transform ([0, 1] RGB)")
+    from worker.models.kinds import kind_named
+
+    return kind_named(task).default_preprocess(arch)
 
 
 def for_model(declared: PreprocessSpec | None, loaded) -> Resolved:
-    """The preprocessing of a loaded model (a LoadedModel: source, task, arch)."""
-    return resolve(declared, loaded.source, loaded.task, loaded.arch)
+    """The preprocessing of a loaded model (a LoadedModel: its kind and arch)."""
+    if declared is not None:
+        return Resolved(declared, "manifest")
+    return loaded.kind.default_preprocess(loaded.arch)

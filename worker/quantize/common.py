@@ -13,7 +13,8 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic.modules.fused import _FusedModule
 
-from worker.models.base import LoadedModel, Task, run_task
+from worker.models.base import LoadedModel, Task
+from worker.models.kinds import TaskKind, as_kind
 from worker.quantize.registry import Quantized
 
 # Layers whose weights are the model's size; norms and activations are not counted as layers.
@@ -66,6 +67,19 @@ def matches_keep_float(name: str, patterns: Iterable[str]) -> str | None:
     return None
 
 
+def keep_float_inside(module: nn.Module, prefix: str, patterns: Iterable[str]) -> dict[str, str]:
+    """Submodules of `module` (names relative to it) that keep_float leaves float, each with
+    the pattern that matched, outermost only: a match inside a kept module is not repeated."""
+    keep: dict[str, str] = {}
+    for name, _ in module.named_modules():
+        if not name or any(name.startswith(k + ".") for k in keep):
+            continue
+        pattern = matches_keep_float(".".join(p for p in (prefix, name) if p), patterns)
+        if pattern:
+            keep[name] = pattern
+    return keep
+
+
 def weight_modules(module: nn.Module, prefix: str = "") -> tuple[list[str], list[str]]:
     """Qualified names of conv/linear layers, split into (int8, float).
 
@@ -99,18 +113,17 @@ def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def make_predict(task: Task, module: nn.Module, device: str, dtype: torch.dtype | None = None,
+def make_predict(task: TaskKind | Task, module: nn.Module, device: str, dtype: torch.dtype | None = None,
                  per_image: bool = False) -> Callable[[torch.Tensor], Any]:
     """predict(batch NCHW in [0, 1]) for a module; with dtype, the batch is cast to it and
     floating outputs come back as float32 (numpy and metrics cannot take bf16). per_image:
     a detector runs one image at a time (same detections, each image is processed alone)."""
 
+    kind = as_kind(task)
+
     def predict(batch: torch.Tensor) -> Any:
         batch = batch.to(device=device, dtype=dtype or batch.dtype)
-        if per_image and task == "detection":
-            out = [d for image in batch.split(1) for d in run_task(task, module, image)]
-        else:
-            out = run_task(task, module, batch)
+        out = kind.run(module, batch, per_image=per_image)
         return _cast_floats(out, torch.float32) if dtype is not None else out
 
     return predict
@@ -119,10 +132,6 @@ def make_predict(task: Task, module: nn.Module, device: str, dtype: torch.dtype 
 def copy_to(module: nn.Module, device: str, dtype: torch.dtype | None = None) -> nn.Module:
     """A copy on device/dtype: the loader's fp32 module stays the untouched reference."""
     return copy.deepcopy(module).to(device=device, dtype=dtype).eval()
-
-
-# Where a torchvision detector keeps its weights; the glue between them stays float32.
-DETECTOR_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "head")
 
 
 class CastIO(nn.Module):
@@ -138,26 +147,27 @@ class CastIO(nn.Module):
 
 
 def low_precision(model: LoadedModel, device: str, dtype: torch.dtype) -> Quantized:
-    """fp16/bf16: a classifier is cast whole; a detector only in its weight-carrying parts,
-    because torchvision's NMS has no bf16 kernel and box coordinates need float32."""
+    """fp16/bf16: the whole model, or only the parts its kind names (a detector's
+    weight-carrying parts: torchvision's NMS has no bf16 kernel, box coordinates need float32)."""
     module = copy_to(model.module, device)
     name = str(dtype).removeprefix("torch.")
-    if model.task == "detection":
+    plan = model.kind.low_precision_parts(module)
+    if plan is not None:
+        paths, why = plan
         cast = []
-        for path in DETECTOR_PARTS:
+        for path in paths:
             parent_path, _, attr = path.rpartition(".")
             parent = module.get_submodule(parent_path) if parent_path else module
             sub = getattr(parent, attr, None)
             if isinstance(sub, nn.Module):
                 setattr(parent, attr, CastIO(sub.to(dtype), dtype))
                 cast.append(path)
-        notes = (f"{', '.join(cast)} in {name}; the transform, anchors, RoIAlign, box decoding "
-                 "and NMS stay float32 (NMS has no bf16 kernel)")
-        predict = make_predict(model.task, module, device)
+        notes = f"{', '.join(cast)} in {name}; {why}"
+        predict = make_predict(model.kind, module, device)
     else:
         module = module.to(dtype)
         notes = f"all layers in {name}; outputs cast back to float32"
-        predict = make_predict(model.task, module, device, dtype)
+        predict = make_predict(model.kind, module, device, dtype)
     return Quantized(
         predict=predict,
         backend="torch-eager",
@@ -174,7 +184,7 @@ def torch_quantized(model: LoadedModel, module: nn.Module, backend: str, device:
                     notes: list[str] | None = None, per_image: bool = False) -> Quantized:
     """A Quantized for a torch module: size and dtype counts read off the module itself."""
     return Quantized(
-        predict=make_predict(model.task, module, device, per_image=per_image),
+        predict=make_predict(model.kind, module, device, per_image=per_image),
         backend=backend,
         size_bytes=serialized_size_bytes(module),
         params_by_dtype=params_by_dtype(module),

@@ -11,7 +11,8 @@ from worker.quantize.common import (
 from worker.quantize.registry import Quantized, QuantizeRequest, register
 
 
-@register("fp32", devices=("cpu", "cuda"), description="float32 eager PyTorch (the reference)")
+@register("fp32", devices=("cpu", "cuda"), reference=True,
+          description="float32 eager PyTorch (the reference)")
 def quantize_fp32(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     # On the CPU the loader's module is used as is; elsewhere a copy, so the CPU reference stays.
     module = model.module if request.device == "cpu" else copy_to(model.module, request.device)

@@ -1,7 +1,7 @@
 """int8_dynamic: nn.Linear weights in int8, activations quantized per batch at run time.
 
 Only Linear layers: dynamic quantization of convolutions was measured 6x slower than fp32 and
-destroyed a detector's output (shared/measured.md), so conv-heavy models gain little here.
+destroyed a detector's output, so conv-heavy models gain little here.
 """
 
 from __future__ import annotations

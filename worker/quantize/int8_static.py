@@ -1,14 +1,13 @@
 """int8_static: post-training static int8 with torch.ao FX on the x86 backend (CPU).
 
 Base: the x86 backend's own QConfigMapping (hand-made qconfigs without reduce_range gave 0%
-agreement, shared/measured.md); only the activation observer (calibration.method) and the
+agreement when measured); only the activation observer (calibration.method) and the
 weight granularity (calibration.per_channel) are changed. FX was picked over PT2E for speed
 (PT2E was no faster than compiled fp32); `_prepare`/`_convert` are the only FX-specific code.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,14 +23,9 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from worker.models.base import LoadedModel
-from worker.quantize.common import (
-    matches_keep_float,
-    torch_quantized,
-    weight_modules,
-)
-from worker.quantize.detection_parts import frozen_bn_to_bn, quantize_detector
+from worker.quantize.common import torch_quantized
+from worker.quantize.parts import quantize_parts
 from worker.quantize.registry import Quantized, QuantizeRequest, register
-from worker.quantize.submodules import quantize_submodules, submodule_roots
 
 if TYPE_CHECKING:
     from worker.manifest import CalibrationSpec
@@ -43,7 +37,7 @@ class PercentileObserver(HistogramObserver):
     """Histogram observer whose range is the [100-p, p] percentiles instead of an L2 search.
 
     torch.ao has no percentile observer; clipping rare outliers is what helped detectors most
-    in shared/measured.md (minmax -8.2 mAP, percentile 99.99 -2.7).
+    when measured (minmax -8.2 mAP, percentile 99.99 -2.7).
     """
 
     def __init__(self, percentile: float = 99.99, **kwargs) -> None:
@@ -98,72 +92,24 @@ def _convert(observed: nn.Module) -> nn.Module:
     return convert_fx(observed).eval()
 
 
-def _quantize_classifier(model: LoadedModel, request: QuantizeRequest):
-    module = copy.deepcopy(model.module).eval()
-    frozen_bn_to_bn(module)
-    keep: dict[str, str] = {}
-    for name, _ in module.named_modules():
-        pattern = name and matches_keep_float(name, request.keep_float)
-        if pattern and not any(name.startswith(k + ".") for k in keep):
-            keep[name] = pattern
-    example = (torch.rand(1, 3, *model.input_size),)
-    observed = _prepare(request.calibration)(module, example, list(keep))
-    n = 0
-    with torch.no_grad():
-        for batch in request.calibration_batches():
-            observed(batch)
-            n += batch.shape[0]
-    if n == 0:
-        raise ValueError("int8_static: calibration yielded no images")
-    quantized = _convert(observed)
-    int8, floats = weight_modules(quantized)
-    notes = [f"{n} kept float (keep_float {p!r})" for n, p in keep.items()]
-    return quantized, int8, floats, notes
-
-
-# Image by image beats a batch once one image's largest feature map outgrows the caches: an
-# R50-FPN at 800 px (10.2M elements at stride 4) ran 10% faster per image on a batch of 4;
-# MobileNet FPNs at 320-512 px (under 1M) and the 256 px fixture were up to 2.5x slower.
-PER_IMAGE_ELEMENTS = 8_000_000
-
-
-def _per_image(module: nn.Module, request: QuantizeRequest) -> tuple[bool, str]:
-    """Whether a detector's batch should run image by image, from one image's feature maps."""
-    image = next(iter(request.calibration_batches()))[:1]
-    with torch.inference_mode():
-        feats = module.backbone(module.transform(list(image))[0].tensors)
-    largest = max(f.numel() for f in (feats.values() if isinstance(feats, dict) else [feats]))
-    per_image = largest >= PER_IMAGE_ELEMENTS
-    how = "image by image" if per_image else "batched"
-    return per_image, (f"a batch runs {how} (largest feature map {largest / 1e6:.1f}M elements "
-                       f"per image; per image from {PER_IMAGE_ELEMENTS / 1e6:.0f}M)")
-
-
 @register("int8_static", devices=("cpu",), needs_calibration=True,
           description="post-training static int8 (torch.ao FX, x86 backend)")
 def quantize_int8_static(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     torch.backends.quantized.engine = BACKEND  # packed weights are built for this engine
-    prepare = _prepare(request.calibration)
-    if model.task == "detection" and hasattr(model.module, "roi_heads"):
-        res = quantize_detector(model.module, prepare, _convert, request.calibration_batches(),
-                                request.keep_float)
-        module, int8, floats, notes = res.module, res.int8_modules, res.float_modules, res.notes
-    elif model.task == "classification":
-        module, int8, floats, notes = _quantize_classifier(model, request)
-    else:  # RetinaNet, SSD, YOLO: FX cannot trace them whole
-        res = quantize_submodules(model.module, model.task,
-                                  submodule_roots(model.task, model.module), prepare, _convert,
-                                  request.calibration_batches(), request.keep_float)
-        module, int8, floats, notes = res.module, res.int8_modules, res.float_modules, res.notes
-        if model.task == "detection":
-            notes.insert(0, "transform, anchors, box decoding and NMS stay float")
+    res = quantize_parts(model.module, model.kind, model.input_size,
+                         _prepare(request.calibration), _convert, request.calibration_batches(),
+                         request.keep_float)
+    notes = res.notes
     spec = request.calibration
     notes.append(f"calibration: {spec.method}"
                  + (f" p{spec.percentile}" if spec.method == "percentile" else "")
                  + (", per-channel weights" if spec.per_channel else ", per-tensor weights"))
     per_image = False
-    if model.task == "detection":
-        per_image, note = _per_image(module, request)
+    plan = model.kind.batch_plan(res.module,
+                                 lambda: next(iter(request.calibration_batches()))[:1])
+    if plan is not None:
+        per_image, note = plan
         notes.append(note)
-    return torch_quantized(model, module, "torch-fx-x86", "cpu", int8_modules=int8,
-                           float_modules=floats, notes=notes, per_image=per_image)
+    return torch_quantized(model, res.module, "torch-fx-x86", "cpu",
+                           int8_modules=res.int8_modules, float_modules=res.float_modules,
+                           notes=notes, per_image=per_image)

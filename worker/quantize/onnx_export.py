@@ -2,8 +2,8 @@
 
 The TorchScript-based exporter (dynamo=False) is used: torch.export (dynamo=True) stops at the
 detector's data-dependent NMS. A torchvision detector is exported for one image ([3, H, W] in,
-boxes/labels/scores out) and run once per image, as its postprocessing loops per image anyway;
-other models get a dynamic batch dimension.
+boxes/labels/scores out) and run once per image, as its postprocessing loops per image anyway
+(TaskKind.onnx_per_image); other models get a dynamic batch dimension.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from torch import nn
 from worker.models.base import LoadedModel
 
 OPSET = 17  # >= 13: per-channel DequantizeLinear needs an axis
-DETECTION_OUTPUTS = ("boxes", "labels", "scores")
 
 
 def export_onnx(model: LoadedModel, path: Path) -> Path:
@@ -27,9 +26,9 @@ def export_onnx(model: LoadedModel, path: Path) -> Path:
     kwargs = {"opset_version": OPSET, "dynamo": False, "do_constant_folding": True}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python values in the detector
-        if model.task == "detection":
+        if model.kind.onnx_per_image:
             torch.onnx.export(module, ([torch.rand(3, h, w)],), str(path), input_names=["images"],
-                              output_names=list(DETECTION_OUTPUTS), **kwargs)
+                              output_names=list(model.kind.ort_output_names or ()), **kwargs)
         else:
             example = torch.rand(1, 3, h, w)
             out = module(example)

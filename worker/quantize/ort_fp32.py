@@ -37,7 +37,7 @@ def fp32_onnx(model: LoadedModel, request: QuantizeRequest) -> tuple[Path, list[
     work.mkdir(parents=True, exist_ok=True)
     out = export_onnx(model, work / f"{model.model_id}.onnx")
     notes = ["exported with torch.onnx (TorchScript exporter, opset 17)"]
-    if model.task == "detection":
+    if model.kind.onnx_per_image:
         notes.append("detector exported for one image and run once per image of a batch "
                      "(torch.export cannot trace data-dependent NMS)")
     return out, notes
@@ -60,7 +60,7 @@ def ort_quantized(model: LoadedModel, path: Path, device: str, notes: list[str],
     graph = onnx.load(str(path))
     int8, floats = module_lists(model, graph)
     return Quantized(
-        predict=make_ort_predict(sess, input_info(path), model.task),
+        predict=make_ort_predict(sess, input_info(path), model.kind),
         backend="onnxruntime",
         size_bytes=file_size(path),
         params_by_dtype=initializer_counts(graph),
@@ -72,7 +72,7 @@ def ort_quantized(model: LoadedModel, path: Path, device: str, notes: list[str],
     )
 
 
-@register("ort_fp32", devices=ort_devices(), sources=ALL_SOURCES,
+@register("ort_fp32", devices=ort_devices(), sources=ALL_SOURCES, reference=True,
           description="ONNX Runtime float32 of the exported model")
 def quantize_ort_fp32(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     path, notes = fp32_onnx(model, request)

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from worker.models.base import LoadedModel
-from worker.quantize.common import DETECTOR_PARTS, matches_keep_float
+from worker.quantize.common import matches_keep_float
 from worker.quantize.onnx_export import module_names, node_module
 from worker.quantize.ort_fp32 import ALL_SOURCES, fp32_onnx, ort_quantized
 from worker.quantize.ort_runtime import feeds, input_info, ort_devices
@@ -86,19 +86,21 @@ def pre_process(path: Path, work: Path) -> tuple[Path, list[str]]:
 
 def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
                    keep_float: list[str]) -> tuple[list[str], list[str]]:
-    """Nodes left float: keep_float matches, and on a detector everything outside its parts.
+    """Nodes left float: keep_float matches, and everything outside the kind's int8 scope
+    (a detector exported from torch: outside its weight-carrying parts).
 
     keep_float patterns match torch module names; on a given ONNX file, the node's dotted scope
     ("/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1") or the node name itself.
     """
     from_torch = not getattr(model, "onnx_path", None)
     names = module_names(model.module) if from_torch else None
+    scope = model.kind.ort_int8_scope(model.module) if from_torch else None
     exclude: list[str] = []
     notes: dict[str, str] = {}
     for node in graph.graph.node:
         owner = node_module(node.name, names)
-        if model.task == "detection" and from_torch and not (
-                owner and any(owner == p or owner.startswith(p + ".") for p in DETECTOR_PARTS)):
+        if scope is not None and not (
+                owner and any(owner == p or owner.startswith(p + ".") for p in scope[0])):
             exclude.append(node.name)
             continue
         pattern = (owner and matches_keep_float(owner, keep_float)) or (
@@ -136,11 +138,9 @@ def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized
             extra_options={"CalibStridedMinMax": 1, "CalibPercentile": spec.percentile,
                            "CalibTensorRangeSymmetric": False},
         )
-    if model.task == "detection" and not getattr(model, "onnx_path", None):
-        parts = [p for p in DETECTOR_PARTS if p in module_names(model.module)]
-        roi = "RoIAlign, " if hasattr(model.module, "roi_heads") else ""
-        notes.append(f"int8 only inside {', '.join(parts)}; transform, anchors, {roi}"
-                     "box decoding and NMS stay float")
+    scope = None if getattr(model, "onnx_path", None) else model.kind.ort_int8_scope(model.module)
+    if scope is not None:
+        notes.append(scope[1])
     notes += kept
     notes.append(f"calibration: {spec.method} -> ORT {METHODS[spec.method]}"
                  + (f" p{spec.percentile}" if spec.method == "percentile" else "")

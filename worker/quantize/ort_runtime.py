@@ -13,7 +13,7 @@ import torch
 from onnx import helper
 
 from worker.catalogue import ort_devices  # noqa: F401 - re-exported: modes register with it
-from worker.quantize.onnx_export import DETECTION_OUTPUTS
+from worker.models.kinds import TaskKind, as_kind
 
 
 @dataclass(frozen=True)
@@ -72,20 +72,16 @@ def feeds(info: InputInfo, batch: torch.Tensor) -> Iterator[dict[str, np.ndarray
         yield {info.name: image[None] if info.has_batch_dim else image}
 
 
-def make_ort_predict(sess, info: InputInfo, task: str) -> Callable[[torch.Tensor], Any]:
-    """predict(batch) with torch's output structure: detections per image, one tensor
-    (classification logits, YOLO predictions), or the list of outputs (task "onnx")."""
+def make_ort_predict(sess, info: InputInfo, task: TaskKind | str
+                     ) -> Callable[[torch.Tensor], Any]:
+    """predict(batch) with the structure the task's torch module returns (detections per
+    image, one tensor) or, for a given ONNX file, the list of outputs (TaskKind.ort_outputs)."""
     names = [o.name for o in sess.get_outputs()]
+    kind = as_kind(task)
 
     def predict(batch: torch.Tensor) -> Any:
         runs = [sess.run(None, feed) for feed in feeds(info, batch)]
-        if task == "detection":
-            return [{k: torch.from_numpy(out[names.index(k)]) for k in DETECTION_OUTPUTS}
-                    for out in runs]
-        outs = [torch.from_numpy(np.concatenate(parts) if info.has_batch_dim else np.stack(parts))
-                for parts in zip(*runs, strict=True)]
-        # torch modules of these tasks return one tensor; an arbitrary ONNX a list of them
-        return outs[0] if task in ("classification", "yolo") else outs
+        return kind.ort_outputs(runs, names, info.has_batch_dim)
 
     return predict
 

@@ -3,6 +3,8 @@
 Each mode lives in its own module under worker/quantize/ and registers one handler with
 @register(...); adding a mode is a one-file change. The registry imports every module of the
 package once, so mode names are known to manifest validation without naming them here.
+A mode also says whether it is a reference (the model as given: fp32, ort_fp32) and which
+`models` columns only it fills (int8_mixed's search outcome).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class QuantizeRequest:
     # never the evaluation images.
     calibration_batches: Callable[[], Iterable[torch.Tensor]]
     work_dir: str  # scratch folder for exported files (ONNX), unique per unit
-    search: SearchTarget | None = None  # int8_mixed: what the mixed-precision search must reach
+    # What a searching mode (int8_mixed) must reach, built only when such a mode asks: it
+    # scores fp32 on the calibration images first.
+    search_target: Callable[[], SearchTarget] | None = None
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Quantized:
     # ORT modes: (fp32, quantized) ONNX files with matching node names; a session cannot be
     # hooked, so inspection compares these. They live in the request's work_dir.
     onnx_paths: tuple[str, str] | None = None
-    search: Any = None  # int8_mixed: (SensitivityResult, MixedPrecision, SearchTarget)
+    search: Any = None  # int8_mixed: its MixedSearch (columns(), write_plot())
 
 
 Handler = Callable[["LoadedModel", QuantizeRequest], Quantized]
@@ -76,6 +80,8 @@ class ModeInfo:
     needs_calibration: bool
     description: str
     sources: frozenset[str] = frozenset(TORCH_SOURCES)
+    reference: bool = False  # the model as given (fp32, ort_fp32): nothing to inspect
+    extra_columns: tuple[str, ...] = ()  # `models` columns only this mode fills
 
 
 _MODES: dict[str, ModeInfo] = {}
@@ -83,13 +89,14 @@ _loaded = False
 
 
 def register(name: str, *, devices: Iterable[str], needs_calibration: bool = False,
-             description: str = "",
-             sources: Iterable[str] = TORCH_SOURCES) -> Callable[[Handler], Handler]:
+             description: str = "", sources: Iterable[str] = TORCH_SOURCES,
+             reference: bool = False,
+             extra_columns: Iterable[str] = ()) -> Callable[[Handler], Handler]:
     def wrap(handler: Handler) -> Handler:
         if name in _MODES:
             raise RuntimeError(f"mode {name!r} registered twice")
         _MODES[name] = ModeInfo(name, handler, frozenset(devices), needs_calibration, description,
-                                frozenset(sources))
+                                frozenset(sources), reference, tuple(extra_columns))
         return handler
     return wrap
 
@@ -101,7 +108,7 @@ def _load_modes() -> None:
     import worker.quantize as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in {"registry", "common"}:
+        if info.name not in {"registry", "common", "parts", "mixed_search"}:
             importlib.import_module(f"worker.quantize.{info.name}")
     _loaded = True
 

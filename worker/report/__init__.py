@@ -46,6 +46,11 @@ class Report:
         return to_markdown(self.blocks, self.folder)
 
     @property
+    def files(self) -> list[Path]:
+        """What write_report writes (the plots are the report's Image blocks)."""
+        return [self.folder / name for name in ("report.md", "report.html", "summary.csv")]
+
+    @property
     def regressions(self) -> list[str]:
         return self.comparison.regressions if self.comparison else []
 

@@ -72,6 +72,26 @@ def plot_memory(rows: list[dict], target: Path) -> Path | None:
     return target
 
 
+# Accuracy axes span at least 10 points: a change of a few tenths of a point must look like
+# one, not fill the plot like a cliff.
+MIN_ACCURACY_SPAN = 0.10
+
+
+def accuracy_limits(values: list[float], min_span: float = MIN_ACCURACY_SPAN
+                    ) -> tuple[float, float]:
+    """y limits for scores in [0, 1]: the points with a margin, at least min_span wide, and
+    never outside [0, 1]."""
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, min_span)
+    mid = (lo + hi) / 2
+    lo, hi = mid - span / 2 - 0.1 * span, mid + span / 2 + 0.1 * span
+    if lo < 0:
+        lo, hi = 0.0, min(1.0, hi - lo)
+    if hi > 1:
+        lo, hi = max(0.0, lo - (hi - 1)), 1.0
+    return lo, hi
+
+
 def plot_size_accuracy(models: list[dict], target: Path) -> Path | None:
     """Size vs accuracy (mAP, else top-1, else agreement with fp32): the trade-off per unit."""
     choices = (("map", "mAP@[.5:.95]"), ("top1", "top-1"),
@@ -89,6 +109,8 @@ def plot_size_accuracy(models: list[dict], target: Path) -> Path | None:
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("model size (MB)")
     ax.set_ylabel(label)
+    ax.set_xlim(left=0)  # sizes compare as ratios: the axis starts at nothing
+    ax.set_ylim(*accuracy_limits([m[metric] for m in pts]))
     ax.set_title(f"Size vs {label}")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

@@ -1,11 +1,11 @@
-"""Layer sensitivity and mixed precision: which layer groups are worth keeping in float.
+"""int8_mixed's search: which layer groups are worth keeping in float.
 
 A group is a keep_float pattern (a module path of the fp32 model, e.g. "backbone.fpn" or
 "layer4"); int8_static and int8_dynamic match it against the module and its parents. Ranking
-re-quantizes once per group with that group alone kept float and scores the result (mAP, or
-agreement with fp32 without a dataset). The greedy search then keeps the most sensitive
-groups float, one more at a time in ranking order (skipping groups that do not help), until
-the target score holds.
+re-quantizes once per group with that group alone kept float and scores the result (the
+scores are in worker/evaluate/targets.py: mAP on the calibration split, or agreement with
+fp32). The greedy search then keeps the most sensitive groups float, one more at a time in
+ranking order (skipping groups that do not help), until the target score holds.
 Every configuration is quantized and scored once: results are cached by the set of groups.
 """
 
@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
-import torch
-
-from worker.evaluate.agreement import classification_agreement, detection_agreement
-from worker.inspect.capture import named_layers
-from worker.measure import measure_batch
-from worker.models.base import LoadedModel, run_task
-from worker.quantize.registry import Quantized, QuantizeRequest, quantize
+from worker.models.base import LoadedModel
+from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, quantize
 
 QuantizeFn = Callable[[list[str]], Quantized]  # groups kept float -> quantized model
 ScoreFn = Callable[[Quantized], float]  # higher is better
@@ -84,49 +81,14 @@ def mode_quantizer(loaded: LoadedModel, mode: str, request: QuantizeRequest) -> 
 def candidate_groups(loaded: LoadedModel, depth: int | None = None) -> list[str]:
     """Module paths, `depth` segments deep, that hold conv/linear layers, in module order.
 
-    Default depth: 3 for detectors (backbone.body.layer1, backbone.fpn.inner_blocks, rpn.head.conv,
+    Default depth: the kind's group_depth, 3 for detectors (backbone.body.layer1, backbone.fpn.inner_blocks, rpn.head.conv,
     roi_heads.box_head.fc6, ...), 1 for classifiers (conv1, layer1, ..., fc).
     """
-    depth = depth or (3 if loaded.task == "detection" else 1)
+    depth = depth or loaded.kind.group_depth
+    from worker.inspect.capture import named_layers  # matplotlib-free, but not needed earlier
+
     groups = [".".join(name.split(".")[:depth]) for name in named_layers(loaded.module)]
     return list(dict.fromkeys(groups))
-
-
-def detection_quality(agreement: dict) -> float:
-    """Panoptic-quality-style agreement: sum of matched IoUs / (matched + (unmatched both
-    sides) / 2), i.e. an F1 whose matches count by their IoU. 1.0 only for identical boxes;
-    continuous, so one group kept float moves it even when F1 does not."""
-    n = agreement["fp32_detections"] + agreement["quant_detections"]
-    if n == 0:
-        return 1.0
-    if agreement["matched"] == 0:
-        return 0.0
-    return 2.0 * agreement["mean_iou"] * agreement["matched"] / n
-
-
-def agreement_score(loaded: LoadedModel, images: torch.Tensor,
-                    score_threshold: float = 0.5) -> ScoreFn:
-    """Agreement with the fp32 model on `images` when there is no dataset, continuous so that
-    few images still rank groups: detection_quality of detections with scores >=
-    score_threshold, or the mean cosine similarity of classifier logits."""
-    reference = run_task(loaded.task, loaded.module, images)
-
-    def score(q: Quantized) -> float:
-        out = q.predict(images)
-        if loaded.task == "detection":
-            return detection_quality(detection_agreement(reference, out, score_threshold))
-        return classification_agreement(reference, out)["cosine_mean"]
-
-    return score
-
-
-def latency_p50(images: torch.Tensor, device: str = "cpu", warmup: int = 1,
-                iterations: int = 5) -> LatencyFn:
-    """Median latency (ms) of predict on `images` as one batch."""
-    def measure(q: Quantized) -> float:
-        result = measure_batch(lambda: q.predict(images), device, warmup, iterations)
-        return result.latency.p50_ms if result.latency else float("nan")
-    return measure
 
 
 def rank_sensitivity(loaded: LoadedModel, quantize_fn: QuantizeFn,
@@ -161,3 +123,36 @@ def mixed_precision_search(sens: SensitivityResult, target: float,
             path.append(trial)
     chosen = path[-1]
     return MixedPrecision(target, chosen.score >= target, list(chosen.float_groups), chosen, path)
+
+
+# The `models` columns int8_mixed fills (ModeInfo.extra_columns); null for other modes.
+MIXED_COLUMNS = ("mixed_target_metric", "mixed_target", "mixed_score", "mixed_target_met",
+                 "mixed_float_groups")
+
+
+@dataclass
+class MixedSearch:
+    """What int8_mixed found: the ranking, the greedy path and the target it aimed at."""
+
+    sensitivity: SensitivityResult
+    search: MixedPrecision
+    target: SearchTarget
+
+    def columns(self) -> dict[str, Any]:
+        return {"mixed_target_metric": self.target.name, "mixed_target": self.target.value,
+                "mixed_score": self.search.chosen.score, "mixed_target_met": self.search.met,
+                "mixed_float_groups": list(self.search.float_groups)}
+
+    def note(self) -> str:
+        verdict = "met" if self.search.met else "NOT met"
+        return (f"mixed precision: kept float {', '.join(self.search.float_groups) or 'nothing'} "
+                f"for {self.target.name} >= {self.target.value:.3f} ({verdict}: "
+                f"{self.search.chosen.score:.3f}, all-int8 "
+                f"{self.sensitivity.baseline.score:.3f})")
+
+    def write_plot(self, out_dir: Path) -> Path:
+        from worker.inspect.tradeoff_plot import plot_tradeoff
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return plot_tradeoff(self.sensitivity, self.search,
+                             out_dir / "mixed_precision_tradeoff.png", self.target.name)

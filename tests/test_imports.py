@@ -1,0 +1,150 @@
+"""worker/ has no import cycles among module-level imports.
+
+A cycle makes import order matter (a half-initialised module raises ImportError or
+AttributeError depending on which side a caller imports first). Imports inside functions and
+under `if TYPE_CHECKING:` run late or never, so they cannot form such a cycle and are ignored.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "worker"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _top_level_imports(body: list[ast.stmt]):
+    """Import statements run at import time: module body, try/if/with blocks, not functions,
+    classes' methods or `if TYPE_CHECKING:`."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                yield from _top_level_imports(node.body)
+            yield from _top_level_imports(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody,
+                          *(h.body for h in node.handlers)):
+                yield from _top_level_imports(block)
+        elif isinstance(node, (ast.With, ast.ClassDef)):
+            yield from _top_level_imports(node.body)
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """worker modules `path` imports at module level (a package's __init__ included)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in _top_level_imports(tree.body):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from pkg import mod` imports the submodule; `from mod import name` the module.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                       for a in node.names]
+        for target in targets:
+            # Importing a.b.c runs a/__init__ and a/b/__init__ first, except packages that
+            # hold the importer: those are already being initialised when it runs.
+            pieces = target.split(".")
+            for i in range(1, len(pieces) + 1):
+                candidate = ".".join(pieces[:i])
+                enclosing = name.startswith(candidate + ".") and candidate != target
+                if candidate in known and candidate != name and not enclosing:
+                    found.add(candidate)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    known = {module_name(p) for p in paths}
+    return {module_name(p): imports_of(p, known) for p in paths}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_sees_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_graph_sees_module_level_imports_only():
+    graph = import_graph()
+    assert "worker.app" in graph["worker.submit"]
+    # `from worker.models.base import X` also runs worker/models/__init__.py.
+    assert {"worker.models", "worker.models.base"} <= graph["worker.quantize.common"]
+    # registry imports LoadedModel under TYPE_CHECKING and ModelError inside a function.
+    assert "worker.models.base" not in graph["worker.quantize.registry"]
+
+
+def test_no_import_cycles_in_worker():
+    found = cycles(import_graph())
+    assert not found, "import cycles in worker/: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every module named by an import anywhere in the file, function bodies included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_submit_sends_tasks_by_name():
+    # nightly -> submit -> tasks -> nightly was a cycle at run time, through a function-level
+    # import in tasks.py; submit reaches the tasks through the app by their names instead.
+    assert "worker.tasks" not in _all_imports(PACKAGE / "submit.py")

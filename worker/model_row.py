@@ -1,0 +1,134 @@
+"""The `models` row of a unit, assembled from small typed results that know their columns.
+
+Each step of the pipeline returns one of these (or a result of its own module with a
+`columns()` method: evaluate.run.Evaluation, artifacts.save.SavedArtifact,
+quantize.mixed_search.MixedSearch); `assemble` puts the start columns, the results in order,
+the status and the notes together once, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from worker.models.base import LoadedModel
+    from worker.quantize.registry import Quantized
+
+INT8_DTYPES = {"qint8", "quint8", "int8", "uint8"}
+_KNOWN_DTYPES = {"float32", "float16", "bfloat16", *INT8_DTYPES}
+
+
+class RowPart(Protocol):
+    def columns(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What loading told: the task, whether the weights are trained, the input size."""
+
+    task: str
+    trained_weights: bool
+    input_h: int
+    input_w: int
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> ModelFacts:
+        return cls(loaded.task, loaded.trained, loaded.input_size[0], loaded.input_size[1])
+
+    def columns(self) -> dict[str, Any]:
+        return {"task": self.task, "trained_weights": self.trained_weights,
+                "input_h": self.input_h, "input_w": self.input_w}
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    """How images are fed to the model (its declared or default preprocessing), and why
+    accuracy stays null when nobody declared it."""
+
+    preprocess_json: str
+    accuracy_note: str | None
+
+    @classmethod
+    def of(cls, pre: Any) -> InputFacts:  # a worker.preprocess.defaults.Resolved
+        from worker.preprocess.defaults import UNDECLARED
+
+        return cls(pre.to_json(), None if pre.trusted else UNDECLARED)
+
+    def columns(self) -> dict[str, Any]:
+        return {"preprocess": self.preprocess_json, "accuracy_note": self.accuracy_note}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What runs the quantized model, e.g. "torch-fx-x86", "onnxruntime"."""
+
+    name: str
+
+    def columns(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    """Bytes of the serialized quantized model against fp32's."""
+
+    size_bytes: int
+    fp32_size_bytes: int
+
+    @classmethod
+    def of(cls, q: Quantized, fp32_size: int) -> SizeResult:
+        return cls(q.size_bytes, fp32_size)
+
+    def columns(self) -> dict[str, Any]:
+        return {"size_bytes": self.size_bytes,
+                "fp32_size_bytes": self.fp32_size_bytes,
+                "size_reduction": (1.0 - self.size_bytes / self.fp32_size_bytes
+                                   if self.fp32_size_bytes else None)}
+
+
+@dataclass(frozen=True)
+class ParamsResult:
+    """Weights per dtype and which conv/linear layers are int8 or float."""
+
+    by_dtype: dict[str, int]
+    int8_modules: tuple[str, ...]
+    float_modules: tuple[str, ...]
+
+    @classmethod
+    def of(cls, q: Quantized) -> ParamsResult:
+        return cls(dict(q.params_by_dtype), tuple(q.int8_modules), tuple(q.float_modules))
+
+    def columns(self) -> dict[str, Any]:
+        counts = self.by_dtype
+        total = sum(counts.values())
+        int8 = sum(n for d, n in counts.items() if d in INT8_DTYPES)
+        return {
+            "params_total": total, "params_fp32": counts.get("float32", 0),
+            "params_fp16": counts.get("float16", 0), "params_bf16": counts.get("bfloat16", 0),
+            "params_int8": int8,
+            "params_other": sum(n for d, n in counts.items() if d not in _KNOWN_DTYPES),
+            "params_int8_fraction": int8 / total if total else None,
+            "params_by_dtype": json.dumps(counts, sort_keys=True),
+            "int8_module_count": len(self.int8_modules),
+            "float_module_count": len(self.float_modules),
+            "int8_modules": list(self.int8_modules), "float_modules": list(self.float_modules),
+        }
+
+
+def join_notes(notes: Iterable[str | None]) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def assemble(start: dict[str, Any], parts: Iterable[RowPart], *, status: str,
+             error: str | None, notes: str | None, ended_at: Any) -> dict[str, Any]:
+    """One `models` row: start columns, then each result's columns, then the outcome."""
+    row = dict(start)
+    for part in parts:
+        row.update(part.columns())
+    row.update(status=status, error=error, ended_at=ended_at)
+    if notes is not None:
+        row["notes"] = notes
+    return row

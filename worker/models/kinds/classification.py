@@ -1,0 +1,41 @@
+"""Image classifiers (torchvision): one logits tensor [N, classes] per batch.
+
+int8_static traces the whole network as one FX graph; accuracy is top-1/top-5 on an
+ImageFolder dataset, agreement is top-1 agreement with fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.models.kinds.base import Pairs, Part, PartPlan, TaskKind, _flat_np
+
+
+class Classification(TaskKind):
+    name = "classification"
+    default_classes = 1000
+    dataset_formats = ("imagefolder",)
+
+    def default_preprocess(self, arch: str | None) -> Any:
+        from worker.preprocess.defaults import Resolved, torchvision_classifier_spec
+
+        return Resolved(torchvision_classifier_spec(arch or ""),
+                        f"default: torchvision weights transform of {arch}")
+
+    def output_pairs(self, fp32: Any, quant: Any) -> Pairs:
+        return {"logits": (_flat_np(fp32), _flat_np(quant))}
+
+    def static_parts(self, model: nn.Module, input_size: tuple[int, int]) -> PartPlan:
+        return PartPlan([Part("", model, (torch.rand(1, 3, *input_size),))], [])
+
+    def evaluation_columns(self, data: Any, fp32: list[Any], quant: list[Any],
+                           trained: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        from worker.evaluate.scores import classification_columns
+
+        return classification_columns(data, fp32, quant, trained)
+
+
+CLASSIFICATION = Classification()
