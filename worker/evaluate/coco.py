@@ -105,7 +105,9 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> tuple[torch.T
             arr = np.array(im, dtype=np.uint8)
     except FileNotFoundError as exc:
         raise DatasetError(f"{path}: image file does not exist") from exc
-    except (UnidentifiedImageError, OSError) as exc:
+    # ImportError: ultralytics, once imported, patches Image.open to look for a HEIF plugin
+    # on any file PIL cannot identify; the file is just as unreadable.
+    except (UnidentifiedImageError, OSError, ImportError) as exc:
         raise DatasetError(f"{path}: cannot decode image ({exc})") from exc
     scale = (arr.shape[1] / w0, arr.shape[0] / h0)
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0), scale

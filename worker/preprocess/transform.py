@@ -105,7 +105,9 @@ def load_image(path: Path, spec: PreprocessSpec, size: tuple[int, int]) -> tuple
             pixels = np.array(fitted, dtype=np.uint8)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: image file does not exist") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    # ImportError: ultralytics, once imported, patches Image.open to look for a HEIF plugin
+    # on any file PIL cannot identify; the file is just as unreadable.
+    except (UnidentifiedImageError, OSError, ImportError) as exc:
         raise ImageReadError(f"{path}: cannot decode image ({exc})") from None
     return to_values(pixels, spec), geometry
 
