@@ -93,6 +93,14 @@ class BenchmarkSpec(Strict):
     warmup: int = Field(default=5, ge=0)
     iterations: int = Field(default=30, ge=1)
     threads: int | None = Field(default=None, ge=1)
+    # Enough samples (README "Latency"): at least `iterations` and `min_seconds` of measured
+    # time per batch size, at most `max_iterations` / `max_seconds` (a cap wins).
+    min_seconds: float = Field(default=0.0, ge=0)
+    max_iterations: int | None = Field(default=None, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+    # Paired speedup: the reference timed in the same process, interleaved with the unit.
+    pairing: Literal["interleaved", "off"] = "interleaved"
+    reference: Literal["fp32", "fp32_compiled", "ort_fp32"] = "fp32"
 
     @field_validator("batch_sizes")
     @classmethod

@@ -23,6 +23,7 @@ from worker.artifacts.save import discard_artifact, save_artifact
 from worker.evaluate.synth import synth_images
 from worker.manifest import Unit
 from worker.measure import BatchResult, environment_fingerprint, is_oom, measure_batch
+from worker.measure.unit_latency import choose_reference, measure_unit_latency
 from worker.models import LoadedModel, load_model
 from worker.models.base import run_task
 from worker.quantize.common import serialized_size_bytes
@@ -187,6 +188,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     calib = unit.quantization.calibration
     model_row = initial_model_row(unit, env)
     latency_rows: list[dict[str, Any]] = []
+    sample_rows: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
     total_steps = len(unit.benchmark.batch_sizes) + 4
     try:
@@ -211,10 +213,12 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
                 model_row.update(mixed_search_columns(q, unit, results_root))
             pool = synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
                                 BENCH_SEED)
-            for i, bs in enumerate(unit.benchmark.batch_sizes):
-                say(f"measure batch {bs}", 2 + i, total_steps)
-                result = measure_one(q, pool, bs, unit)
-                latency_rows.append(latency_row(base, unit, loaded, bs, result))
+            ref_mode = choose_reference(unit.benchmark.reference, loaded.source)
+            measured = measure_unit_latency(
+                q.predict, lambda: quantize(loaded, ref_mode, request).predict, pool, unit.mode,
+                unit.device, unit.benchmark, loaded.input_size, base, ref_mode, say, 2,
+                total_steps)
+            latency_rows, sample_rows = measured.rows, measured.samples
             if all(r["status"] == "error" for r in latency_rows):
                 raise RuntimeError(f"every batch size failed: {latency_rows[0]['error']}")
             if unit.dataset is not None:
@@ -236,7 +240,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
         model_row.setdefault("notes", traceback.format_exc(limit=3)[-2000:])
     model_row["ended_at"] = _now()
     say("write results", total_steps, total_steps)
-    return write_outcome(unit, results_root, latency_rows, model_row, layer_rows)
+    return write_outcome(unit, results_root, latency_rows, model_row, layer_rows, sample_rows)
 
 
 def search_target(unit: Unit, loaded: LoadedModel, request: QuantizeRequest) -> SearchTarget:
@@ -294,14 +298,16 @@ def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, 
 
 def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],
                   model_row: dict[str, Any],
-                  layer_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
+                  layer_rows: list[dict[str, Any]] | None = None,
+                  sample_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
     """Models last: a models row means the unit's other files are complete.
 
     A table with no rows removes that unit's earlier file, so a retry that failed early leaves
     no rows of an earlier attempt behind.
     """
     files = []
-    for table, rows in (("latency", latency_rows), ("layers", layer_rows or [])):
+    for table, rows in (("latency", latency_rows), ("layers", layer_rows or []),
+                        ("samples", sample_rows or [])):
         if rows:
             files.append(str(write_rows(root, table, unit.job_date, unit.job_id, unit.unit_id, rows)))
         else:
