@@ -57,8 +57,7 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
         for r in lat_rows:
             fp32 = ref.get((m["model_id"], m["device"], r["batch_size"]))
             p50 = r["latency_ms_p50"]
-            rows.append({**speedup_columns(r, by_batch[(m["model_id"], m["device"],
-                                                       r["batch_size"])]),
+            rows.append({
                 **base, "batch_size": r["batch_size"], "status": r["status"],
                 "latency_ms_p50": p50, "latency_ms_p90": r["latency_ms_p90"],
                 "speedup_vs_fp32": fp32 / p50 if fp32 and p50 else None,
@@ -69,6 +68,8 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
                 "cuda_max_reserved_mb": (r["cuda_max_reserved_bytes"] / MB
                                          if r["cuda_max_reserved_bytes"] else None),
                 "error": r["error"],
+                # added columns stay after the original ones (summary.csv column order)
+                **speedup_columns(r, by_batch[(m["model_id"], m["device"], r["batch_size"])]),
             })
     return rows
 
