@@ -24,30 +24,36 @@ def _samples(seed: int, center: float, n: int = 30) -> list[float]:
     return list(center * np.exp(rng.normal(0, 0.04, n)))
 
 
-def _write_job(root, job_id: str, centers: dict[str, float], seed: int, paired: bool = True):
-    """models + latency + samples rows of one job, every mode paired with fp32."""
+def _write_job(root, job_id: str, centers: dict[str, float], seed: int, paired: bool = True,
+               load: float = 1.0, stable: bool = True):
+    """models + latency + samples rows of one job, every mode but fp32 paired with fp32;
+    `load` slows everything of the job alike (a busier machine)."""
+    from worker.measure.stats import paired_ratio_ci
+
     for k, (mode, center) in enumerate(centers.items()):
         unit = f"{job_id}-{mode}"
         ident = {"job_id": job_id, "unit_id": unit, "model_id": "m", "mode": mode,
                  "device": "cpu", **ENV}
-        own = _samples(seed * 10 + k, center)
         keep = {k: ident[k] for k in ("job_id", "unit_id", "model_id", "mode", "device",
                                       "threads", "env_fingerprint", "host")}
+        own = [load * v for v in _samples(seed * 10 + k, center)]
         rows = [{**keep, "batch_size": 1, "pass": "unpaired", "role": "unit", "iteration": i,
                  "latency_ms": v} for i, v in enumerate(own)]
         lat = {**ident, "batch_size": 1, "latency_ms_p50": float(np.median(own)), "warmup": 1,
                "iterations": len(own), "iterations_run": len(own), "status": "ok",
-               "rss_peak_bytes": 10**8, "stable": True, "latency_cv": 0.04,
+               "rss_peak_bytes": 10**8, "stable": stable, "latency_cv": 0.04 if stable else 0.3,
                "reference_mode": "fp32", "pairing": "reference" if mode == "fp32" else "off",
                "load_avg_1m": 0.5, "busy_processes_max": 1}
         if paired and mode != "fp32":
-            ref = _samples(seed * 10 + 7, centers["fp32"])
-            mine = _samples(seed * 10 + 8, center)
-            from worker.measure.stats import paired_ratio_ci
-
+            ref = [load * v for v in _samples(seed * 10 + 7, centers["fp32"])]
+            mine = [load * v for v in _samples(seed * 10 + 8, center)]
             ci = paired_ratio_ci(ref, mine)
             lat.update(pairing="interleaved", speedup=ci.estimate, speedup_ci_low=ci.low,
                        speedup_ci_high=ci.high, reference_latency_ms_p50=float(np.median(ref)))
+            for role, values in (("unit", mine), ("reference", ref)):
+                rows += [{**keep, "batch_size": 1, "pass": "paired", "role": role,
+                          "reference_mode": "fp32", "iteration": i, "latency_ms": v}
+                         for i, v in enumerate(values)]
         write_rows(root, "samples", "2026-11-25", job_id, unit, rows)
         write_rows(root, "latency", "2026-11-25", job_id, unit, [lat])
         write_rows(root, "models", "2026-11-25", job_id, unit, [{
@@ -57,7 +63,8 @@ def _write_job(root, job_id: str, centers: dict[str, float], seed: int, paired: 
 def test_samples_round_trip_parquet_and_duckdb(tmp_path):
     _write_job(tmp_path, "a", {"fp32": 30.0, "int8_static": 12.0}, seed=1)
     table = read_table(tmp_path, "samples", "a")
-    assert table.num_rows == 60 and table.schema.field("latency_ms").type == pa.float64()
+    assert table.num_rows == 30 + 30 + 2 * 30
+    assert table.schema.field("latency_ms").type == pa.float64()
     expected = np.median(_samples(11, 12.0))
     files = str(tmp_path / "samples" / "**" / "*.parquet")
     with duckdb.connect() as con:
@@ -127,7 +134,24 @@ def test_compare_flags_a_real_slowdown_not_noise(tmp_path):
     assert compare_jobs(tmp_path, "a", "b").regressions == []
     flagged = compare_jobs(tmp_path, "a", "c").regressions
     assert len(flagged) == 1 and flagged[0].startswith("m int8_static cpu batch 1: p50 ")
-    assert "Mann–Whitney p=" in flagged[0]
+    assert "Mann–Whitney p=" in flagged[0] and "relative to its reference" in flagged[0]
+
+
+def test_compare_survives_a_busier_machine_and_sees_a_relative_slowdown(tmp_path):
+    _write_job(tmp_path, "a", {"fp32": 30.0, "int8_static": 12.0}, seed=5)
+    # Everything 1.8x slower (a busy night), rows unstable: not a regression of the code.
+    _write_job(tmp_path, "busy", {"fp32": 30.0, "int8_static": 12.0}, seed=6, load=1.8,
+               stable=False)
+    cmp = compare_jobs(tmp_path, "a", "busy")
+    assert cmp.regressions == []
+    verdicts = {r[1]: r[6] for r in cmp.rows}
+    assert verdicts["fp32"].endswith("(unstable: not flagged)")
+    assert verdicts["int8_static"].endswith("(paired)")
+    # Busy again, and int8_static itself 20% slower relative to fp32 timed beside it: flagged.
+    _write_job(tmp_path, "slow", {"fp32": 30.0, "int8_static": 14.4}, seed=7, load=1.8,
+               stable=False)
+    flagged = compare_jobs(tmp_path, "a", "slow").regressions
+    assert len(flagged) == 1 and flagged[0].startswith("m int8_static cpu batch 1")
 
 
 def test_step_change_over_nightly_history(tmp_path):
@@ -146,4 +170,10 @@ def test_step_change_over_nightly_history(tmp_path):
                    seed=20 + i)
     steps = step_regressions(load_history(slow, nights[-1]), 10)
     assert len(steps) == 1 and steps[0].startswith("m int8_static cpu batch 1: step change")
-    assert "since night 20261108" in steps[0]
+    assert "since night 20261108" in steps[0] and "relative to fp32 timed beside it" in steps[0]
+    # Busy nights (everything slower alike) are no step for a paired unit.
+    busy = tmp_path / "busy"
+    for i, job in enumerate(nights):
+        _write_job(busy, job, {"fp32": 30.0, "int8_static": 12.0}, seed=20 + i,
+                   load=1.5 if i >= 7 else 1.0, stable=i < 7)
+    assert step_regressions(load_history(busy, nights[-1]), 10) == []
