@@ -41,7 +41,8 @@ Progress = Callable[[str, int, int], None]
 CALIBRATION_SEED = 20_240_601  # synthetic calibration scenes when a job names no dataset
 BENCH_SEED = 7
 INSPECT_SEED = 13
-NO_INSPECT_MODES = {"fp32", "ort_fp32", "fp32_compiled"}  # the reference itself: every layer would be identical
+# fp32 baselines: every layer would be identical to the reference's
+NO_INSPECT_MODES = {"fp32", "ort_fp32", "fp32_compiled"}
 INT8_DTYPES = {"qint8", "quint8", "int8", "uint8"}
 
 
