@@ -273,7 +273,7 @@ def test_is_oom_ignores_unrelated_errors():
 ENV_KEYS = {
     "torch_version", "torchvision_version", "qbench_version", "onnxruntime_version",
     "python_version", "cpu_model", "cpu_count", "threads", "gpu_name", "gpu_driver", "host",
-    "env_fingerprint",
+    "env_fingerprint", "cpu_isa", "cpu_family", "cpu_model_number",
 }
 
 
@@ -299,3 +299,21 @@ def test_fingerprint_ignores_host_but_not_threads(monkeypatch):
         assert environment_fingerprint()["env_fingerprint"] != before
     finally:
         torch.set_num_threads(threads)
+
+
+def test_fingerprint_tells_apart_cpus_with_and_without_vnni(monkeypatch):
+    """Same model name, different int8 ISA: different fingerprints (no like-for-like compare)."""
+    import worker.measure as measure
+    from worker.measure.machine import CpuIsa
+
+    vnni = CpuIsa(("avx2", "avx512f", "avx512_vnni"), 25, 17)
+    avx2 = CpuIsa(("avx2",), 25, 17)
+    monkeypatch.setattr(measure, "isa_columns", lambda: {
+        "cpu_isa": " ".join(vnni.flags), "cpu_family": 25, "cpu_model_number": 17})
+    with_vnni = environment_fingerprint()
+    monkeypatch.setattr(measure, "isa_columns", lambda: {
+        "cpu_isa": " ".join(avx2.flags), "cpu_family": 25, "cpu_model_number": 17})
+    without = environment_fingerprint()
+    assert with_vnni["cpu_model"] == without["cpu_model"]
+    assert with_vnni["env_fingerprint"] != without["env_fingerprint"]
+    assert "avx512_vnni" in with_vnni["cpu_isa"] and without["cpu_isa"] == "avx2"

@@ -65,6 +65,11 @@ def test_ort_int8_classifier_close_to_fp32(classifier, tmp_path, method):
     fp32_size = quantize(classifier, "ort_fp32", request(tmp_path / "f", [])).size_bytes
     assert q.size_bytes < 0.3 * fp32_size
     assert {"minmax": "MinMax", "histogram": "Entropy", "percentile": "Percentile"}[method] in q.notes
+    from worker.measure.machine import cpu_isa
+
+    # The note states what this CPU has, and reduce_range follows it.
+    assert ("VNNI (" in q.notes and "detected: no reduce_range" in q.notes) == cpu_isa().vnni
+    assert ("reduce_range, 7-bit weights" in q.notes) == (not cpu_isa().vnni)
 
 
 def test_ort_int8_keep_float(classifier, tmp_path):

@@ -41,6 +41,7 @@ def _modes() -> dict[str, ModeEntry]:
     ort = frozenset(ort_devices())
     entries = [
         ModeEntry("fp32", frozenset({"cpu", "cuda"}), reference=True),
+        ModeEntry("fp32_compiled", frozenset({"cpu", "cuda"}), reference=True),
         ModeEntry("fp16", frozenset({"cuda"})),
         ModeEntry("bf16", frozenset({"cpu", "cuda"})),
         ModeEntry("int8_dynamic", frozenset({"cpu"})),

@@ -22,7 +22,7 @@ from worker.manifest import Unit, first_error, job_date_of, unit_id_for
 
 log = logging.getLogger(__name__)
 
-TABLES = ("latency", "models", "layers")
+TABLES = ("latency", "models", "layers", "samples")
 
 
 def _inside(path: Path, root: Path) -> bool:

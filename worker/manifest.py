@@ -59,6 +59,7 @@ MAX_BATCH_SIZE = _limit("QBENCH_MAX_BATCH_SIZE", 4096)
 MAX_BATCH_SIZES = 16
 MAX_ITERATIONS = 100_000
 MAX_WARMUP = 10_000
+MAX_SECONDS = 24 * 3600  # min_seconds / max_seconds per batch size
 MAX_THREADS = 1024
 MAX_KEEP_FLOAT = 256
 MAX_PATTERN_CHARS = 200
@@ -182,6 +183,14 @@ class BenchmarkSpec(Strict):
     warmup: StrictInt = Field(default=5, ge=0, le=MAX_WARMUP)
     iterations: StrictInt = Field(default=30, ge=1, le=MAX_ITERATIONS)
     threads: StrictInt | None = Field(default=None, ge=1, le=MAX_THREADS)
+    # Enough samples (README "Latency"): at least `iterations` and `min_seconds` of measured
+    # time per batch size, at most `max_iterations` / `max_seconds` (a cap wins).
+    min_seconds: StrictFloat = Field(default=0.0, ge=0, le=MAX_SECONDS)
+    max_iterations: StrictInt | None = Field(default=None, ge=1, le=MAX_ITERATIONS)
+    max_seconds: StrictFloat | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    # Paired speedup: the reference timed in the same process, interleaved with the unit.
+    pairing: Literal["interleaved", "off"] = "interleaved"
+    reference: Literal["fp32", "fp32_compiled", "ort_fp32"] = "fp32"
 
     @field_validator("batch_sizes")
     @classmethod

@@ -22,7 +22,14 @@ from worker.artifacts.save import discard_artifact, save_artifact
 from worker.evaluate.synth import synth_images
 from worker.evaluate.targets import search_target
 from worker.manifest import Unit
-from worker.measure import BatchResult, environment_fingerprint, is_oom, measure_batch
+from worker.measure import BatchResult, environment_fingerprint
+from worker.measure.machine import LoadSampler
+from worker.measure.unit_latency import (
+    choose_reference,
+    latency_row_of,
+    measure_unit_latency,
+    measure_unpaired,
+)
 from worker.model_row import (
     Backend,
     InputFacts,
@@ -107,49 +114,6 @@ def calibration_source(unit: Unit, loaded: LoadedModel) -> Callable[[], list[tor
     return batches
 
 
-def bench_batch(pool: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
-    """A batch of the pool's distinct images, tiled to batch_size, on the device."""
-    reps = -(-batch_size // pool.shape[0])
-    return pool.repeat(reps, 1, 1, 1)[:batch_size].contiguous().to(device)
-
-
-def measure_one(q: Quantized, pool: torch.Tensor, batch_size: int, unit: Unit) -> BatchResult:
-    """One batch size; running out of memory (even building the batch) is a row, not a crash."""
-    try:
-        batch = bench_batch(pool, batch_size, unit.device)
-    except Exception as exc:
-        if is_oom(exc):
-            return BatchResult("oom", None, error=_one_line(exc))
-        raise
-    try:
-        return measure_batch(lambda: q.predict(batch), unit.device, unit.benchmark.warmup,
-                             unit.benchmark.iterations)
-    except Exception as exc:  # this batch size fails; the others are still measured
-        return BatchResult("error", None, error=_one_line(exc))
-
-
-def latency_row(base: dict[str, Any], unit: Unit, loaded: LoadedModel, batch_size: int,
-                result: BatchResult) -> dict[str, Any]:
-    lat, mem = result.latency, result.memory
-    h, w = loaded.input_size
-    return {
-        **base, "batch_size": batch_size, "input_h": h, "input_w": w,
-        "warmup": unit.benchmark.warmup, "iterations": unit.benchmark.iterations,
-        "latency_ms_p50": lat.p50_ms if lat else None,
-        "latency_ms_p90": lat.p90_ms if lat else None,
-        "latency_ms_p95": lat.p95_ms if lat else None,
-        "latency_ms_p99": lat.p99_ms if lat else None,
-        "latency_ms_mean": lat.mean_ms if lat else None,
-        "latency_ms_std": lat.std_ms if lat else None,
-        "latency_ms_min": lat.min_ms if lat else None,
-        "throughput_ips": lat.throughput(batch_size) if lat else None,
-        "rss_peak_bytes": mem.rss_peak_bytes, "cuda_max_allocated_bytes": mem.cuda_max_allocated_bytes,
-        "cuda_max_reserved_bytes": mem.cuda_max_reserved_bytes,
-        "nvml_used_peak_bytes": mem.nvml_used_peak_bytes,
-        "status": result.status, "error": result.error, "measured_at": _now(),
-    }
-
-
 def size_columns(q: Quantized, fp32_size: int) -> dict[str, Any]:
     """Size, parameter and layer columns of a quantized model, with its notes."""
     return {**SizeResult.of(q, fp32_size).columns(), **ParamsResult.of(q).columns(),
@@ -176,18 +140,35 @@ def failed_row(unit: Unit, error: str) -> dict[str, Any]:
                     error=error, notes=None, ended_at=_now())
 
 
+def measure_one(q: Quantized, pool: torch.Tensor, batch_size: int, unit: Unit) -> BatchResult:
+    """One batch size, unpaired, as the latency table's first pass measures it; running out of
+    memory is a result, not a crash."""
+    return measure_unpaired(q.predict, pool, batch_size, unit.device, unit.benchmark,
+                            LoadSampler())
+
+
+def latency_row(base: dict[str, Any], unit: Unit, loaded: LoadedModel, batch_size: int,
+                result: BatchResult) -> dict[str, Any]:
+    """The `latency` row of one unpaired result (no paired columns)."""
+    return latency_row_of(base, unit.benchmark, loaded.input_size, batch_size, result,
+                          LoadSampler(), unit.benchmark.reference)
+
+
 def measure_step(q: Quantized, loaded: LoadedModel, unit: Unit, base: dict[str, Any],
-                 say: Callable[[str, int], None]) -> list[dict[str, Any]]:
-    """The timed part: one `latency` row per batch size, on the same pool of images."""
+                 request: QuantizeRequest, say: Callable[[str, int], None]
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The timed part: `latency` rows (one per batch size) and raw `samples`, on one pool of
+    images; the reference is built only for the paired pass (worker/measure/unit_latency.py)."""
     pool = unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
                                       BENCH_SEED), for_model(unit.model.preprocess, loaded).spec)
-    rows = []
-    for i, bs in enumerate(unit.benchmark.batch_sizes):
-        say(f"measure batch {bs}", 2 + i)
-        rows.append(latency_row(base, unit, loaded, bs, measure_one(q, pool, bs, unit)))
-    if all(r["status"] == "error" for r in rows):
-        raise RuntimeError(f"every batch size failed: {rows[0]['error']}")
-    return rows
+    ref_mode = choose_reference(unit.benchmark.reference, loaded.source)
+    measured = measure_unit_latency(
+        q.predict, lambda: quantize(loaded, ref_mode, request).predict, pool, unit.mode,
+        unit.device, unit.benchmark, loaded.input_size, base, ref_mode,
+        lambda step, done, total: say(step, done), 2, len(unit.benchmark.batch_sizes) + 4)
+    if all(r["status"] == "error" for r in measured.rows):
+        raise RuntimeError(f"every batch size failed: {measured.rows[0]['error']}")
+    return measured.rows, measured.samples
 
 
 def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -> UnitOutcome:
@@ -207,6 +188,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     notes: list[str] | None = None  # None until quantized: an earlier failure keeps its trace
     status, error = "ok", None
     latency_rows: list[dict[str, Any]] = []
+    sample_rows: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
     try:
         check_device(unit.device)
@@ -229,7 +211,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
             if q.search is not None:  # a searching mode: its outcome and trade-off plot
                 q.search.write_plot(inspect_folder(results_root, unit))
                 parts.append(q.search)
-            latency_rows = measure_step(q, loaded, unit, base, say)
+            latency_rows, sample_rows = measure_step(q, loaded, unit, base, request, say)
             if unit.dataset is not None:
                 say("evaluate", total_steps - 2)
                 from worker.evaluate.run import evaluate_unit
@@ -254,7 +236,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     model_row = assemble(start, parts, status=status, error=error,
                          notes=None if notes is None else join_notes(notes), ended_at=_now())
     say("write results", total_steps)
-    return write_outcome(unit, results_root, latency_rows, model_row, layer_rows)
+    return write_outcome(unit, results_root, latency_rows, model_row, layer_rows, sample_rows)
 
 
 def inspect_folder(root: Path, unit: Unit) -> Path:
@@ -285,14 +267,16 @@ def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, 
 
 def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],
                   model_row: dict[str, Any],
-                  layer_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
+                  layer_rows: list[dict[str, Any]] | None = None,
+                  sample_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
     """Models last: a models row means the unit's other files are complete.
 
     A table with no rows removes that unit's earlier file, so a retry that failed early leaves
     no rows of an earlier attempt behind.
     """
     files = []
-    for table, rows in (("latency", latency_rows), ("layers", layer_rows or [])):
+    for table, rows in (("latency", latency_rows), ("layers", layer_rows or []),
+                        ("samples", sample_rows or [])):
         if rows:
             files.append(str(write_rows(root, table, unit.job_date, unit.job_id, unit.unit_id, rows)))
         else:

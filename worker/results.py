@@ -34,6 +34,11 @@ ENVIRONMENT = [
     ("gpu_driver", pa.string()),
     ("host", pa.string()),
     ("env_fingerprint", pa.string()),
+    # int8-relevant ISA flags present (space-separated, worker.measure.machine.INT8_FLAGS
+    # order) and /proc/cpuinfo's family/model numbers; part of env_fingerprint.
+    ("cpu_isa", pa.string()),
+    ("cpu_family", pa.int32()),
+    ("cpu_model_number", pa.int32()),
 ]
 
 IDENTITY = [
@@ -68,7 +73,42 @@ LATENCY = pa.schema(IDENTITY + [
     ("status", pa.string()),  # ok | oom | error
     ("error", pa.string()),
     ("measured_at", pa.timestamp("ms", tz="UTC")),
+    # How many samples (README "Latency"): the plan and what ran, and how noisy it was.
+    ("min_seconds", pa.float64()),
+    ("max_iterations", pa.int32()),
+    ("max_seconds", pa.float64()),
+    ("iterations_run", pa.int32()),  # timed iterations actually run (unpaired pass)
+    ("measured_seconds", pa.float64()),  # their summed wall-clock time
+    ("latency_cv", pa.float64()),  # sample std (ddof=1) / mean of the unpaired pass
+    ("stable", pa.bool_()),  # latency_cv <= 0.10 (pyperf's rule)
+    ("load_avg_1m", pa.float64()),  # highest 1-minute load average sampled during the row
+    ("busy_processes_max", pa.int32()),  # most runnable tasks of other processes seen
+    ("busy_processes_mean", pa.float64()),
+    # Paired speedup (README "Paired speedup"): the reference timed interleaved with the unit.
+    ("pairing", pa.string()),  # interleaved | off | reference | failed: <why>
+    ("reference_mode", pa.string()),
+    ("paired_iterations", pa.int32()),  # pairs timed
+    ("reference_latency_ms_p50", pa.float64()),  # the reference's p50 in the paired pass
+    ("paired_latency_ms_p50", pa.float64()),  # the unit's own p50 in the paired pass
+    ("speedup", pa.float64()),  # median(reference) / median(unit) over the pairs
+    ("speedup_ci_low", pa.float64()),  # 95% percentile bootstrap over pairs, seeded
+    ("speedup_ci_high", pa.float64()),
 ] + ENVIRONMENT)
+
+# One row per timed iteration (README "Raw samples"): long format, so DuckDB/pandas can group
+# and aggregate without unnesting, and a row of `latency` stays small to read.
+SAMPLES = pa.schema(IDENTITY + [
+    ("batch_size", pa.int32()),
+    ("pass", pa.string()),  # unpaired (memory-tracked, the unit alone) | paired
+    ("role", pa.string()),  # unit | reference (paired pass only)
+    ("reference_mode", pa.string()),  # paired pass: the reference's mode
+    ("iteration", pa.int32()),  # 0-based, in timing order within (pass, role)
+    ("ran_first", pa.bool_()),  # paired pass: this side ran first in its pair
+    ("latency_ms", pa.float64()),
+    ("threads", pa.int32()),
+    ("env_fingerprint", pa.string()),
+    ("host", pa.string()),
+])
 
 MODELS = pa.schema(IDENTITY + [
     ("source", pa.string()),
@@ -152,7 +192,7 @@ LAYERS = pa.schema(IDENTITY + [
     ("sqnr_db", pa.float64()),
 ] + ENVIRONMENT)
 
-SCHEMAS = {"latency": LATENCY, "models": MODELS, "layers": LAYERS}
+SCHEMAS = {"latency": LATENCY, "models": MODELS, "layers": LAYERS, "samples": SAMPLES}
 
 
 def results_root() -> Path:

@@ -18,6 +18,7 @@ import torch
 
 import worker
 from worker.measure.latency import Latency, LatencyTracker, device_sync
+from worker.measure.machine import LoadSampler, isa_columns
 from worker.measure.memory import (
     CudaMemoryTracker,
     MemoryPeaks,
@@ -26,16 +27,19 @@ from worker.measure.memory import (
     RssSampler,
     nvml_driver_version,
 )
+from worker.measure.sampling import SamplingPlan
 
 __all__ = [
     "BatchResult",
     "CudaMemoryTracker",
     "Latency",
     "LatencyTracker",
+    "LoadSampler",
     "MemoryPeaks",
     "MemoryTracker",
     "NvmlSampler",
     "RssSampler",
+    "SamplingPlan",
     "device_sync",
     "environment_fingerprint",
     "is_oom",
@@ -78,31 +82,40 @@ def measure_batch(
     warmup: int,
     iterations: int,
     progress: Callable[[int, int], None] | None = None,
+    plan: SamplingPlan | None = None,
+    load: LoadSampler | None = None,
 ) -> BatchResult:
-    """Run `step` `warmup` times untimed, then `iterations` times timed and memory-tracked.
+    """Run `step` `warmup` times untimed, then timed and memory-tracked: `iterations` times, or
+    as `plan` says (minimum time, caps). `load` takes machine-load samples between iterations.
 
-    `progress(done, total)` follows every call of `step`, warm-up included.
+    `progress(done, total)` follows every call of `step`, warm-up included (total is the
+    planned count; a time-based plan may run more).
     Out of memory gives status "oom" (with the peaks reached so far); any other exception is
     re-raised: a bug, or a control-flow exception such as Celery's soft time limit, must
     reach the caller, which decides whether it becomes an "error" row.
     """
     if warmup < 0 or iterations < 1:
         raise ValueError(f"need warmup >= 0 and iterations >= 1, got {warmup}, {iterations}")
+    plan = plan or SamplingPlan(iterations)
     timer = LatencyTracker(device)
     memory = MemoryTracker(device)
-    total = warmup + iterations
+    total = warmup + (plan.upper_bound or plan.iterations)
     error: str | None = None
     try:
         for done in range(1, warmup + 1):
             step()
             if progress:
                 progress(done, total)
+        if load:
+            load.sample()
         with memory.track():
-            for done in range(warmup + 1, total + 1):
+            while plan.more(timer.count, timer.elapsed_s):
                 with timer.track():
                     step()
+                if load:
+                    load.maybe_sample()
                 if progress:
-                    progress(done, total)
+                    progress(warmup + timer.count, max(total, warmup + timer.count))
     except Exception as exc:
         if not is_oom(exc):
             raise
@@ -153,6 +166,8 @@ def environment_fingerprint() -> dict[str, Any]:
         "python_version": platform.python_version(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        # int8 speed depends on these more than on the model name (VNNI, AMX): see machine.py
+        **isa_columns(),
         "threads": torch.get_num_threads(),
         "gpu_name": torch.cuda.get_device_name() if gpu else None,
         "gpu_driver": nvml_driver_version() if gpu else None,

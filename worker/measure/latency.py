@@ -85,6 +85,7 @@ class LatencyTracker:
     def __init__(self, device: Device) -> None:
         self._sync = device_sync(device)
         self._values_s: list[float] = []
+        self._sum_s = 0.0
 
     @contextmanager
     def track(self) -> Iterator[None]:
@@ -92,11 +93,22 @@ class LatencyTracker:
         start = time.perf_counter()
         yield
         self._sync()
-        self._values_s.append(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self._values_s.append(took)
+        self._sum_s += took
 
     @property
     def count(self) -> int:
         return len(self._values_s)
+
+    @property
+    def elapsed_s(self) -> float:
+        """Measured time so far (the sum of the recorded iterations)."""
+        return self._sum_s
+
+    @property
+    def values_s(self) -> tuple[float, ...]:
+        return tuple(self._values_s)
 
     def latency(self) -> Latency:
         return Latency.from_seconds(self._values_s)

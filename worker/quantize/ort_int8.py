@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from worker.measure.machine import cpu_isa
 from worker.models.base import LoadedModel
 from worker.quantize.common import matches_keep_float
 from worker.quantize.onnx_export import module_names, node_module
@@ -111,6 +112,20 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
     return exclude, list(notes.values())
 
 
+def reduce_range_for(device: str) -> tuple[bool, str]:
+    """ORT's advice: without VNNI, u8 x s8 products go through vpmaddubsw, whose 16-bit
+    intermediate sums can saturate, so weights are quantized to 7 bits (reduce_range); with
+    AVX-512 VNNI or AVX-VNNI the full 8 bits are safe. The note says what was detected."""
+    if device != "cpu":
+        return False, "GPU: no reduce_range"
+    isa = cpu_isa()
+    if isa.vnni:
+        found = "avx512_vnni" if "avx512_vnni" in isa.flags else "avx_vnni"
+        return False, f"VNNI ({found}) detected: no reduce_range"
+    best = next((f for f in ("avx512bw", "avx512f", "avx2") if f in isa.flags), "no AVX2")
+    return True, f"no VNNI ({best} only): reduce_range, 7-bit weights"
+
+
 @register("ort_int8", devices=ort_devices(), needs_calibration=True, sources=ALL_SOURCES,
           description="ONNX Runtime static int8 (QDQ, u8 activations, s8 weights)")
 def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized:
@@ -128,12 +143,13 @@ def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized
     exclude, kept = excluded_nodes(model, onnx.load(str(pre)), request.keep_float)
     spec = request.calibration
     out = work / "model_int8.onnx"
+    reduce_range, isa_note = reduce_range_for(request.device)
     # ORT prints calibration progress, and divides by zero on empty tensors it then skips.
     with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
         quantize_static(
             str(pre), str(out), Reader(data), quant_format=QuantFormat.QDQ,
             per_channel=spec.per_channel, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
             extra_options={"CalibStridedMinMax": 1, "CalibPercentile": spec.percentile,
                            "CalibTensorRangeSymmetric": False},
@@ -145,5 +161,5 @@ def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized
     notes.append(f"calibration: {spec.method} -> ORT {METHODS[spec.method]}"
                  + (f" p{spec.percentile}" if spec.method == "percentile" else "")
                  + f", {len(data)} feeds, " + ("per-channel" if spec.per_channel else "per-tensor")
-                 + " s8 weights, u8 activations (VNNI: no reduce_range)")
+                 + f" s8 weights, u8 activations ({isa_note})")
     return ort_quantized(model, out, request.device, notes, fp32_path=pre)

@@ -25,9 +25,11 @@ from worker.report.compare import (
     comparison_blocks,
     previous_nightly,
 )
+from worker.report.history import load_history, step_regressions
 from worker.report.method import how_measured
 from worker.report.plots import plot_latency, plot_memory, plot_size_accuracy
 from worker.report.tables import latency_table, size_accuracy_table, summary_rows, unit_order
+from worker.report.trend_plot import plot_trends
 from worker.results import read_table
 
 __all__ = ["Report", "Thresholds", "build_report", "report_folder", "write_report"]
@@ -73,6 +75,9 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     rows = summary_rows(models, latency)
     base = compare_with or previous_nightly(root, job_id)
     comparison = compare_jobs(root, base, job_id, thresholds) if base else None
+    history = load_history(root, job_id) if compare_with is None else None
+    if comparison is not None and history is not None and history.jobs:
+        comparison.regressions += step_regressions(history, thresholds.latency_pct)
 
     blocks: list[Block] = [Heading(f"qbench report: {job_id}", 1)]
     if comparison and comparison.regressions:
@@ -115,6 +120,10 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
         blocks += [Image(p.relative_to(folder), p.stem.replace("_", " ")) for p in pictures]
     if comparison:
         blocks += comparison_blocks(comparison, thresholds)
+    trends = plot_trends(history, folder) if history and len(history.jobs) >= 2 else []
+    if trends:
+        blocks.append(Heading(f"Latency over the last {len(history.jobs)} nights"))
+        blocks += [Image(p.relative_to(folder), p.stem.replace("-", " ")) for p in trends]
     method = how_measured(models, latency)
     if method:
         blocks += [Heading("How this was measured"), method]

@@ -1,4 +1,11 @@
-"""Two runs side by side: changes in latency, memory, size and mAP; regressions flagged."""
+"""Two runs side by side: changes in latency, memory, size and mAP; regressions flagged.
+
+Latency is flagged only when the change is larger than the threshold AND beyond both runs'
+noise: the bootstrap CI of median(new)/median(old) excludes 1 and Mann–Whitney U rejects "same
+distribution" (worker.measure.stats.latency_change), on the evidence `latency_verdict` picks.
+Runs written before raw samples were kept fall back to the p50 threshold alone, and say so. Size,
+accuracy and failures stay exact comparisons.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,79 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.measure.stats import SIGNIFICANCE, Change, latency_change
 from worker.report.blocks import Block, Heading, Para, Table
 from worker.report.tables import fmt
 from worker.results import job_ids, read_table
+
+Key = tuple[str, str, str, int]
+
+
+def _samples(root: Path, job_id: str) -> list[tuple]:
+    table = read_table(root, "samples", job_id)
+    if table.num_rows == 0:
+        return []
+    cols = table.select(["model_id", "mode", "device", "batch_size", "pass", "role",
+                         "reference_mode", "iteration", "latency_ms"]).to_pydict()
+    return list(zip(*cols.values(), strict=True))
+
+
+def unpaired_samples(root: Path, job_id: str) -> dict[Key, list[float]]:
+    """The unit's own (unpaired) per-iteration latencies, by (model, mode, device, batch)."""
+    out: dict[Key, list[float]] = {}
+    for m, mode, d, b, kind, role, _, _, v in _samples(root, job_id):
+        if kind == "unpaired" and role == "unit" and v is not None:
+            out.setdefault((m, mode, d, b), []).append(v)
+    return out
+
+
+def paired_ratios(root: Path, job_id: str) -> dict[Key, tuple[str, list[float]]]:
+    """Per pair, the unit's latency over the reference's timed beside it: load that hit both
+    cancels, so this moves only when the unit itself got slower relative to its reference."""
+    sides: dict[Key, dict[str, dict[int, float]]] = {}
+    refs: dict[Key, str] = {}
+    for m, mode, d, b, kind, role, ref, i, v in _samples(root, job_id):
+        if kind == "paired" and v is not None:
+            sides.setdefault((m, mode, d, b), {}).setdefault(role, {})[i] = v
+            refs[(m, mode, d, b)] = ref
+    out = {}
+    for key, by_role in sides.items():
+        unit, ref = by_role.get("unit", {}), by_role.get("reference", {})
+        ratios = [unit[i] / ref[i] for i in sorted(set(unit) & set(ref)) if ref[i] > 0]
+        if ratios:
+            out[key] = (refs[key], ratios)
+    return out
+
+
+@dataclass(frozen=True)
+class LatencyVerdict:
+    regression: bool
+    change: Change | None  # None: decided on p50 alone (no samples) or not decided
+    basis: str  # paired | samples | unstable | p50
+
+
+def latency_verdict(lat_pct: float | None, old: list[float] | None, new: list[float] | None,
+                    threshold_pct: float,
+                    old_pairs: tuple[str, list[float]] | None = None,
+                    new_pairs: tuple[str, list[float]] | None = None,
+                    stable: bool | None = None) -> LatencyVerdict:
+    """Which evidence decides a latency change, strongest first:
+    1. both runs timed the unit beside the same reference: the per-pair ratios unit/reference
+       (the machine's load between and during the runs cancels);
+    2. both runs kept raw samples and both rows are stable (cv <= 10%): the raw samples;
+       an unstable row is not flagged from raw samples (its run-to-run drift is not in its
+       samples: on a shared machine a quiet and a busy run of the same code differ by 2x);
+    3. neither kept samples (files from before): the p50 threshold alone."""
+    if (old_pairs and new_pairs and old_pairs[0] == new_pairs[0]
+            and len(old_pairs[1]) >= 2 and len(new_pairs[1]) >= 2):
+        change = latency_change(old_pairs[1], new_pairs[1], threshold_pct)
+        return LatencyVerdict(change.regression, change, "paired")
+    if old and new and len(old) >= 2 and len(new) >= 2:
+        change = latency_change(old, new, threshold_pct)
+        if stable is False:
+            return LatencyVerdict(False, change, "unstable")
+        return LatencyVerdict(change.regression, change, "samples")
+    return LatencyVerdict(lat_pct is not None and lat_pct > threshold_pct, None, "p50")
 
 
 @dataclass(frozen=True)
@@ -38,6 +115,8 @@ def compare_jobs(root: Path, base: str, new: str, th: Thresholds = Thresholds())
              for r in read_table(root, "latency", base).to_pylist()}
     new_l = {(r["model_id"], r["mode"], r["device"], r["batch_size"]): r
              for r in read_table(root, "latency", new).to_pylist()}
+    old_s, new_s = unpaired_samples(root, base), unpaired_samples(root, new)
+    old_p, new_p = paired_ratios(root, base), paired_ratios(root, new)
     envs = ({m["env_fingerprint"] for m in old_m.values()}, {m["env_fingerprint"] for m in new_m.values()})
     same = envs[0] == envs[1] and len(envs[0]) == 1
     cmp = Comparison(base, new, same, envs)
@@ -57,15 +136,49 @@ def compare_jobs(root: Path, base: str, new: str, th: Thresholds = Thresholds())
             lo, ln = old_l.get((*key, b)), new_l.get((*key, b))
             lat = _pct(ln and ln["latency_ms_p50"], lo and lo["latency_ms_p50"])
             mem = _pct(ln and ln["rss_peak_bytes"], lo and lo["rss_peak_bytes"])
-            if lat is not None and lat > th.latency_pct and same:
+            k = (*key, b)
+            stable = (None if lo is None or ln is None or lo.get("stable") is None
+                      or ln.get("stable") is None else bool(lo["stable"] and ln["stable"]))
+            verdict = latency_verdict(lat, old_s.get(k), new_s.get(k), th.latency_pct,
+                                      old_p.get(k), new_p.get(k), stable)
+            change = verdict.change
+            if verdict.regression and same:
+                what = ("relative to its reference timed beside it, median ×"
+                        if verdict.basis == "paired" else "median ×")
+                why = (f"{what}{change.ratio.estimate:.3f} [{change.ratio.low:.3f}–"
+                       f"{change.ratio.high:.3f}], Mann–Whitney p={change.p_value:.1e}"
+                       if change else "no raw samples: p50 only")
                 cmp.regressions.append(f"{label} batch {b}: p50 {lo['latency_ms_p50']:.1f} → "
                                        f"{ln['latency_ms_p50']:.1f} ms ({lat:+.1f}%, threshold "
-                                       f"+{th.latency_pct:.0f}%)")
-            cmp.rows.append([*key, fmt(b, "d"), fmt(lat, "+.1f"), fmt(mem, "+.1f"), fmt(size, "+.1f"),
-                             fmt(map_delta, "+.2f")])
+                                       f"+{th.latency_pct:.0f}%; {why})")
+            cmp.rows.append([*key, fmt(b, "d"), fmt(lat, "+.1f"), _ci_text(change),
+                             _verdict_text(verdict, th.latency_pct), fmt(mem, "+.1f"),
+                             fmt(size, "+.1f"), fmt(map_delta, "+.2f")])
     for key in sorted(set(old_m) - set(new_m)):
         cmp.regressions.append(f"{' '.join(key)}: in {base} but missing from {new}")
     return cmp
+
+
+def _ci_text(change: Change | None) -> str:
+    if change is None:
+        return "–"
+    r = change.ratio
+    return f"{100 * (r.low - 1):+.1f} … {100 * (r.high - 1):+.1f}"
+
+
+def _verdict_text(verdict: LatencyVerdict, threshold_pct: float) -> str:
+    change = verdict.change
+    if change is None:
+        return "no samples"
+    basis = {"paired": " (paired)", "samples": "", "unstable": " (unstable: not flagged)"}
+    suffix = basis.get(verdict.basis, "")
+    if verdict.regression:
+        return "**slower**" + suffix
+    if change.significant and change.beyond_threshold:
+        return "slower" + suffix
+    if change.significant:
+        return f"slower, within {threshold_pct:.0f}%" + suffix
+    return ("not significant" if change.ratio.estimate >= 1 else "same or faster") + suffix
 
 
 def comparison_blocks(cmp: Comparison, th: Thresholds) -> list[Block]:
@@ -75,9 +188,17 @@ def comparison_blocks(cmp: Comparison, th: Thresholds) -> list[Block]:
                            f"{', '.join(sorted(cmp.environments[1]))}): latency and memory changes "
                            "are shown but not flagged; size, accuracy and failures still are.",
                            alert=True))
-    blocks.append(Table(["model", "mode", "device", "batch", "p50 change %", "RSS peak change %",
-                         "size change %", "mAP change pts"], cmp.rows, align_right={3, 4, 5, 6, 7}))
-    blocks.append(Para(f"Thresholds: latency +{th.latency_pct:.0f}%, mAP −{th.map_pts} points."))
+    blocks.append(Table(["model", "mode", "device", "batch", "p50 change %",
+                         "median change 95% CI %", "latency verdict", "RSS peak change %",
+                         "size change %", "mAP change pts"], cmp.rows,
+                        align_right={3, 4, 5, 7, 8, 9}))
+    blocks.append(Para(f"Thresholds: latency +{th.latency_pct:.0f}%, mAP −{th.map_pts} points. "
+                       "Latency is flagged only when the median is slower by more than the "
+                       "threshold and the change is beyond both runs' noise (bootstrap CI of the "
+                       f"ratio of medians excludes 1 and Mann–Whitney p < {SIGNIFICANCE}); for a "
+                       "unit timed beside its reference in both runs (paired), on its latency "
+                       "relative to that reference, pair by pair; otherwise on its own samples, "
+                       "and only when both rows are stable."))
     return blocks
 
 

@@ -5,6 +5,35 @@ from __future__ import annotations
 from worker.report.blocks import Bullets
 
 
+def sampling_notes(latency: list[dict]) -> list[str]:
+    """How many samples, how stable, and how the paired speedups were taken (new columns:
+    rows written before they existed have none, and get no sentence)."""
+    from worker.measure.stats import BOOTSTRAP_RESAMPLES, STABLE_CV
+
+    items = []
+    plans = sorted({(r.get("min_seconds"), r.get("max_iterations"), r.get("max_seconds"))
+                    for r in latency if r.get("iterations_run") is not None}, key=str)
+    for min_s, max_i, max_s in plans:
+        caps = ", ".join(x for x in (f"at most {max_i} iterations" if max_i else "",
+                                     f"at most {max_s:g} s" if max_s else "") if x)
+        items.append(f"Samples: at least the iterations above and {min_s or 0:g} s of measured "
+                     f"time per batch size{'; ' + caps if caps else ''} (a cap wins). A row is "
+                     f"stable when its coefficient of variation is at most {100 * STABLE_CV:.0f}%;"
+                     " load is the highest 1-minute load average and the most runnable tasks of "
+                     "other processes sampled between iterations.")
+    refs = sorted({r["reference_mode"] for r in latency
+                   if r.get("speedup") is not None and r.get("reference_mode")})
+    if refs:
+        items.append(f"Speedup vs {', '.join(refs)}: after the unit's own (memory-tracked) pass, "
+                     "the reference and the unit are timed again in the same process, pair by "
+                     "pair (reference first on even pairs, unit first on odd), one batch size at "
+                     "a time; speedup = median(reference) / median(unit) over the pairs, 95% "
+                     f"percentile bootstrap over pairs ({BOOTSTRAP_RESAMPLES} resamples, seeded). "
+                     "Speedup over another fp32 baseline divides two paired speedups. The "
+                     "unpaired p50 ratio compares two units timed minutes apart.")
+    return items
+
+
 def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
     if not latency and not models:
         return None
@@ -16,6 +45,7 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
                      "timed with `time.perf_counter` (after `torch.cuda.synchronize` on CUDA); "
                      "p50/p90 are percentiles over the iterations, throughput is batch / p50. "
                      "Detector times include the model's resize/normalise, RPN, RoI heads and NMS.")
+    items += sampling_notes(latency)
     items.append("Size: bytes of the serialized model (`torch.save` of the state_dict, or the "
                  "ONNX file); reduction is relative to fp32 of the same model.")
     items.append("Process memory: peak resident set size of the worker process and its children, "
@@ -38,9 +68,13 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
         items.append("Models with random weights have no accuracy columns: random weights are never "
                      "reported as an accuracy.")
     envs = {(r["env_fingerprint"], r["torch_version"], r["torchvision_version"], r["cpu_model"],
-             r["threads"], r["gpu_name"], r["host"], r["qbench_version"])
+             r["threads"], r["gpu_name"], r["host"], r["qbench_version"], r.get("cpu_isa"),
+             r.get("cpu_family"), r.get("cpu_model_number"))
             for r in (latency or models)}
-    for fp, torch_v, tv_v, cpu, threads, gpu, host, qb in sorted(envs, key=str):
-        items.append(f"Environment `{fp}`: torch {torch_v}, torchvision {tv_v}, CPU {cpu} with "
-                     f"{threads} threads, GPU {gpu or 'none'}, host {host}, qbench {qb}.")
+    for fp, torch_v, tv_v, cpu, threads, gpu, host, qb, isa, fam, num in sorted(envs, key=str):
+        isa_text = ("" if isa is None else
+                    f" (int8 ISA: {isa or 'none'}; family {fam} model {num})")
+        items.append(f"Environment `{fp}`: torch {torch_v}, torchvision {tv_v}, CPU {cpu}"
+                     f"{isa_text} with {threads} threads, GPU {gpu or 'none'}, host {host}, "
+                     f"qbench {qb}.")
     return Bullets(items)

@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from worker.report.blocks import Table
+from worker.report.speedup import fastest_baseline, speedup_over
 
 MB = 1024 * 1024
 
@@ -29,8 +30,10 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
            for r in latency if r["mode"] == "fp32" and r["status"] == "ok"}
     ref_map = {(m["model_id"], m["device"]): m["map"] for m in models if m["mode"] == "fp32"}
     by_unit = defaultdict(list)
+    by_batch = defaultdict(list)
     for r in latency:
         by_unit[r["unit_id"]].append(r)
+        by_batch[(r["model_id"], r["device"], r["batch_size"])].append(r)
     rows = []
     for m in sorted(models, key=unit_order):
         fp32_map = ref_map.get((m["model_id"], m["device"]))
@@ -65,8 +68,45 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
                 "cuda_max_reserved_mb": (r["cuda_max_reserved_bytes"] / MB
                                          if r["cuda_max_reserved_bytes"] else None),
                 "error": r["error"],
+                # added columns stay after the original ones (summary.csv column order)
+                **speedup_columns(r, by_batch[(m["model_id"], m["device"], r["batch_size"])]),
             })
     return rows
+
+
+def speedup_columns(r: dict, same_batch: list[dict]) -> dict[str, Any]:
+    """Paired speedup over fp32 eager and over the job's fastest fp32 baseline, with CIs,
+    and the row's sample quality (worker.report.speedup says how they are combined)."""
+    eager = next((b for b in same_batch if b["mode"] == "fp32"), None)
+    fastest = fastest_baseline(same_batch)
+    out: dict[str, Any] = {
+        "reference_mode": r.get("reference_mode"), "pairing": r.get("pairing"),
+        "iterations_run": r.get("iterations_run"), "latency_cv": r.get("latency_cv"),
+        "stable": r.get("stable"), "load_avg_1m": r.get("load_avg_1m"),
+        "busy_processes_max": r.get("busy_processes_max"), "cpu_isa": r.get("cpu_isa"),
+        "fastest_fp32_mode": fastest["mode"] if fastest else None,
+    }
+    for name, base in (("fp32", eager), ("fastest_fp32", fastest)):
+        sp = speedup_over(r, base)
+        out[f"speedup_vs_{name}_paired"] = sp.value if sp and sp.paired else None
+        out[f"speedup_vs_{name}_ci_low"] = sp.low if sp else None
+        out[f"speedup_vs_{name}_ci_high"] = sp.high if sp else None
+        out[f"speedup_vs_{name}_text"] = sp.text() if sp else None
+    return out
+
+
+def stability_text(r: dict) -> str:
+    """'yes', or why not: the row's CV and the machine's load beside it."""
+    stable = r.get("stable")
+    if stable is None:
+        return "–"
+    load = r.get("load_avg_1m")
+    busy = r.get("busy_processes_max")
+    where = ", ".join(x for x in (
+        f"cv {100 * r['latency_cv']:.0f}%" if r.get("latency_cv") is not None else "",
+        f"load {load:.1f}" if load is not None else "",
+        f"{busy} busy" if busy is not None else "") if x)
+    return f"yes ({where})" if stable else f"**no** ({where})"
 
 
 def _status(status: str, error: str | None) -> str:
@@ -108,13 +148,19 @@ def latency_table(rows: list[dict]) -> Table:
         if r.get("batch_size") is None:
             continue
         speed = r["speedup_vs_fp32"]
+        fastest = r.get("fastest_fp32_mode")
         out.append([
             r["model_id"], r["mode"], r["device"], str(r["batch_size"]),
             fmt(r["latency_ms_p50"], ".1f"), fmt(r["latency_ms_p90"], ".1f"),
-            f"{speed:.2f}x" if speed else "–", fmt(r["throughput_ips"], ".1f"),
+            r.get("speedup_vs_fp32_text") or "–", f"{speed:.2f}x" if speed else "–",
+            (f"{r['speedup_vs_fastest_fp32_text']} ({fastest})"
+             if r.get("speedup_vs_fastest_fp32_text") else "–"),
+            fmt(r["throughput_ips"], ".1f"),
             fmt(r["rss_peak_mb"], ".0f"), fmt(r["cuda_max_allocated_mb"], ".0f"),
+            fmt(r.get("iterations_run"), "d"), stability_text(r),
             _status(r["status"], r["error"]),
         ])
     return Table(["model", "mode", "device", "batch", "p50 ms", "p90 ms", "speedup vs fp32",
-                  "images/s", "RSS peak MB", "CUDA peak MB", "status"],
-                 out, align_right={3, 4, 5, 6, 7, 8, 9})
+                  "p50 ratio (unpaired)", "vs fastest fp32", "images/s", "RSS peak MB",
+                  "CUDA peak MB", "samples", "stable", "status"],
+                 out, align_right={3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
