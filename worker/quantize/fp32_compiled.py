@@ -19,9 +19,8 @@ import shutil
 import torch
 from torch import nn
 
-from worker.models.base import LoadedModel, run_task
+from worker.models.base import LoadedModel
 from worker.quantize.common import (
-    DETECTOR_PARTS,
     copy_to,
     make_predict,
     params_by_dtype,
@@ -43,15 +42,15 @@ def _example(model: LoadedModel, device: str) -> torch.Tensor:
     return synth_images(1, model.input_size, 3).to(device)
 
 
-def _compiled_detector(model: LoadedModel, base: nn.Module,
-                       device: str) -> tuple[nn.Module, list[str], list[str]]:
-    """A shallow copy of the detector whose weight parts are compiled where that works."""
+def _compiled_parts(model: LoadedModel, base: nn.Module, part_paths: tuple[str, ...],
+                    device: str) -> tuple[nn.Module, list[str], list[str]]:
+    """A shallow copy of the model whose weight parts are compiled where that works."""
     # Submodules are replaced on copies of their parents only; parameters stay shared.
     module = copy.copy(base)
     module._modules = dict(module._modules)
     compiled, eager = [], []
     example = _example(model, device)
-    for path in DETECTOR_PARTS:
+    for path in part_paths:
         parent_path, _, attr = path.rpartition(".")
         try:
             parent = module.get_submodule(parent_path) if parent_path else module
@@ -70,7 +69,7 @@ def _compiled_detector(model: LoadedModel, base: nn.Module,
         parent._modules[attr] = _compile(sub)
         try:
             with torch.inference_mode():
-                run_task(model.task, module, example)
+                model.kind.run(module, example)
             compiled.append(path)
         except Exception as exc:  # this part stays eager; the others may still compile
             parent._modules[attr] = sub
@@ -88,13 +87,16 @@ def quantize_fp32_compiled(model: LoadedModel, request: QuantizeRequest) -> Quan
     # On the CPU the loader's module itself (its weights are not copied); elsewhere a copy.
     base = model.module if request.device == "cpu" else copy_to(model.module, request.device)
     _, floats = weight_modules(base)
-    if model.task == "detection":
-        module, compiled, eager = _compiled_detector(model, base, request.device)
+    # The kind names the parts that carry the weights (a detector's backbone, heads); the
+    # rest (transform, anchors, RoIAlign, decoding, NMS) has data-dependent shapes.
+    parts = model.kind.low_precision_parts(base)
+    if parts is not None:
+        part_paths, stays = parts
+        module, compiled, eager = _compiled_parts(model, base, part_paths, request.device)
         if not compiled:
-            raise RuntimeError("fp32_compiled: no part of the detector compiled: "
-                               + ", ".join(eager))
-        notes = [f"compiled: {', '.join(compiled)}; eager: transform, anchors, RoIAlign, box "
-                 "decoding, NMS" + (f", {', '.join(eager)} (failed to compile)" if eager else "")]
+            raise RuntimeError("fp32_compiled: no part of the model compiled: " + ", ".join(eager))
+        notes = [f"compiled: {', '.join(compiled)}; eager: the rest ({stays})"
+                 + (f"; {', '.join(eager)} failed to compile" if eager else "")]
     else:
         module = _compile(base)
         notes = ["whole model compiled (inductor)"]
