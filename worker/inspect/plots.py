@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+import worker.plotting  # noqa: F401 - Agg, quiet font fallbacks
 from worker.inspect.metrics import layer_metrics
 from worker.inspect.record import LayerComparison, LayerRecord
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
+import worker.plotting  # noqa: F401 - Agg, quiet font fallbacks
+
 if TYPE_CHECKING:
     from worker.quantize.mixed_search import MixedPrecision, SensitivityResult, Trial
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # imported at module level so the Celery parent preloads it for children
-import matplotlib.pyplot as plt  # noqa: E402
+from worker.plotting import plt
 
 MB = 1024 * 1024
 

@@ -6,11 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
+from worker.plotting import plt
 from worker.report.history import History  # noqa: E402
 
 
