@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.helpers import small_manifest
+from worker.errors import ManifestError
 from worker.evaluate.synth import generate_dataset
 from worker.orchestrate import plan_job
 from worker.pipeline import run_unit
@@ -88,6 +89,12 @@ def test_bad_datasets_fail_the_unit_with_the_file_named(tmp_path, breakage, need
         ann.write_text(json.dumps(doc))
     else:
         (tmp_path / "data" / "images" / doc["images"][-1]["file_name"]).write_bytes(b"not a png")
+    if breakage != "bad_image":  # what the JSON alone shows is refused before anything runs
+        with pytest.raises(ManifestError) as refused:
+            plan_job(_fixture_manifest(tmp_path))
+        assert needle in str(refused.value) and "\n" not in str(refused.value)
+        assert not (tmp_path / "results").exists()
+        return
     plan = plan_job(_fixture_manifest(tmp_path))
     int8 = next(u for u in plan.units if u.mode == "int8_static")  # reads every image
     outcome = run_unit(int8, tmp_path / "results")

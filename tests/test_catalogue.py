@@ -20,7 +20,7 @@ def test_catalogue_modes_match_the_registry():
         assert entry.devices == info.devices, name
         assert entry.sources == info.sources, name
         assert entry.needs_calibration == info.needs_calibration, name
-    assert {n for n, e in catalogue.MODES.items() if e.reference} == {"fp32", "ort_fp32"}
+    assert {n for n, e in catalogue.MODES.items() if e.reference} == {"fp32", "fp32_compiled", "ort_fp32"}
 
 
 def test_catalogue_archs_match_torchvision():
