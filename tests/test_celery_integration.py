@@ -56,14 +56,14 @@ def test_submit_wait_gives_same_rows_as_run(tmp_path, stack):
 def test_bad_unit_does_not_take_the_worker_down(tmp_path, stack):
     redis, worker, results = stack
     env = worker_env(redis.url, results)
-    # An unknown arch is now refused at submit; what still reaches a worker and fails there
-    # is a file the submitter may read but this worker may not (outside its data roots).
+    # An unknown arch is refused at submit; what still reaches a worker and fails there is a
+    # checkpoint that is no checkpoint (staged with the job, then refused by the safe loader).
     (tmp_path / "weights.pt").write_bytes(b"")
     bad = small_manifest(tmp_path, name="bad", models=[
         {"id": "broken", "arch": "resnet18", "checkpoint": "weights.pt", "input_size": [64, 64]}])
     proc = qbench("submit", str(bad), "--wait", "--timeout", "120", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "outside the allowed roots" in proc.stdout
+    assert "weights.pt: cannot be loaded safely" in proc.stdout
     good = qbench("submit", str(small_manifest(tmp_path, name="good")), "--wait",
                   "--timeout", "300", env=env)
     assert good.returncode == 0, good.stdout + good.stderr
