@@ -6,6 +6,9 @@ import logging
 import os
 from pathlib import Path
 
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
 from worker.app import app
 from worker.cancel import is_cancelled
 from worker.confine import receive_unit
@@ -32,7 +35,11 @@ def run_unit_task(self, unit_json: dict) -> dict:
 
     def progress(step: str, done: int, total: int) -> None:
         log.info("unit %s [%d/%d] %s", unit.unit_id, done, total, step)
-        self.update_state(state="PROGRESS", meta={"step": step, "done": done, "total": total})
+        try:
+            self.update_state(state="PROGRESS", meta={"step": step, "done": done, "total": total})
+        except (RedisError, OperationalError, OSError) as exc:
+            # Progress is advisory: a broker restart mid-unit must not end the unit itself.
+            log.warning("unit %s: progress not recorded (%s)", unit.unit_id, exc)
 
     root = results_root()
     try:
