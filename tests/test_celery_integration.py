@@ -8,11 +8,14 @@ from worker.results import read_table
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def stack(tmp_path):
-    redis = RedisServer(tmp_path / "redis").start()
-    results = tmp_path / "results"
-    worker = CeleryWorker(redis.url, results, tmp_path / "worker.log").start()
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """One broker and one worker for the module: each test submits its own job (own job id),
+    and the tests that break something check that the worker is still up afterwards."""
+    root = tmp_path_factory.mktemp("stack")
+    redis = RedisServer(root / "redis").start()
+    results = root / "results"
+    worker = CeleryWorker(redis.url, results, root / "worker.log").start()
     yield redis, worker, results
     worker.stop()
     redis.stop()

@@ -128,8 +128,10 @@ def test_fp32_and_bf16_classifier(classifier):
 @pytest.fixture(scope="module")
 def detector() -> LoadedModel:
     torch.manual_seed(0)
+    # min/max_size: the detector resizes to the 160 px it is given, not up to its 320 px default
+    # (a quarter of the pixels; the structure checked below does not depend on the size).
     det = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, num_classes=91).eval()
+        weights=None, weights_backbone=None, num_classes=91, min_size=160, max_size=160).eval()
     images = det.transform(list(structured_images(8, 160, seed=4)))[0].tensors
     recalibrate_bn(det.backbone, [images])
     return LoadedModel("frcnn", "fasterrcnn_mobilenet_v3_large_320_fpn", "detection", det,
