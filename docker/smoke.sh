@@ -315,7 +315,7 @@ models:
   - id: r18
     source: torchvision
     arch: resnet18
-    num_classes: 10
+    num_classes: 2
     input_size: [64, 64]
 ${3:-}
 quantization:
@@ -382,7 +382,7 @@ from PIL import Image
 out = Path(sys.argv[1])
 (out / "ckpt").mkdir(parents=True)
 torch.manual_seed(0)
-torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), out / "ckpt" / "r18.pt")
+torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), out / "ckpt" / "r18.pt")
 rng = np.random.default_rng(0)
 for label in ("circle", "square"):
     (out / "shapes" / label).mkdir(parents=True)
@@ -390,6 +390,7 @@ for label in ("circle", "square"):
         pixels = rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(out / "shapes" / label / f"{i}.png")
 EOF
+# Two class folders for a two-class model: the folders are its labels, so top-1 is real.
 ckpt=$host_inputs/ckpt/r18.pt
 [ "${QBENCH_SMOKE_FAULT:-}" = job ] && : >"$ckpt"
 write_manifest smoke '[fp32, int8_static]' "    checkpoint: host/ckpt/r18.pt
