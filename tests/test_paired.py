@@ -28,16 +28,25 @@ CPUINFO_VNNI = CPUINFO_AVX2.replace("cpu family\t: 23\nmodel\t\t: 49", "cpu fami
                                     ).replace("fma bmi2", "fma avx512f avx512bw avx512_vnni")
 
 
-def test_pairs_interleave_and_alternate_who_goes_first():
+def test_pairs_interleave_in_settled_blocks_and_alternate_who_goes_first():
     calls: list[str] = []
     result = measure_paired(lambda: calls.append(UNIT), lambda: calls.append(REFERENCE), "cpu",
-                            warmup=2, plan=SamplingPlan(4))
+                            warmup=2, plan=SamplingPlan(5))
+    block = ["settle:{0}", "{0}", "{0}"]
+    ref, unit = ([c.format(s) for c in block] for s in (REFERENCE, UNIT))
+    last_ref, last_unit = ([c.format(s) for c in block[:2]] for s in (REFERENCE, UNIT))
     assert result.calls == ["warmup:reference", "warmup:unit", "warmup:unit", "warmup:reference",
-                            "reference", "unit", "unit", "reference",
-                            "reference", "unit", "unit", "reference"]
-    assert calls == [c.removeprefix("warmup:") for c in result.calls]
-    assert result.first == (REFERENCE, UNIT, REFERENCE, UNIT)
-    assert result.pairs == 4 and len(result.reference_s) == 4
+                            *ref, *unit, *unit, *ref, *last_ref, *last_unit], \
+        "two timed calls per block after a settle call; the last block cut to the plan's count"
+    assert calls == [c.split(":")[-1] for c in result.calls]
+    assert result.first == (REFERENCE, REFERENCE, UNIT, UNIT, REFERENCE)
+    assert result.pairs == 5 and len(result.reference_s) == 5
+
+
+def test_paired_blocks_stop_at_the_iteration_cap():
+    result = measure_paired(lambda: None, lambda: None, "cpu", warmup=0,
+                            plan=SamplingPlan(iterations=9, max_iterations=3))
+    assert result.pairs == 3 and [c for c in result.calls if c == UNIT] == [UNIT] * 3
 
 
 def test_paired_speedup_of_a_known_slower_reference():

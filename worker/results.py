@@ -103,7 +103,7 @@ SAMPLES = pa.schema(IDENTITY + [
     ("role", pa.string()),  # unit | reference (paired pass only)
     ("reference_mode", pa.string()),  # paired pass: the reference's mode
     ("iteration", pa.int32()),  # 0-based, in timing order within (pass, role)
-    ("ran_first", pa.bool_()),  # paired pass: this side ran first in its pair
+    ("ran_first", pa.bool_()),  # paired pass: this side's block ran first in its pair
     ("latency_ms", pa.float64()),
     ("threads", pa.int32()),
     ("env_fingerprint", pa.string()),
@@ -164,6 +164,10 @@ MODELS = pa.schema(IDENTITY + [
     ("mixed_score", pa.float64()),
     ("mixed_target_met", pa.bool_()),
     ("mixed_float_groups", pa.list_(pa.string())),
+    ("mixed_heldout_score", pa.float64()),  # the chosen model on held-out calibration images
+    ("mixed_heldout_target", pa.float64()),
+    ("mixed_heldout_met", pa.bool_()),
+    ("mixed_refined_from", pa.list_(pa.string())),  # float groups before refinement
     ("notes", pa.string()),
     # The saved model (README "Artifacts"); null when nothing was saved, the reason in notes
     # (artifacts: false) or error (saving failed; status stays ok).

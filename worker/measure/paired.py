@@ -1,10 +1,15 @@
 """Paired timing: the reference and the unit's model interleaved in one process.
 
-Pair i times both models back to back on the same batch, reference first on even pairs and the
-unit's model first on odd ones (ABBA), so load from the rest of the machine, CPU frequency and
-cache state hit both alike, and neither always runs second. The speedup is the ratio of the
-medians of the paired samples, median(reference) / median(unit), with a seeded bootstrap CI
-that resamples pairs (worker.measure.stats.paired_ratio_ci).
+The two models run in alternating blocks, one block of each per pair, the reference's block
+first in even pairs and the unit's first in odd ones (ABBA), so load from the rest of the
+machine and CPU frequency hit both alike and neither always runs second. A block is one
+untimed settle call, then the timed calls: the first call after the other model finds the
+caches full of that model's weights, so timing it would charge the smaller model for the
+larger one's footprint (a 2 ms int8 call ran 15-25% slower right after a 17 ms fp32 call than
+right after itself, and alternating that made its samples bimodal and its median jumpy).
+Timed call j of the unit's block pairs with timed call j of the reference's block. The speedup
+is median(reference) / median(unit) over the pairs, with a seeded bootstrap CI that resamples
+pairs (worker.measure.stats.paired_ratio_ci).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from worker.measure.sampling import SamplingPlan
 from worker.measure.stats import RatioCI, paired_ratio_ci
 
 REFERENCE, UNIT = "reference", "unit"
+BLOCK_TIMED = 2  # timed calls per block after its settle call: a paired pass costs 1.5x its timed calls
 
 
 @dataclass
@@ -29,7 +35,7 @@ class PairedResult:
     status: str  # ok | oom | error
     reference_s: tuple[float, ...] = ()
     unit_s: tuple[float, ...] = ()
-    first: tuple[str, ...] = ()  # which side ran first in each pair
+    first: tuple[str, ...] = ()  # which side's block ran first, per pair
     calls: list[str] = field(default_factory=list, repr=False)  # every call, warm-up included
     error: str | None = None
 
@@ -51,12 +57,14 @@ class PairedResult:
 def measure_paired(unit_step: Callable[[], Any], reference_step: Callable[[], Any],
                    device: str | torch.device, warmup: int, plan: SamplingPlan,
                    load: LoadSampler | None = None,
-                   is_oom: Callable[[BaseException], bool] | None = None) -> PairedResult:
-    """Warm both up (alternating), then time pairs until `plan` is met by both sides.
+                   is_oom: Callable[[BaseException], bool] | None = None,
+                   block_timed: int = BLOCK_TIMED) -> PairedResult:
+    """Warm both up (alternating), then time blocks until `plan` is met by both sides.
 
-    The plan's minimum and cap apply to each side's own measured time, so a paired batch size
-    costs about twice its unpaired run. Out of memory gives status "oom"; other exceptions
-    propagate (the caller turns them into the row's pairing note).
+    The plan's minimum and cap apply to each side's own measured time and timed calls (a block
+    is cut short rather than run past `max_iterations`), so a paired batch size costs about
+    (1 + 1/block_timed) times two unpaired runs. Out of memory gives status "oom"; other
+    exceptions propagate (the caller turns them into the row's pairing note).
     """
     steps = {REFERENCE: reference_step, UNIT: unit_step}
     timers = {REFERENCE: LatencyTracker(device), UNIT: LatencyTracker(device)}
@@ -70,14 +78,23 @@ def measure_paired(unit_step: Callable[[], Any], reference_step: Callable[[], An
         if load:
             load.sample()
         i = 0
-        while plan.more(timers[UNIT].count,
-                        max(timers[UNIT].elapsed_s, timers[REFERENCE].elapsed_s)):
+        while True:
+            count = timers[UNIT].count
+            elapsed = max(timers[UNIT].elapsed_s, timers[REFERENCE].elapsed_s)
+            timed = 0
+            while timed < block_timed and plan.more(count + timed, elapsed):
+                timed += 1
+            if timed == 0:
+                break
             order = (REFERENCE, UNIT) if i % 2 == 0 else (UNIT, REFERENCE)
-            first.append(order[0])
+            first += [order[0]] * timed
             for side in order:
-                calls.append(side)
-                with timers[side].track():
-                    steps[side]()
+                calls.append(f"settle:{side}")
+                steps[side]()
+                for _ in range(timed):
+                    calls.append(side)
+                    with timers[side].track():
+                        steps[side]()
             if load:
                 load.maybe_sample()
             i += 1
