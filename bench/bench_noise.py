@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.measure.machine import read_load  # noqa: E402
 from worker.orchestrate import plan_job  # noqa: E402
 from worker.pipeline import run_unit  # noqa: E402
-from worker.report.compare import compare_jobs  # noqa: E402
-from worker.report.history import load_history, step_regressions  # noqa: E402
+from worker.report.compare import Thresholds, compare_jobs  # noqa: E402
+from worker.report.history import load_history, night_spread, step_regressions  # noqa: E402
 from worker.results import read_table, write_rows  # noqa: E402
 
 T0 = time.perf_counter()
@@ -118,8 +118,52 @@ def stop_burners(procs: list[mp.Process]) -> None:
         p.join(5)
 
 
-def flags(root: Path, a: str, b: str) -> list[str]:
-    return [r for r in compare_jobs(root, a, b).regressions if "p50" in r]
+def flags(root: Path, a: str, b: str, threshold: float = 10.0) -> list[str]:
+    """Latency flags of b against a, as `qbench report --compare a b` gives them (with the
+    spread of the nights before b, when there are enough of them)."""
+    cmp = compare_jobs(root, a, b, Thresholds(latency_pct=threshold), night_spread(root, b, a))
+    return [r for r in cmp.regressions if "p50" in r]
+
+
+def instance_spread(path: Path, bursts: int, iterations: int) -> None:
+    import numpy as np
+    import torch
+
+    from worker.models import load_model
+    from worker.pipeline import calibration_source
+    from worker.quantize.registry import QuantizeRequest, quantize
+
+    unit = next(u for u in plan_job(path).units if u.mode == MODE)
+    torch.set_num_threads(unit.benchmark.threads)
+    loaded = load_model(unit)
+    h, w = loaded.input_size
+    x = torch.rand(1, 3, h, w)
+
+    def build():
+        with tempfile.TemporaryDirectory() as work:
+            request = QuantizeRequest(device="cpu", calibration=unit.quantization.calibration,
+                                      keep_float=[], calibration_batches=calibration_source(unit, loaded),
+                                      work_dir=work)
+            return quantize(loaded, MODE, request).predict
+
+    def burst(predict) -> float:
+        with torch.inference_mode():
+            for _ in range(3):
+                predict(x)
+            times = []
+            for _ in range(iterations):
+                t = time.perf_counter()
+                predict(x)
+                times.append(time.perf_counter() - t)
+        return 1000 * float(np.median(times))
+
+    one = build()
+    over_time = [burst(one) for _ in range(bursts)]
+    rebuilt = [burst(build()) for _ in range(bursts)]
+    for name, values in (("one model, bursts over time", over_time),
+                         ("rebuilt instances", rebuilt)):
+        log(f"(d) {name}: median ms {' '.join(f'{v:.2f}' for v in values)}; "
+            f"max/min {max(values) / min(values):.2f}")
 
 
 def slowed_copy(root: Path, jobs: list[str], first: int, factor: float | None,
@@ -207,16 +251,21 @@ def main() -> None:
         f"latency flag; nightly history of {len(jobs)} nights: {len(history_flags)} step flags")
     for x, y, f in false_pairs:
         log(f"    false flag {x} vs {y}: {f}")
+    strict = sum(bool(flags(root, x, y, 5.0)) for x, y in itertools.combinations(jobs, 2))
+    log(f"(c) the same {len(pairwise)} comparisons at a 5% threshold: {strict} with a flag")
 
     first = max(len(jobs) - 3, 1)
     for factor in (None, 1.05, 1.08, 1.10, 1.15, 1.20, 1.30):
         dest = slowed_copy(root, jobs, first, factor, work / f"slow-{factor}")
-        pair = flags(dest, jobs[first - 1], jobs[-1])
-        steps = step_regressions(load_history(dest, jobs[-1]), 10)
         name = "fp32 substituted" if factor is None else f"x{factor:.2f}"
-        log(f"(c) int8_static {name} from night {first + 1}: pairwise night {first} vs "
-            f"{len(jobs)} flagged {bool(pair)}; step flagged {bool(steps)}")
+        for threshold in (10.0, 5.0):
+            pair = flags(dest, jobs[first - 1], jobs[-1], threshold)
+            steps = step_regressions(load_history(dest, jobs[-1]), threshold)
+            log(f"(c) int8_static {name} from night {first + 1}, threshold {threshold:.0f}%: "
+                f"pairwise night {first} vs {len(jobs)} flagged {bool(pair)}; step flagged "
+                f"{bool(steps)}")
         shutil.rmtree(dest)
+    instance_spread(path, 8, args.iterations)
     if args.keep:
         shutil.copytree(root, args.keep, dirs_exist_ok=True)
     shutil.rmtree(work)

@@ -177,3 +177,23 @@ def test_step_change_over_nightly_history(tmp_path):
         _write_job(busy, job, {"fp32": 30.0, "int8_static": 12.0}, seed=20 + i,
                    load=1.5 if i >= 7 else 1.0, stable=i < 7)
     assert step_regressions(load_history(busy, nights[-1]), 10) == []
+
+
+def test_nightly_change_must_beat_the_spread_of_earlier_nights(tmp_path):
+    # int8_static is +20% on night 7 against night 6, well beyond both nights' samples.
+    nights = [f"n-nightly-202611{d:02d}-abcdef" for d in range(1, 8)]
+    jumpy = [14.4, 12.0, 14.4, 12.0, 14.4, 12.0, 14.4]  # earlier nights already differ by 20%
+    quiet = [12.0] * 6 + [14.4]
+    for folder, centers in (("jumpy", jumpy), ("quiet", quiet)):
+        for i, (job, center) in enumerate(zip(nights, centers, strict=True)):
+            _write_job(tmp_path / folder, job, {"fp32": 30.0, "int8_static": center}, seed=40 + i)
+    flagged = build_report(tmp_path / "quiet", nights[-1]).regressions
+    assert any(r.startswith("m int8_static cpu batch 1: p50 ") for r in flagged)
+    report = build_report(tmp_path / "jumpy", nights[-1])
+    assert not any(r.startswith("m int8_static cpu batch 1: p50 ") for r in report.regressions)
+    verdict = {r[1]: r[6] for r in report.comparison.rows}["int8_static"]
+    assert verdict.startswith("slower, within 3× the nights' spread (±") and "(paired)" in verdict
+    # The same two nights compared on their own (no history): the samples decide, flagged.
+    from worker.report.compare import compare_jobs as pairwise
+
+    assert pairwise(tmp_path / "jumpy", nights[-2], nights[-1]).regressions

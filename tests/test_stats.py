@@ -79,7 +79,11 @@ def test_unchanged_pair_not_flagged_shifted_one_is():
     assert small.significant and not small.regression
     # Beyond the threshold by its point estimate but too few samples to be sure: not flagged.
     few = latency_change([20.0, 26.0], [24.0, 29.0], 10)
-    assert few.beyond_threshold and not few.regression
+    assert few.ratio.estimate > 1.1 and not few.regression
+    # Significant, estimate past the threshold, but the CI reaches below it: drift, not flagged.
+    near = latency_change(_noisy(10, 40, 20.0, rel=0.1), 1.08 * _noisy(13, 40, 20.0, rel=0.1), 10)
+    assert near.significant and near.ratio.estimate > 1.1 and near.ratio.low < 1.1
+    assert not near.regression
 
 
 def test_median_ci_brackets_the_median():

@@ -25,7 +25,7 @@ from worker.report.compare import (
     comparison_blocks,
     previous_nightly,
 )
-from worker.report.history import load_history, step_regressions
+from worker.report.history import load_history, night_spread, step_regressions
 from worker.report.method import how_measured
 from worker.report.plots import plot_latency, plot_memory, plot_size_accuracy
 from worker.report.tables import latency_table, size_accuracy_table, summary_rows, unit_order
@@ -74,7 +74,8 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(models, latency)
     base = compare_with or previous_nightly(root, job_id)
-    comparison = compare_jobs(root, base, job_id, thresholds) if base else None
+    comparison = (compare_jobs(root, base, job_id, thresholds, night_spread(root, job_id, base))
+                  if base else None)
     history = load_history(root, job_id) if compare_with is None else None
     if comparison is not None and history is not None and history.jobs:
         comparison.regressions += step_regressions(history, thresholds.latency_pct)

@@ -1,14 +1,17 @@
 """Two runs side by side: changes in latency, memory, size and mAP; regressions flagged.
 
-Latency is flagged only when the change is larger than the threshold AND beyond both runs'
-noise: the bootstrap CI of median(new)/median(old) excludes 1 and Mann–Whitney U rejects "same
-distribution" (worker.measure.stats.latency_change), on the evidence `latency_verdict` picks.
+Latency is flagged only when the change is beyond both runs' noise AND surely larger than the
+threshold: the bootstrap CI of median(new)/median(old) lies wholly above 1 + threshold and
+Mann–Whitney U rejects "same distribution" (worker.measure.stats.latency_change), on the
+evidence `latency_verdict` picks. For a nightly job with at least four earlier nights, the
+change must also beat three times their night-to-night spread of the same figure.
 Runs written before raw samples were kept fall back to the p50 threshold alone, and say so. Size,
 accuracy and failures stay exact comparisons.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,33 +61,64 @@ def paired_ratios(root: Path, job_id: str) -> dict[Key, tuple[str, list[float]]]
 
 
 @dataclass(frozen=True)
+class Spread:
+    """Night-to-night spread (1.4826 × MAD of log medians) of one unit × batch over the nights
+    before a job: the run-to-run noise no single run's samples show (a quantized model rebuilt
+    for each run is not always equally fast)."""
+
+    nights: int
+    own: float | None  # of the unit's own medians
+    relative: float | None  # of its median unit / reference ratios (paired nights only)
+
+
+SPREAD_FACTOR = 3.0  # a change must beat this many night-to-night spreads (as the step test)
+
+
+@dataclass(frozen=True)
 class LatencyVerdict:
     regression: bool
     change: Change | None  # None: decided on p50 alone (no samples) or not decided
     basis: str  # paired | samples | unstable | p50
+    spread: float | None = None  # relative night-to-night spread it had to beat, when known
+
+    @property
+    def within_spread(self) -> bool:
+        """Beyond both runs' samples but not beyond the spread of earlier nights."""
+        return (self.spread is not None and self.change is not None and not self.regression
+                and self.change.regression)
+
+
+def _beats_spread(change: Change, spread: float | None) -> bool:
+    return spread is None or math.log(change.ratio.low) > SPREAD_FACTOR * spread
 
 
 def latency_verdict(lat_pct: float | None, old: list[float] | None, new: list[float] | None,
                     threshold_pct: float,
                     old_pairs: tuple[str, list[float]] | None = None,
                     new_pairs: tuple[str, list[float]] | None = None,
-                    stable: bool | None = None) -> LatencyVerdict:
+                    stable: bool | None = None, spread: Spread | None = None) -> LatencyVerdict:
     """Which evidence decides a latency change, strongest first:
     1. both runs timed the unit beside the same reference: the per-pair ratios unit/reference
        (the machine's load between and during the runs cancels);
     2. both runs kept raw samples and both rows are stable (cv <= 10%): the raw samples;
        an unstable row is not flagged from raw samples (its run-to-run drift is not in its
        samples: on a shared machine a quiet and a busy run of the same code differ by 2x);
-    3. neither kept samples (files from before): the p50 threshold alone."""
+    3. neither kept samples (files from before): the p50 threshold alone.
+    With a nightly history (`spread`), a change on 1 or 2 must also beat SPREAD_FACTOR times
+    the nights' spread of that same figure: two runs can each be tight and still differ."""
     if (old_pairs and new_pairs and old_pairs[0] == new_pairs[0]
             and len(old_pairs[1]) >= 2 and len(new_pairs[1]) >= 2):
         change = latency_change(old_pairs[1], new_pairs[1], threshold_pct)
-        return LatencyVerdict(change.regression, change, "paired")
+        noise = spread.relative if spread else None
+        return LatencyVerdict(change.regression and _beats_spread(change, noise), change,
+                              "paired", noise)
     if old and new and len(old) >= 2 and len(new) >= 2:
         change = latency_change(old, new, threshold_pct)
         if stable is False:
             return LatencyVerdict(False, change, "unstable")
-        return LatencyVerdict(change.regression, change, "samples")
+        noise = spread.own if spread else None
+        return LatencyVerdict(change.regression and _beats_spread(change, noise), change,
+                              "samples", noise)
     return LatencyVerdict(lat_pct is not None and lat_pct > threshold_pct, None, "p50")
 
 
@@ -108,7 +142,10 @@ def _pct(new: float | None, old: float | None) -> float | None:
     return None if new is None or not old else 100.0 * (new - old) / old
 
 
-def compare_jobs(root: Path, base: str, new: str, th: Thresholds = Thresholds()) -> Comparison:
+def compare_jobs(root: Path, base: str, new: str, th: Thresholds = Thresholds(),
+                 spreads: dict[Key, Spread] | None = None) -> Comparison:
+    """`spreads`: the night-to-night spread per unit × batch before `new` (a nightly's
+    history, worker.report.history.night_spread), which a latency change must also beat."""
     old_m = {(m["model_id"], m["mode"], m["device"]): m for m in read_table(root, "models", base).to_pylist()}
     new_m = {(m["model_id"], m["mode"], m["device"]): m for m in read_table(root, "models", new).to_pylist()}
     old_l = {(r["model_id"], r["mode"], r["device"], r["batch_size"]): r
@@ -140,7 +177,8 @@ def compare_jobs(root: Path, base: str, new: str, th: Thresholds = Thresholds())
             stable = (None if lo is None or ln is None or lo.get("stable") is None
                       or ln.get("stable") is None else bool(lo["stable"] and ln["stable"]))
             verdict = latency_verdict(lat, old_s.get(k), new_s.get(k), th.latency_pct,
-                                      old_p.get(k), new_p.get(k), stable)
+                                      old_p.get(k), new_p.get(k), stable,
+                                      (spreads or {}).get(k))
             change = verdict.change
             if verdict.regression and same:
                 what = ("relative to its reference timed beside it, median ×"
@@ -172,10 +210,15 @@ def _verdict_text(verdict: LatencyVerdict, threshold_pct: float) -> str:
         return "no samples"
     basis = {"paired": " (paired)", "samples": "", "unstable": " (unstable: not flagged)"}
     suffix = basis.get(verdict.basis, "")
+    if verdict.within_spread:
+        return (f"slower, within {SPREAD_FACTOR:.0f}× the nights' spread "
+                f"(±{100 * math.expm1(verdict.spread):.1f}%)" + suffix)
     if verdict.regression:
         return "**slower**" + suffix
     if change.significant and change.beyond_threshold:
         return "slower" + suffix
+    if change.significant and change.ratio.estimate > 1 + threshold_pct / 100:
+        return f"slower, CI reaches below +{threshold_pct:.0f}%" + suffix
     if change.significant:
         return f"slower, within {threshold_pct:.0f}%" + suffix
     return ("not significant" if change.ratio.estimate >= 1 else "same or faster") + suffix
@@ -193,9 +236,9 @@ def comparison_blocks(cmp: Comparison, th: Thresholds) -> list[Block]:
                          "size change %", "mAP change pts"], cmp.rows,
                         align_right={3, 4, 5, 7, 8, 9}))
     blocks.append(Para(f"Thresholds: latency +{th.latency_pct:.0f}%, mAP −{th.map_pts} points. "
-                       "Latency is flagged only when the median is slower by more than the "
-                       "threshold and the change is beyond both runs' noise (bootstrap CI of the "
-                       f"ratio of medians excludes 1 and Mann–Whitney p < {SIGNIFICANCE}); for a "
+                       "Latency is flagged only when the median is surely slower by more than "
+                       "the threshold: the bootstrap 95% CI of the ratio of medians lies wholly "
+                       f"above 1 + threshold and Mann–Whitney p < {SIGNIFICANCE}; for a "
                        "unit timed beside its reference in both runs (paired), on its latency "
                        "relative to that reference, pair by pair; otherwise on its own samples, "
                        "and only when both rows are stable."))

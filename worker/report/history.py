@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from worker.measure.stats import detect_step, median_ci
-from worker.report.compare import NIGHTLY, Key, paired_ratios, unpaired_samples
+from worker.report.compare import NIGHTLY, Key, Spread, paired_ratios, unpaired_samples
 from worker.results import job_ids, read_table
 
 HISTORY_NIGHTS = 10
+SPREAD_MIN_NIGHTS = 4  # earlier nights needed before their spread is trusted
 
 
 @dataclass
@@ -76,6 +77,34 @@ def load_history(root: Path, job_id: str, nights: int = HISTORY_NIGHTS) -> Histo
                 j, day, p50, low, high, float(np.median(ratios)) if ratios else None, ref,
                 r.get("stable")))
     return history
+
+
+def _log_spread(values: list[float]) -> float | None:
+    if len(values) < SPREAD_MIN_NIGHTS:
+        return None
+    logs = np.log(np.asarray(values, dtype=np.float64))
+    return float(1.4826 * np.median(np.abs(logs - np.median(logs))))
+
+
+def night_spread(root: Path, job_id: str, base: str | None = None,
+                 nights: int = HISTORY_NIGHTS) -> dict[Key, Spread]:
+    """Per unit × batch, the spread of the nights before `job_id` (same manifest, same
+    environment), up to `base` when it is one of them: the nights a change is measured from,
+    not those it may already have slowed. Empty for a job that is not a nightly or has too
+    short a history."""
+    history = load_history(root, job_id, nights)
+    cut = history.jobs.index(base) + 1 if base in history.jobs else len(history.jobs) - 1
+    before = set(history.jobs[:cut]) - {job_id}
+    out = {}
+    for key, series in history.series.items():
+        earlier = [n for n in series if n.job_id in before]
+        refs = {n.reference_mode for n in earlier}
+        relative = ([n.relative for n in earlier] if len(refs) == 1
+                    and all(n.relative is not None for n in earlier) else [])
+        own, rel = _log_spread([n.p50 for n in earlier]), _log_spread(relative)
+        if own is not None or rel is not None:
+            out[key] = Spread(len(earlier), own, rel)
+    return out
 
 
 def step_regressions(history: History, threshold_pct: float) -> list[str]:
