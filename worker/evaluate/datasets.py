@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -99,16 +100,23 @@ def evaluation_set(unit: Unit, loaded: LoadedModel) -> EvalSet:
                    [geos[i] for i in eval_ids], None if labels is not None else note)
 
 
-def calibration_map_scorer(unit: Unit, loaded: LoadedModel):
-    """mAP on the calibration split's annotations: what int8_mixed optimises (never eval)."""
+def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Callable[[int], int]):
+    """mAP on the calibration split's annotations: what int8_mixed optimises (never eval),
+    as (score on the searched images, score on the held-out ones or None)."""
     from worker.evaluate.coco import evaluate_detections, to_coco_results
 
     data, calib_ids, _ = _dataset(unit, loaded)
     images, geos = _coco_images(unit, loaded, data, calib_ids)
     scales = [(g.sx, g.sy) for g in geos]
 
-    def score(predict) -> float:
-        outs = [o for batch in images.split(BATCH) for o in predict(batch)]
-        return evaluate_detections(data.doc, to_coco_results(calib_ids, outs, scales), calib_ids)["map"]
+    def scorer(lo: int, hi: int):
+        ids, part, sc = calib_ids[lo:hi], images[lo:hi], scales[lo:hi]
 
-    return score
+        def score(predict) -> float:
+            outs = [o for batch in part.split(BATCH) for o in predict(batch)]
+            return evaluate_detections(data.doc, to_coco_results(ids, outs, sc), ids)["map"]
+
+        return score
+
+    n, held = len(calib_ids), heldout_count(len(calib_ids))
+    return scorer(0, n - held), (scorer(n - held, n) if held else None)

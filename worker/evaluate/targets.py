@@ -1,7 +1,10 @@
 """int8_mixed's goal as a score: mAP on the calibration split, or agreement with fp32.
 
 Scored on calibration images only, never on evaluation images, so the reported accuracy of
-the chosen configuration stays an honest held-out figure.
+the chosen configuration stays an honest held-out figure. A quarter of the calibration images
+(at least one, when there are four or more) is held out of the search: the chosen
+configuration is scored on them too, so the row says whether the target holds beyond the
+images it was fitted to.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from worker.models.base import LoadedModel
 from worker.quantize.registry import Quantized, SearchTarget
 
 ScoreFn = Callable[[Quantized], float]  # higher is better
+HELDOUT_FRACTION = 0.25
+
+
+def heldout_count(n: int) -> int:
+    """How many of n calibration images the search does not score (0 below four)."""
+    return max(1, round(n * HELDOUT_FRACTION)) if n >= 4 else 0
 
 
 def agreement_score(loaded: LoadedModel, images: torch.Tensor,
@@ -35,12 +44,18 @@ def search_target(unit: Unit, loaded: LoadedModel,
     """The manifest's quantization.target as a score and the value it must reach."""
     target = unit.quantization.target
     if target.max_map_drop is not None and loaded.kind.scores_map:
-        from worker.evaluate.datasets import calibration_map_scorer
+        from worker.evaluate.datasets import calibration_map_scorers
 
-        score = calibration_map_scorer(unit, loaded)
-        fp32 = score(loaded.predict_fp32)
-        return SearchTarget(lambda q: score(q.predict), fp32 - target.max_map_drop / 100,
-                            "mAP on the calibration split", target.max_float)
+        score, held = calibration_map_scorers(unit, loaded, heldout_count)
+        drop = target.max_map_drop / 100
+        held_value = held(loaded.predict_fp32) - drop if held else None
+        return SearchTarget(lambda q: score(q.predict), score(loaded.predict_fp32) - drop,
+                            "mAP on the calibration split", target.max_float,
+                            (lambda q: held(q.predict)) if held else None, held_value)
     images = torch.cat(list(calibration_batches()))
-    return SearchTarget(agreement_score(loaded, images), target.min_agreement,
-                        "agreement with fp32 on the calibration images", target.max_float)
+    n_held = heldout_count(len(images))
+    search, held = (images[:-n_held], images[-n_held:]) if n_held else (images, None)
+    return SearchTarget(agreement_score(loaded, search), target.min_agreement,
+                        "agreement with fp32 on the calibration images", target.max_float,
+                        agreement_score(loaded, held) if held is not None else None,
+                        target.min_agreement if held is not None else None)

@@ -48,10 +48,11 @@ def plot_tradeoff(sens: SensitivityResult, search: MixedPrecision, path: Path,
         ax.scatter([_x(t, by_latency) for t in rejected], [t.score for t in rejected],
                    marker="x", color="0.7", s=30, label="tried by the search, did not help")
     xs, ys = [_x(t, by_latency) for t in search.path], [t.score for t in search.path]
-    ax.plot(xs, ys, "-o", color="C0", label="greedy: most sensitive groups kept float", zorder=3)
-    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        ax.annotate(f"{k} float", (x, y), fontsize=8, color="C0", xytext=(4, -10),
-                    textcoords="offset points")
+    ax.plot(xs, ys, "-o", color="C0", zorder=3,
+            label="greedy: most sensitive groups kept float, then refined to smaller groups")
+    for t, x, y in zip(search.path, xs, ys, strict=True):
+        ax.annotate(f"{len(t.float_groups)} float", (x, y), fontsize=8, color="C0",
+                    xytext=(4, -10), textcoords="offset points")
     chosen = search.chosen
     ax.scatter([_x(chosen, by_latency)], [chosen.score], marker="*", s=260, color="red", zorder=4,
                label=f"chosen: {_names(chosen.float_groups)}")

@@ -1,9 +1,11 @@
 """int8_mixed: int8_static with the fewest most sensitive layer groups kept float.
 
 The groups are ranked by how much score each gives back when kept float alone, then kept float
-greedily until the target holds (worker/quantize/mixed_search.py). The score is computed on the
-calibration images (mAP on their annotations, or agreement with fp32: worker/evaluate/targets.py),
-never on evaluation images, so the reported accuracy stays an honest held-out figure.
+greedily until the target holds, and the groups kept float are refined (stage -> block -> layer)
+so the fewest layers stay float (worker/quantize/mixed_search.py). The score is computed on part
+of the calibration images (mAP on their annotations, or agreement with fp32:
+worker/evaluate/targets.py); the rest of them are held out to check the chosen configuration,
+and evaluation images are never used, so the reported accuracy stays an honest held-out figure.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from worker.quantize.mixed_search import (
     mixed_precision_search,
     mode_quantizer,
     rank_sensitivity,
+    refine_float_groups,
 )
 from worker.quantize.registry import Quantized, QuantizeRequest, register
 
@@ -31,8 +34,12 @@ def quantize_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quanti
     quantize_fn = mode_quantizer(loaded, "int8_static", replace(request, search_target=None))
     sensitivity = rank_sensitivity(loaded, quantize_fn, None, target.score_fn)
     search = mixed_precision_search(sensitivity, target.value, target.max_float)
+    from worker.inspect.capture import named_layers  # as candidate_groups: not needed earlier
+
+    search = refine_float_groups(sensitivity.evaluate, named_layers(loaded.module), search)
     chosen = quantize_fn(search.float_groups)
-    outcome = MixedSearch(sensitivity, search, target)
+    heldout = target.heldout_fn(chosen) if target.heldout_fn else None
+    outcome = MixedSearch(sensitivity, search, target, heldout)
     chosen.notes = f"{outcome.note()}; {chosen.notes}"
     chosen.search = outcome
     return chosen

@@ -5,7 +5,10 @@ A group is a keep_float pattern (a module path of the fp32 model, e.g. "backbone
 re-quantizes once per group with that group alone kept float and scores the result (the
 scores are in worker/evaluate/targets.py: mAP on the calibration split, or agreement with
 fp32). The greedy search then keeps the most sensitive groups float, one more at a time in
-ranking order (skipping groups that do not help), until the target score holds.
+ranking order (skipping groups that do not help), until the target score holds. Refinement
+then splits each group kept float into its children (stage -> block -> layer) and quantizes
+every child the target does without, so the fewest layers stay float: a whole backbone kept
+float because one of its blocks is sensitive costs most of the size reduction.
 Every configuration is quantized and scored once: results are cached by the set of groups.
 """
 
@@ -69,7 +72,8 @@ class MixedPrecision:
     met: bool
     float_groups: list[str]
     chosen: Trial  # the last configuration on the path: meets the target if `met`
-    path: list[Trial]  # accepted steps: 0, 1, 2, ... groups kept float
+    path: list[Trial]  # accepted steps: 0, 1, 2, ... groups kept float, then refinements
+    refined_from: list[str] = field(default_factory=list)  # the groups before refinement
 
 
 def mode_quantizer(loaded: LoadedModel, mode: str, request: QuantizeRequest) -> QuantizeFn:
@@ -89,6 +93,67 @@ def candidate_groups(loaded: LoadedModel, depth: int | None = None) -> list[str]
 
     groups = [".".join(name.split(".")[:depth]) for name in named_layers(loaded.module)]
     return list(dict.fromkeys(groups))
+
+
+def child_groups(layers: Sequence[str], group: str) -> list[str]:
+    """The module paths one segment below `group` that hold layers, in module order ([] for a
+    layer itself)."""
+    depth = group.count(".") + 2
+    kids = [".".join(name.split(".")[:depth]) for name in layers
+            if name.startswith(group + ".")]
+    return list(dict.fromkeys(kids))
+
+
+def refine_float_groups(evaluate: Evaluator, layers: Sequence[str], search: MixedPrecision,
+                        max_trials: int | None = None) -> MixedPrecision:
+    """Split each float group of a search that met its target into its children, one level
+    at a time down to single layers, and quantize each child whose loss the target tolerates.
+
+    A group's children kept float are not the group kept float: the adds, activations and
+    quantize/dequantize boundaries between them are quantized then. So the split itself is a
+    trial, and a group whose split misses the target stays whole. Then each child is tried
+    quantized (the rest as they are) and left quantized when the score still reaches the
+    target; the children that remain float are refined in turn. Every accepted configuration
+    was scored at or above the target, so the result meets it. `max_trials` bounds the
+    quantize-and-score calls refinement adds (None: no bound).
+    """
+    if not search.met or not search.float_groups:
+        return search
+    target, current, path = search.target, list(search.float_groups), list(search.path)
+    budget = [max_trials]
+
+    def trial(groups: list[str]) -> Trial | None:
+        if budget[0] is not None:
+            if budget[0] <= 0:
+                return None
+            budget[0] -= 1
+        return evaluate(groups)
+
+    pending = list(current)
+    while pending:
+        group = pending.pop(0)
+        kids = child_groups(layers, group)
+        if not kids:
+            continue  # a layer: nothing finer to try
+        others = [g for g in current if g != group]
+        split = trial([*others, *kids])
+        if split is None or split.score < target:
+            continue
+        keep = list(kids)
+        for kid in kids:
+            tried = trial([*others, *(k for k in keep if k != kid)])
+            if tried is not None and tried.score >= target:
+                keep.remove(kid)
+                path.append(tried)
+        if len(keep) == len(kids):
+            path.append(split)
+        current = [*others, *keep]
+        pending += keep
+    if current == search.float_groups:
+        return search
+    chosen = evaluate(current)  # cached: the last accepted configuration
+    return replace(search, met=chosen.score >= target, float_groups=current, chosen=chosen,
+                   path=path, refined_from=list(search.float_groups))
 
 
 def rank_sensitivity(loaded: LoadedModel, quantize_fn: QuantizeFn,
@@ -127,7 +192,8 @@ def mixed_precision_search(sens: SensitivityResult, target: float,
 
 # The `models` columns int8_mixed fills (ModeInfo.extra_columns); null for other modes.
 MIXED_COLUMNS = ("mixed_target_metric", "mixed_target", "mixed_score", "mixed_target_met",
-                 "mixed_float_groups")
+                 "mixed_float_groups", "mixed_heldout_score", "mixed_heldout_target",
+                 "mixed_heldout_met", "mixed_refined_from")
 
 
 @dataclass
@@ -137,18 +203,35 @@ class MixedSearch:
     sensitivity: SensitivityResult
     search: MixedPrecision
     target: SearchTarget
+    heldout_score: float | None = None  # the chosen model on images the search never scored
+
+    @property
+    def heldout_met(self) -> bool | None:
+        if self.heldout_score is None or self.target.heldout_value is None:
+            return None
+        return self.heldout_score >= self.target.heldout_value
 
     def columns(self) -> dict[str, Any]:
         return {"mixed_target_metric": self.target.name, "mixed_target": self.target.value,
                 "mixed_score": self.search.chosen.score, "mixed_target_met": self.search.met,
-                "mixed_float_groups": list(self.search.float_groups)}
+                "mixed_float_groups": list(self.search.float_groups),
+                "mixed_heldout_score": self.heldout_score,
+                "mixed_heldout_target": self.target.heldout_value,
+                "mixed_heldout_met": self.heldout_met,
+                "mixed_refined_from": list(self.search.refined_from) or None}
 
     def note(self) -> str:
         verdict = "met" if self.search.met else "NOT met"
-        return (f"mixed precision: kept float {', '.join(self.search.float_groups) or 'nothing'} "
-                f"for {self.target.name} >= {self.target.value:.3f} ({verdict}: "
+        refined = (f" (refined from {', '.join(self.search.refined_from)})"
+                   if self.search.refined_from else "")
+        held = ""
+        if self.heldout_met is not None:
+            held = (f"; on held-out images {'met' if self.heldout_met else 'NOT met'}: "
+                    f"{self.heldout_score:.3f} vs {self.target.heldout_value:.3f}")
+        return (f"mixed precision: kept float {', '.join(self.search.float_groups) or 'nothing'}"
+                f"{refined} for {self.target.name} >= {self.target.value:.3f} ({verdict}: "
                 f"{self.search.chosen.score:.3f}, all-int8 "
-                f"{self.sensitivity.baseline.score:.3f})")
+                f"{self.sensitivity.baseline.score:.3f}){held}")
 
     def write_plot(self, out_dir: Path) -> Path:
         from worker.inspect.tradeoff_plot import plot_tradeoff

@@ -49,6 +49,10 @@ class SearchTarget:
     value: float
     name: str  # e.g. "mAP on the calibration split"
     max_float: int | None = None
+    # The same score on calibration images the search never scores, and the value it must
+    # reach there: whether the target holds beyond the images it was fitted to.
+    heldout_fn: Callable[[Quantized], float] | None = None
+    heldout_value: float | None = None
 
 
 @dataclass
