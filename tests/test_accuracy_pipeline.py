@@ -119,6 +119,9 @@ def test_mixed_precision_reaches_a_map_target(synth):
     row = outcome.model_row
     assert row["mixed_target_metric"] == "mAP on the calibration split"
     assert row["mixed_target_met"] == (row["mixed_score"] >= row["mixed_target"])
+    # A quarter of the calibration split held out: mAP there against fp32's there.
+    assert row["mixed_heldout_score"] is not None and row["mixed_heldout_target"] is not None
+    assert row["mixed_heldout_met"] == (row["mixed_heldout_score"] >= row["mixed_heldout_target"])
     if row["mixed_float_groups"]:
         kept = row["mixed_float_groups"]
         assert any(m.startswith(tuple(kept)) for m in row["float_modules"])

@@ -41,7 +41,19 @@ def write_images(root: Path, per_class: int, seed: int) -> list[tuple[Path, int]
 
 
 def train_classifier(out: Path, seed: int = 0, steps: int = 25) -> Path:
-    """Train on freshly written images (not the test set) and save the state_dict."""
+    """Train on freshly written images (not the test set) and save the state_dict.
+
+    One thread, whatever ran before: the thread count changes float summation order, so the
+    same seed would otherwise train a slightly different model alone and inside the suite."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(out, seed, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out: Path, seed: int, steps: int) -> Path:
     torch.manual_seed(seed)
     files = write_images(out.parent / "train_images", 16, seed + 100)
     x, _ = load_images([f for f, _ in files], PreprocessSpec(**PREPROCESS), SIZE)

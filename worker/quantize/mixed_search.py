@@ -227,11 +227,11 @@ class MixedSearch:
         held = ""
         if self.heldout_met is not None:
             held = (f"; on held-out images {'met' if self.heldout_met else 'NOT met'}: "
-                    f"{self.heldout_score:.3f} vs {self.target.heldout_value:.3f}")
+                    f"{self.heldout_score:.6g} vs {self.target.heldout_value:.6g}")
         return (f"mixed precision: kept float {', '.join(self.search.float_groups) or 'nothing'}"
-                f"{refined} for {self.target.name} >= {self.target.value:.3f} ({verdict}: "
-                f"{self.search.chosen.score:.3f}, all-int8 "
-                f"{self.sensitivity.baseline.score:.3f}){held}")
+                f"{refined} for {self.target.name} >= {self.target.value:.6g} ({verdict}: "
+                f"{self.search.chosen.score:.6g}, all-int8 "
+                f"{self.sensitivity.baseline.score:.6g}){held}")
 
     def write_plot(self, out_dir: Path) -> Path:
         from worker.inspect.tradeoff_plot import plot_tradeoff
