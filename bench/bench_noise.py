@@ -18,6 +18,7 @@ The burners stop by themselves (a deadline) and are also ended by this script. O
 machine, say so next to the figures: other people's load is exactly the noise measured here.
 
     /path/to/python bench/bench_noise.py [--iterations 30] [--runs 10] [--burners 3]
+                                         [--min-seconds 0]
 """
 
 from __future__ import annotations
@@ -52,14 +53,15 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
 
 
-def manifest(folder: Path, iterations: int) -> Path:
+def manifest(folder: Path, iterations: int, min_seconds: float) -> Path:
     doc = {"name": "noise", "artifacts": False, "inspect": {"images": 0},
            "models": [{"id": "r18", "source": "torchvision", "arch": "resnet18",
                        "num_classes": 10, "input_size": [64, 64]}],
            "quantization": {"modes": ["fp32", MODE], "calibration": {"images": 8,
                                                                      "method": "minmax"}},
            "benchmark": {"devices": ["cpu"], "batch_sizes": [1], "warmup": 3,
-                         "iterations": iterations, "threads": 1, "pairing": "interleaved"}}
+                         "iterations": iterations, "min_seconds": min_seconds, "threads": 1,
+                         "pairing": "interleaved"}}
     path = folder / "noise.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -208,11 +210,13 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--burners", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=0.0,
+                    help="benchmark.min_seconds of the job: measured time per batch size")
     ap.add_argument("--keep", type=Path, default=None, help="keep the results folder here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qbench-noise-"))
     root = work / "results"
-    path = manifest(work, args.iterations)
+    path = manifest(work, args.iterations, args.min_seconds)
     load, busy = read_load()
     log(f"machine: {os.cpu_count()} cores, load {load}, {busy} other runnable tasks at start")
 

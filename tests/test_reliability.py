@@ -40,8 +40,10 @@ def _unit_keys(results, job_id):
 
 
 def _long_unit(tmp_path, iterations: int, name: str = "tiny"):
-    """One fp32 unit kept busy by many timed iterations of a small model (no sleep hook)."""
-    return small_manifest(tmp_path, name=name, quantization={"modes": ["fp32"]},
+    """One fp32 unit kept busy by many timed iterations of a small model (no sleep hook);
+    no artifact (scripting it is most of a small unit's time, and artifacts have their own
+    tests)."""
+    return small_manifest(tmp_path, name=name, quantization={"modes": ["fp32"]}, artifacts=False,
                           benchmark={"batch_sizes": [1, 2], "warmup": 0,
                                      "iterations": iterations, "threads": 1})
 
@@ -196,7 +198,9 @@ def test_fifty_jobs_two_workers_none_lost_or_duplicated(tmp_path):
     redis = RedisServer(tmp_path / "redis").start()
     results = tmp_path / "results"
     env = worker_env(redis.url, results)
+    # No artifacts: scripting one is ~1 s of a ~2 s unit here, and not what this test is about.
     manifest = small_manifest(tmp_path, name="many", quantization={"modes": ["fp32"]},
+                              artifacts=False,
                               models=[{"id": "m", "arch": "mobilenet_v3_small", "num_classes": 4,
                                        "input_size": [32, 32]}],
                               benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1,
@@ -208,7 +212,8 @@ def test_fifty_jobs_two_workers_none_lost_or_duplicated(tmp_path):
         sub = subprocess.run([sys.executable, "-c", SUBMIT_MANY, str(manifest), str(results), "50"],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert sub.returncode == 0, sub.stderr
-        wait_for(lambda: read_table(results, "models").num_rows >= 50, 600, "50 jobs")
+        # Polled once a second: reading every unit file more often takes CPU from the workers.
+        wait_for(lambda: read_table(results, "models").num_rows >= 50, 600, "50 jobs", interval=1)
         elapsed = time.time() - started
         wait_for(lambda: len(list((results / "reports").glob("*/report.md"))) == 50, 300,
                  "50 reports")
@@ -255,7 +260,7 @@ def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path, monkeypatch):
         {"id": "pickled", "checkpoint": "weights/pickled.pt", **base},
         {"id": "gone", "checkpoint": "weights/gone.pt", **base},
         {"id": "huge", **{**base, "input_size": [1024, 1024]}},
-    ], quantization={"modes": ["fp32"]},
+    ], quantization={"modes": ["fp32"]}, artifacts=False,
         benchmark={"batch_sizes": [1, 16_000_000], "warmup": 0, "iterations": 1, "threads": 1})
     try:
         sub = qbench("submit", str(manifest), env=env)
@@ -330,7 +335,7 @@ def test_nightly_task_submits_with_the_date_and_reruns_rewrite(tmp_path):
     results = tmp_path / "results"
     nightly = tmp_path / "nightly"
     nightly.mkdir()
-    small_manifest(nightly, name="night")
+    small_manifest(nightly, name="night", artifacts=False)
     (nightly / "broken.yaml").write_text("name: broken\nmodels: [\n")
     env = {**worker_env(redis.url, results), "QBENCH_NIGHTLY_DIR": str(nightly)}
     worker = CeleryWorker(redis.url, results, tmp_path / "w.log")
