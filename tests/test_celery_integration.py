@@ -34,6 +34,7 @@ def test_submit_wait_gives_same_rows_as_run(tmp_path, stack):
     proc = qbench("submit", str(manifest), "--wait", "--timeout", "300", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr + worker.log.read_text()[-3000:]
     job_id = proc.stdout.split("submitted job ")[1].split(":")[0]
+    assert "Exception ignored" not in proc.stderr, proc.stderr  # nothing torn down at exit
     latency, models = _rows(results, job_id)
     assert sorted((r["mode"], r["batch_size"], r["status"]) for r in latency) == [
         ("fp32", 1, "ok"), ("fp32", 2, "ok"), ("int8_static", 1, "ok"), ("int8_static", 2, "ok")]

@@ -35,6 +35,14 @@ def submit_plan(plan: JobPlan) -> None:
     body = app.signature("qbench.report_job", (plan.job_id,), queue="cpu",
                          task_id=report_task_id(plan.job_id))
     chord(header)(body)
+    # Sending subscribed the Redis result backend to every task's result channel; nothing
+    # here waits on them (status and --wait poll task states), so unsubscribe now, while the
+    # connection can still be opened: left to AsyncResult.__del__ at interpreter exit, it
+    # fails with "Exception ignored … Python is likely shutting down".
+    consumer = getattr(app.backend, "result_consumer", None)
+    if consumer is not None:
+        for task_id in [*(u.unit_id for u in plan.units), report_task_id(plan.job_id)]:
+            consumer.cancel_for(task_id)
 
 
 def cancel_plan(plan: JobPlan, results_root: Path) -> list[str]:
