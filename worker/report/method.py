@@ -25,9 +25,10 @@ def sampling_notes(latency: list[dict]) -> list[str]:
                    if r.get("speedup") is not None and r.get("reference_mode")})
     if refs:
         items.append(f"Speedup vs {', '.join(refs)}: after the unit's own (memory-tracked) pass, "
-                     "the reference and the unit are timed again in the same process, pair by "
-                     "pair (reference first on even pairs, unit first on odd), one batch size at "
-                     "a time; speedup = median(reference) / median(unit) over the pairs, 95% "
+                     "the reference and the unit are timed again in the same process, in "
+                     "alternating blocks (a settle call, then two timed calls; reference first on "
+                     "even pairs, unit first on odd), one batch size at a time; speedup = median "
+                     "of reference / unit over the pairs, 95% "
                      f"percentile bootstrap over pairs ({BOOTSTRAP_RESAMPLES} resamples, seeded). "
                      "Speedup over another fp32 baseline divides two paired speedups. The "
                      "unpaired p50 ratio compares two units timed minutes apart.")
