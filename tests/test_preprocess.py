@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from worker.manifest import ManifestError, parse_manifest
-from worker.preprocess.defaults import resolve, torchvision_classifier_spec
+from worker.preprocess.defaults import for_model, torchvision_classifier_spec
 from worker.preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from worker.preprocess.transform import fit, load_image, to_values, unit_to_input
 
@@ -68,15 +68,23 @@ def test_values_mean_std_scale_and_bgr():
     assert torch.allclose(unit_to_input(batch, PreprocessSpec(scale=1.0)), batch * 255)
 
 
+def _defaults(task: str, arch: str):
+    from types import SimpleNamespace
+
+    from worker.models.kinds import kind_named
+
+    return for_model(None, SimpleNamespace(kind=kind_named(task), arch=arch))
+
+
 def test_defaults_per_source():
-    cls = resolve(None, "torchvision", "classification", "mobilenet_v2")
+    cls = _defaults("classification", "mobilenet_v2")
     assert cls.spec.resize == "shorter_side_crop" and cls.spec.mean == IMAGENET_MEAN
     assert cls.spec.crop_ratio == pytest.approx(224 / 232) and cls.trusted
-    det = resolve(None, "torchvision", "detection", "fixture")
+    det = _defaults("detection", "fixture")
     assert det.spec == PreprocessSpec() and det.trusted
-    yolo = resolve(None, "yolo", "yolo", "yolov8n")
+    yolo = _defaults("yolo", "yolov8n")
     assert yolo.spec.resize == "letterbox" and yolo.spec.pad_value == 114
-    onnx = resolve(None, "onnx", "onnx", "m.onnx")
+    onnx = _defaults("onnx", "m.onnx")
     assert not onnx.trusted and '"origin"' in onnx.to_json()
     mine = PreprocessSpec(mean=(0.1, 0.2, 0.3))
-    assert resolve(mine, "onnx", "onnx", "m.onnx").spec is mine
+    assert for_model(mine, None).spec is mine

@@ -49,10 +49,10 @@ def paired_ratio_ci(numerator: Sequence[float], denominator: Sequence[float],
 
     Sample i of each side was taken next to the other's sample i, so a burst of load that
     slowed both cancels in their ratio: the estimate is the median of the per-pair ratios, not
-    the ratio of the two sides' medians (which lets a burst that hits one side's samples more
-    often than the other's move the estimate: under bursty load from other processes that
-    halved a speedup that the per-pair median kept within 5%). The interval reflects the noise
-    that pairing does not cancel, not the machine's whole drift.
+    the ratio of the two sides' medians, which a burst hitting one side's samples more often
+    than the other's moves (under bursty load from other processes, one run's ratio of medians
+    fell 53% below the quiet runs; with the per-pair median, the next run's fell 3.5%). The
+    interval reflects the noise that pairing does not cancel, not the machine's whole drift.
     """
     a = np.asarray(numerator, dtype=np.float64)
     b = np.asarray(denominator, dtype=np.float64)

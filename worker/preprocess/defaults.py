@@ -50,20 +50,9 @@ def torchvision_classifier_spec(arch: str) -> PreprocessSpec:
     )
 
 
-def resolve(declared: PreprocessSpec | None, source: str, task: str, arch: str | None) -> Resolved:
-    """The declared block, else the default of the model's task kind (worker/models/kinds/).
-
-    source is kept for callers that know only the manifest entry; the kind (one per source
-    for YOLO and ONNX files) decides."""
-    if declared is not None:
-        return Resolved(declared, "manifest")
-    from worker.models.kinds import kind_named
-
-    return kind_named(task).default_preprocess(arch)
-
-
 def for_model(declared: PreprocessSpec | None, loaded) -> Resolved:
-    """The preprocessing of a loaded model (a LoadedModel: its kind and arch)."""
+    """The declared block, else the default of the loaded model's task kind for its arch
+    (worker/models/kinds/; a LoadedModel, or anything with `kind` and `arch`)."""
     if declared is not None:
         return Resolved(declared, "manifest")
     return loaded.kind.default_preprocess(loaded.arch)

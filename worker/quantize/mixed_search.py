@@ -190,6 +190,12 @@ def mixed_precision_search(sens: SensitivityResult, target: float,
     return MixedPrecision(target, chosen.score >= target, list(chosen.float_groups), chosen, path)
 
 
+def _score(value: float) -> str:
+    """Three decimals, or up to six significant digits where three would hide the difference
+    (a 0.99999 target printed as 1.000)."""
+    return f"{value:.3f}" if abs(value - round(value, 3)) < 5e-7 else f"{value:.6g}"
+
+
 # The `models` columns int8_mixed fills (ModeInfo.extra_columns); null for other modes.
 MIXED_COLUMNS = ("mixed_target_metric", "mixed_target", "mixed_score", "mixed_target_met",
                  "mixed_float_groups", "mixed_heldout_score", "mixed_heldout_target",
@@ -227,11 +233,11 @@ class MixedSearch:
         held = ""
         if self.heldout_met is not None:
             held = (f"; on held-out images {'met' if self.heldout_met else 'NOT met'}: "
-                    f"{self.heldout_score:.6g} vs {self.target.heldout_value:.6g}")
+                    f"{_score(self.heldout_score)} vs {_score(self.target.heldout_value)}")
         return (f"mixed precision: kept float {', '.join(self.search.float_groups) or 'nothing'}"
-                f"{refined} for {self.target.name} >= {self.target.value:.6g} ({verdict}: "
-                f"{self.search.chosen.score:.6g}, all-int8 "
-                f"{self.sensitivity.baseline.score:.6g}){held}")
+                f"{refined} for {self.target.name} >= {_score(self.target.value)} ({verdict}: "
+                f"{_score(self.search.chosen.score)}, all-int8 "
+                f"{_score(self.sensitivity.baseline.score)}){held}")
 
     def write_plot(self, out_dir: Path) -> Path:
         from worker.inspect.tradeoff_plot import plot_tradeoff
