@@ -26,16 +26,12 @@ from worker.artifacts.torchscript import max_difference
 from worker.evaluate.synth import synth_images
 from worker.manifest import Manifest, expand
 from worker.measure import environment_fingerprint
+from worker.measure.machine import LoadSampler
+from worker.measure.unit_latency import latency_row_of, measure_unpaired
+from worker.model_row import ParamsResult, SizeResult
 from worker.models import load_model
 from worker.orchestrate import plan_job
-from worker.pipeline import (
-    calibration_source,
-    initial_model_row,
-    latency_row,
-    measure_one,
-    run_unit,
-    size_columns,
-)
+from worker.pipeline import calibration_source, initial_model_row, run_unit
 from worker.quantize.common import serialized_size_bytes
 from worker.quantize.registry import QuantizeRequest, quantize
 from worker.results import read_table, write_rows
@@ -72,16 +68,18 @@ def _run(unit, root: Path) -> Saved:
             device="cpu", calibration=unit.quantization.calibration, keep_float=[],
             calibration_batches=calibration_source(unit, loaded), work_dir=work_dir))
         batch = synth_images(2, loaded.input_size, 3)
-        result = measure_one(q, batch, 1, unit)
+        result = measure_unpaired(q.predict, batch, 1, unit.device, unit.benchmark, LoadSampler())
         expected = q.predict(batch)
         saved = save_artifact(unit, loaded, q, root)
     row.update(task=loaded.task, trained_weights=loaded.trained, backend=q.backend,
-               **size_columns(q, serialized_size_bytes(loaded.module)), status="ok", error=None)
+               **SizeResult.of(q, serialized_size_bytes(loaded.module)).columns(),
+               **ParamsResult.of(q).columns(), notes=q.notes, status="ok", error=None)
     saved.apply(row)
     base = {k: row[k] for k in ("job_id", "job_name", "unit_id", "model_id", "arch", "mode",
                                 "backend", "device")}
     write_rows(root, "latency", unit.job_date, JOB, unit.unit_id,
-               [latency_row(base, unit, loaded, 1, result)])
+               [latency_row_of(base, unit.benchmark, loaded.input_size, 1, result, LoadSampler(),
+                               unit.benchmark.reference)])
     write_rows(root, "models", unit.job_date, JOB, unit.unit_id, [row])
     return Saved(unit.model.id, unit.mode, loaded.task, saved, batch, expected)
 

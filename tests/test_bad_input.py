@@ -403,19 +403,29 @@ def test_coco_file_names_cannot_leave_the_images_folder(tmp_path):
 
 
 def test_imagefolder_symlink_out_is_refused(tmp_path):
+    """Through the unit's own dataset loader: an entry that is a symlink to a file outside
+    the folder and the data roots fails the unit, naming the entry; its pixels are never read."""
     from PIL import Image
 
-    from worker.evaluate.coco import DatasetError, load_image_folder
+    from worker.orchestrate import plan_job
+    from worker.pipeline import run_unit
 
-    secret = tmp_path / "secret.png"
+    secret = tmp_path / "elsewhere" / "secret.png"  # outside the job's folder and data roots
+    secret.parent.mkdir()
     Image.new("RGB", (8, 8), "red").save(secret)
-    cls = tmp_path / "data" / "cat"
-    cls.mkdir(parents=True)
-    Image.new("RGB", (8, 8), "blue").save(cls / "a.png")
-    assert load_image_folder(cls.parent, (8, 8))[0].shape[0] == 1
-    (cls / "b.png").symlink_to(secret)
-    with pytest.raises(DatasetError, match="b.png: resolves outside"):
-        load_image_folder(cls.parent, (8, 8))
+    job = tmp_path / "job"
+    for cls in ("cat", "dog"):
+        (job / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), "blue").save(job / "data" / cls / "a.png")
+    (job / "data" / "cat" / "b.png").symlink_to(secret)
+    manifest = small_manifest(
+        job, name="symlink", quantization={"modes": ["int8_static"], "calibration": {"images": 1}},
+        artifacts=False,
+        models=[{"id": "m", "arch": "resnet18", "num_classes": 2, "input_size": [32, 32]}],
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        dataset={"format": "imagefolder", "images": "data"})
+    outcome = run_unit(plan_job(manifest).units[0], tmp_path / "results")
+    assert outcome.status == "error" and "b.png: resolves outside" in outcome.error
 
 
 def test_a_pickled_checkpoint_says_what_to_do_instead(tmp_path):

@@ -176,13 +176,19 @@ def test_classification_agreement():
 
 
 def test_image_folder_and_topk(tmp_path):
+    from worker.evaluate.image_folder import scan_image_folder
+    from worker.preprocess.spec import PreprocessSpec
+    from worker.preprocess.transform import load_images
+
     for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
         (tmp_path / cls).mkdir()
         Image.new("RGB", (20, 10), colour).save(tmp_path / cls / "a.png")
-    x, y, names = coco.load_image_folder(tmp_path, (8, 8))
-    assert x.shape == (2, 3, 8, 8) and y.tolist() == [0, 1] and names == ["cat", "dog"]
+    folder = scan_image_folder(tmp_path, None, 2)  # two folders, two classes: sorted labels
+    x, _ = load_images(folder.paths, PreprocessSpec(resize="stretch"), (8, 8))
+    assert x.shape == (2, 3, 8, 8) and folder.labels == [0, 1]
+    assert [p.parent.name for p in folder.paths] == ["cat", "dog"]
     logits = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0], [0.0, 0.2, 0.1, 0.0, 0.0, 0.9]])
     acc = coco.topk_accuracy(logits, torch.tensor([1, 2]))
     assert acc == {"top1": 0.5, "top5": 1.0}
     with pytest.raises(coco.DatasetError, match="missing_dir"):
-        coco.load_image_folder(tmp_path / "missing_dir", (8, 8))
+        scan_image_folder(tmp_path / "missing_dir", None, 2)

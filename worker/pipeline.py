@@ -22,14 +22,8 @@ from worker.artifacts.save import discard_artifact, save_artifact
 from worker.evaluate.synth import synth_images
 from worker.evaluate.targets import search_target
 from worker.manifest import Unit
-from worker.measure import BatchResult, environment_fingerprint
-from worker.measure.machine import LoadSampler
-from worker.measure.unit_latency import (
-    choose_reference,
-    latency_row_of,
-    measure_unit_latency,
-    measure_unpaired,
-)
+from worker.measure import environment_fingerprint
+from worker.measure.unit_latency import choose_reference, measure_unit_latency
 from worker.model_row import (
     Backend,
     InputFacts,
@@ -114,12 +108,6 @@ def calibration_source(unit: Unit, loaded: LoadedModel) -> Callable[[], list[tor
     return batches
 
 
-def size_columns(q: Quantized, fp32_size: int) -> dict[str, Any]:
-    """Size, parameter and layer columns of a quantized model, with its notes."""
-    return {**SizeResult.of(q, fp32_size).columns(), **ParamsResult.of(q).columns(),
-            "notes": q.notes}
-
-
 def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
     calibrated = get_mode(unit.mode).needs_calibration
     calib = unit.quantization.calibration
@@ -138,20 +126,6 @@ def failed_row(unit: Unit, error: str) -> dict[str, Any]:
     """The models row of a unit that could not even report its own failure."""
     return assemble(initial_model_row(unit, environment_fingerprint()), [], status="error",
                     error=error, notes=None, ended_at=_now())
-
-
-def measure_one(q: Quantized, pool: torch.Tensor, batch_size: int, unit: Unit) -> BatchResult:
-    """One batch size, unpaired, as the latency table's first pass measures it; running out of
-    memory is a result, not a crash."""
-    return measure_unpaired(q.predict, pool, batch_size, unit.device, unit.benchmark,
-                            LoadSampler())
-
-
-def latency_row(base: dict[str, Any], unit: Unit, loaded: LoadedModel, batch_size: int,
-                result: BatchResult) -> dict[str, Any]:
-    """The `latency` row of one unpaired result (no paired columns)."""
-    return latency_row_of(base, unit.benchmark, loaded.input_size, batch_size, result,
-                          LoadSampler(), unit.benchmark.reference)
 
 
 def measure_step(q: Quantized, loaded: LoadedModel, unit: Unit, base: dict[str, Any],

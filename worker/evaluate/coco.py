@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from worker.evaluate.coco_doc import DatasetError, check_coco_document, read_coco_document
 
-__all__ = ["DatasetError", "CocoDataset", "load_coco", "load_image_folder", "read_image"]
+__all__ = ["DatasetError", "CocoDataset", "load_coco", "read_image"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -167,27 +167,6 @@ def evaluate_detections(
         ev.accumulate()
         ev.summarize()
     return {"map": max(float(ev.stats[0]), 0.0), "map50": max(float(ev.stats[1]), 0.0)}
-
-
-def load_image_folder(
-    root: str | Path, size: tuple[int, int], limit: int | None = None,
-    roots: tuple[Path, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """root/<class>/<image> -> (NCHW batch at size, int64 labels, class names sorted)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: image folder does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DatasetError(f"{root}: no class sub-folders")
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
-    files = files[:limit] if limit is not None else files
-    if not files:
-        raise DatasetError(f"{root}: no images in the class sub-folders")
-    images = [read_image(confined_file(root, str(f.relative_to(root)), roots), size)[0]
-              for f, _ in files]
-    return torch.stack(images), torch.tensor([c for _, c in files], dtype=torch.int64), classes
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
