@@ -133,7 +133,8 @@ def stop_burners(procs: list[mp.Process]) -> None:
 def flags(root: Path, a: str, b: str, threshold: float = 10.0) -> list[str]:
     """Latency flags of b against a, as `qbench report --compare a b` gives them (with the
     spread of the nights before b, when there are enough of them)."""
-    cmp = compare_jobs(root, a, b, Thresholds(latency_pct=threshold), night_spread(root, b, a))
+    spreads = night_spread(load_history(root, b), b, a)
+    cmp = compare_jobs(root, a, b, Thresholds(latency_pct=threshold), spreads)
     return [r for r in cmp.regressions if "p50" in r]
 
 

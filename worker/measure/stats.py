@@ -171,6 +171,13 @@ def latency_change(old: Sequence[float], new: Sequence[float], threshold_pct: fl
     return Change(ci, p, significant, ci.low > 1.0 + threshold_pct / 100.0)
 
 
+def robust_log_spread(values: Sequence[float]) -> float:
+    """1.4826 × the median absolute deviation of log(values): a standard deviation on a log
+    scale that a few outlying runs do not inflate."""
+    logs = np.log(np.asarray(values, dtype=np.float64))
+    return float(1.4826 * np.median(np.abs(logs - np.median(logs))))
+
+
 @dataclass(frozen=True)
 class Step:
     """A step in a history of per-run medians: runs [index:] differ from runs [:index]."""
@@ -207,8 +214,7 @@ def detect_step(medians: Sequence[float], threshold_pct: float, min_before: int 
     assert best is not None
     j = best[1]
     before, after = logs[:j], logs[j:]
-    # Robust spread of the quiet segment: 1.4826 MAD estimates a standard deviation.
-    spread = float(1.4826 * np.median(np.abs(before - np.median(before))))
+    spread = robust_log_spread(np.exp(before))  # of the quiet segment
     step = float(np.median(after) - np.median(before))
     if step <= math.log1p(threshold_pct / 100.0) or step <= noise_factor * spread:
         return None

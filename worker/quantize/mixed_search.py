@@ -104,8 +104,8 @@ def child_groups(layers: Sequence[str], group: str) -> list[str]:
     return list(dict.fromkeys(kids))
 
 
-def refine_float_groups(evaluate: Evaluator, layers: Sequence[str], search: MixedPrecision,
-                        max_trials: int | None = None) -> MixedPrecision:
+def refine_float_groups(evaluate: Evaluator, layers: Sequence[str],
+                        search: MixedPrecision) -> MixedPrecision:
     """Split each float group of a search that met its target into its children, one level
     at a time down to single layers, and quantize each child whose loss the target tolerates.
 
@@ -114,21 +114,12 @@ def refine_float_groups(evaluate: Evaluator, layers: Sequence[str], search: Mixe
     trial, and a group whose split misses the target stays whole. Then each child is tried
     quantized (the rest as they are) and left quantized when the score still reaches the
     target; the children that remain float are refined in turn. Every accepted configuration
-    was scored at or above the target, so the result meets it. `max_trials` bounds the
-    quantize-and-score calls refinement adds (None: no bound).
+    was scored at or above the target, so the result meets it. Each split and each child
+    tried is one quantize-and-score trial (cached: none is run twice).
     """
     if not search.met or not search.float_groups:
         return search
     target, current, path = search.target, list(search.float_groups), list(search.path)
-    budget = [max_trials]
-
-    def trial(groups: list[str]) -> Trial | None:
-        if budget[0] is not None:
-            if budget[0] <= 0:
-                return None
-            budget[0] -= 1
-        return evaluate(groups)
-
     pending = list(current)
     while pending:
         group = pending.pop(0)
@@ -136,13 +127,13 @@ def refine_float_groups(evaluate: Evaluator, layers: Sequence[str], search: Mixe
         if not kids:
             continue  # a layer: nothing finer to try
         others = [g for g in current if g != group]
-        split = trial([*others, *kids])
-        if split is None or split.score < target:
+        split = evaluate([*others, *kids])
+        if split.score < target:
             continue
         keep = list(kids)
         for kid in kids:
-            tried = trial([*others, *(k for k in keep if k != kid)])
-            if tried is not None and tried.score >= target:
+            tried = evaluate([*others, *(k for k in keep if k != kid)])
+            if tried.score >= target:
                 keep.remove(kid)
                 path.append(tried)
         if len(keep) == len(kids):

@@ -74,9 +74,10 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(models, latency)
     base = compare_with or previous_nightly(root, job_id)
-    comparison = (compare_jobs(root, base, job_id, thresholds, night_spread(root, job_id, base))
+    nights = load_history(root, job_id)  # empty unless job_id is a nightly with a history
+    comparison = (compare_jobs(root, base, job_id, thresholds, night_spread(nights, job_id, base))
                   if base else None)
-    history = load_history(root, job_id) if compare_with is None else None
+    history = nights if compare_with is None else None  # steps and trends: nightly reports
     if comparison is not None and history is not None and history.jobs:
         comparison.regressions += step_regressions(history, thresholds.latency_pct)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.measure.stats import detect_step, median_ci
+from worker.measure.stats import detect_step, median_ci, robust_log_spread
 from worker.report.compare import NIGHTLY, Key, Spread, paired_ratios, unpaired_samples
 from worker.results import job_ids, read_table
 
@@ -80,19 +80,14 @@ def load_history(root: Path, job_id: str, nights: int = HISTORY_NIGHTS) -> Histo
 
 
 def _log_spread(values: list[float]) -> float | None:
-    if len(values) < SPREAD_MIN_NIGHTS:
-        return None
-    logs = np.log(np.asarray(values, dtype=np.float64))
-    return float(1.4826 * np.median(np.abs(logs - np.median(logs))))
+    return robust_log_spread(values) if len(values) >= SPREAD_MIN_NIGHTS else None
 
 
-def night_spread(root: Path, job_id: str, base: str | None = None,
-                 nights: int = HISTORY_NIGHTS) -> dict[Key, Spread]:
-    """Per unit × batch, the spread of the nights before `job_id` (same manifest, same
-    environment), up to `base` when it is one of them: the nights a change is measured from,
-    not those it may already have slowed. Empty for a job that is not a nightly or has too
-    short a history."""
-    history = load_history(root, job_id, nights)
+def night_spread(history: History, job_id: str, base: str | None = None) -> dict[Key, Spread]:
+    """Per unit × batch, the spread of the nights of `history` (load_history of `job_id`)
+    before `job_id`, up to `base` when it is one of them: the nights a change is measured
+    from, not those it may already have slowed. Empty for a job that is not a nightly or has
+    too short a history."""
     cut = history.jobs.index(base) + 1 if base in history.jobs else len(history.jobs) - 1
     before = set(history.jobs[:cut]) - {job_id}
     out = {}
