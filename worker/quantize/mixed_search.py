@@ -91,17 +91,19 @@ def candidate_groups(loaded: LoadedModel, depth: int | None = None) -> list[str]
     depth = depth or loaded.kind.group_depth
     from worker.inspect.capture import named_layers  # matplotlib-free, but not needed earlier
 
-    groups = [".".join(name.split(".")[:depth]) for name in named_layers(loaded.module)]
-    return list(dict.fromkeys(groups))
+    return _prefixes(named_layers(loaded.module), depth)
+
+
+def _prefixes(layers: Sequence[str], depth: int) -> list[str]:
+    """The distinct first `depth` segments of the layer names, in module order."""
+    return list(dict.fromkeys(".".join(name.split(".")[:depth]) for name in layers))
 
 
 def child_groups(layers: Sequence[str], group: str) -> list[str]:
     """The module paths one segment below `group` that hold layers, in module order ([] for a
     layer itself)."""
-    depth = group.count(".") + 2
-    kids = [".".join(name.split(".")[:depth]) for name in layers
-            if name.startswith(group + ".")]
-    return list(dict.fromkeys(kids))
+    inside = [name for name in layers if name.startswith(group + ".")]
+    return _prefixes(inside, group.count(".") + 2)
 
 
 def refine_float_groups(evaluate: Evaluator, layers: Sequence[str],
