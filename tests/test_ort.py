@@ -129,3 +129,39 @@ def test_node_names_map_to_modules():
     assert node_module("/rpn/head/cls_logits_2/Conv", names) == "rpn.head.cls_logits"
     assert node_module("/transform/Sub", names) is None
     assert node_module("/layer1/layer1.0/conv1/Conv", None) == "layer1.0.conv1"
+
+
+def test_ort_int8_outputs_keep_their_range_under_clipping_calibration(tmp_path):
+    """Percentile and entropy ranges clip a tensor's rare extremes; on a model's output those
+    extremes are the decision (the winning logit), so several classes would tie at the clipped
+    maximum. The graph outputs keep the min/max seen during calibration."""
+    x = structured_images(8, 32, seed=2)
+    pool = torch.nn.AvgPool2d(4)
+    flat = pool(x).flatten(1)
+    centred = flat - flat.mean(0)
+    lin = torch.nn.Linear(flat.shape[1], 20_000)
+    with torch.no_grad():  # class k answers image k: logit 10, image 0's logit 30; the rest ~0
+        lin.weight.normal_(0, 0.002)
+        lin.bias.zero_()
+        lin.weight[:8] = 10 * centred / (centred * centred).sum(1, keepdim=True)
+        lin.weight[0] *= 3
+        lin.bias[:8] = -(lin.weight[:8] @ flat.mean(0))
+    net = torch.nn.Sequential(pool, torch.nn.Flatten(), lin).eval()
+    loaded = LoadedModel("tail", "custom", "classification", net, (32, 32), 20_000)
+    ref = net(x)
+    assert ref.max().item() > 29  # 8 values in 160,000 far out: above the 99.99th percentile
+    q = quantize(loaded, "ort_int8", request(tmp_path, [x], method="percentile"))
+    out = q.predict(x)
+    assert "graph outputs keep their observed min/max" in q.notes
+    assert out.max().item() > 0.98 * ref.max().item()  # not clipped to the percentile
+
+    from worker.quantize.ort_int8 import output_ranges
+
+    (tmp_path / "m.onnx").write_bytes(b"")
+    torch.onnx.export(net, (x[:1],), str(tmp_path / "m.onnx"), input_names=["input"],
+                      output_names=["logits"], dynamo=False,
+                      dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    ranges = output_ranges(tmp_path / "m.onnx", [{"input": x[:4].numpy()}, {"input": x[4:].numpy()}])
+    assert set(ranges) == {"logits"}
+    assert ranges["logits"][0]["rmax"] == pytest.approx(ref.max().item(), rel=1e-5)
+    assert ranges["logits"][0]["rmin"] == pytest.approx(min(ref.min().item(), 0.0), rel=1e-5)

@@ -112,6 +112,30 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
     return exclude, list(notes.values())
 
 
+def output_ranges(path: Path, data: list[dict]) -> dict[str, list[dict]]:
+    """TensorQuantOverrides giving each graph output its observed min/max over the calibration
+    feeds. A model's outputs carry its decision (the top logit, the best box score): a histogram
+    or percentile range clips exactly those extremes, so several classes end up tied at the
+    clipped maximum (measured: a real MobileNetV2's top-1 agreement with fp32 fell from 0.90 to
+    0.34 with Entropy-clipped logits, at the same 17 dB SQNR). Inner tensors keep the method's
+    range."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    lo = dict.fromkeys(names, np.inf)
+    hi = dict.fromkeys(names, -np.inf)
+    for feed in data:
+        for name, value in zip(names, session.run(names, feed), strict=True):
+            value = np.asarray(value)
+            if value.size and np.issubdtype(value.dtype, np.floating):
+                lo[name] = min(lo[name], float(value.min()))
+                hi[name] = max(hi[name], float(value.max()))
+    # ORT reads the overrides as float32 arrays (it asks for their .dtype)
+    return {n: [{"rmin": np.float32(min(lo[n], 0.0)), "rmax": np.float32(max(hi[n], 0.0))}]
+            for n in names if np.isfinite(lo[n]) and np.isfinite(hi[n])}
+
+
 def reduce_range_for(device: str) -> tuple[bool, str]:
     """ORT's advice: without VNNI, u8 x s8 products go through vpmaddubsw, whose 16-bit
     intermediate sums can saturate, so weights are quantized to 7 bits (reduce_range); with
@@ -144,6 +168,7 @@ def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized
     spec = request.calibration
     out = work / "model_int8.onnx"
     reduce_range, isa_note = reduce_range_for(request.device)
+    overrides = output_ranges(pre, data) if spec.method != "minmax" else {}
     # ORT prints calibration progress, and divides by zero on empty tensors it then skips.
     with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
         quantize_static(
@@ -152,7 +177,8 @@ def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
             extra_options={"CalibStridedMinMax": 1, "CalibPercentile": spec.percentile,
-                           "CalibTensorRangeSymmetric": False},
+                           "CalibTensorRangeSymmetric": False,
+                           "TensorQuantOverrides": overrides},
         )
     scope = None if getattr(model, "onnx_path", None) else model.kind.ort_int8_scope(model.module)
     if scope is not None:
@@ -161,5 +187,6 @@ def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized
     notes.append(f"calibration: {spec.method} -> ORT {METHODS[spec.method]}"
                  + (f" p{spec.percentile}" if spec.method == "percentile" else "")
                  + f", {len(data)} feeds, " + ("per-channel" if spec.per_channel else "per-tensor")
-                 + f" s8 weights, u8 activations ({isa_note})")
+                 + f" s8 weights, u8 activations ({isa_note})"
+                 + ("; graph outputs keep their observed min/max" if overrides else ""))
     return ort_quantized(model, out, request.device, notes, fp32_path=pre)
