@@ -153,3 +153,50 @@ def test_reference_that_fails_is_a_note_not_a_failed_row():
                                _bench(batch_sizes=[1]), (8, 8), {})
     row = out.rows[0]
     assert row["status"] == "ok" and row["pairing"].startswith("failed: reference fp32: RuntimeError")
+
+
+def test_rounds_rotate_over_the_batch_sizes_and_label_their_pairs():
+    events: list[str] = []
+    pool = torch.rand(2, 3, 8, 8)
+
+    def unit(batch):
+        events.append(f"unit:{batch.shape[0]}")
+        return batch.sum()
+
+    def build():
+        events.append("build reference")
+        return lambda batch: (events.append(f"ref:{batch.shape[0]}"), batch.sum())
+
+    out = measure_unit_latency(unit, build, pool, "int8_static", "cpu",
+                               _bench(rounds=3, iterations=6), (8, 8), {"mode": "int8_static"})
+    after = events[events.index("build reference") + 1:]
+    # the batch size changes between consecutive stretches: 1, 2, 1, 2, 1, 2
+    stretches = [after[0].split(":")[1]]
+    for e in after[1:]:
+        if e.split(":")[1] != stretches[-1]:
+            stretches.append(e.split(":")[1])
+    assert stretches == ["1", "2"] * 3
+    for r in out.rows:
+        assert r["paired_rounds"] == 3 and r["paired_iterations"] == 6  # 2 pairs per round
+    paired = [s for s in out.samples if s["pass"] == "paired" and s["role"] == "unit"
+              and s["batch_size"] == 1]
+    assert [s["round"] for s in paired] == [0, 0, 1, 1, 2, 2]
+    assert [s["iteration"] for s in paired] == list(range(6))
+    assert all(s["round"] is None for s in out.samples if s["pass"] == "unpaired")
+
+
+def test_round_plan_shares_and_combined_rounds():
+    from worker.measure.paired import PairedResult, combine_rounds, round_plan
+
+    plan = SamplingPlan(iterations=10, min_seconds=3.0, max_iterations=31, max_seconds=9.0)
+    share = round_plan(plan, 3)
+    assert (share.iterations, share.min_seconds, share.max_iterations, share.max_seconds) == \
+        (4, 1.0, 11, 3.0)
+    assert round_plan(plan, 1) is plan
+    a = PairedResult("ok", (2.0, 2.0), (1.0, 1.0), ("reference", "unit"))
+    b = PairedResult("ok", (3.0,), (1.0,), ("reference",))
+    both = combine_rounds([a, b])
+    assert both.rounds == (0, 0, 1) and both.reference_s == (2.0, 2.0, 3.0)
+    assert combine_rounds([a]).rounds == ()
+    oom = PairedResult("oom", error="out of memory")
+    assert combine_rounds([a, oom]).status == "oom"

@@ -111,3 +111,37 @@ def test_step_detected_only_when_beyond_noise_and_threshold():
     noisy = list(20.0 * np.exp(rng.normal(0, 0.15, 10)))
     assert detect_step(noisy, 10) is None, "a night-to-night spread of 15% hides a 10% step"
     assert detect_step([20.0, 20.0, 30.0], 10) is None, "too short a history"
+
+
+def test_rounds_put_the_drift_between_rounds_into_the_interval():
+    # Three rounds, each tight, timed at moments where the ratio drifted by ±6%: resampling
+    # pairs alone gives a CI a few tenths of a percent wide that misses two of the rounds;
+    # resampling rounds first covers them.
+    rng = np.random.default_rng(7)
+    levels = (0.94, 1.0, 1.06)
+    ratios = np.concatenate([lv * (1 + 0.005 * rng.standard_normal(20)) for lv in levels])
+    rounds = [k for k in range(3) for _ in range(20)]
+    ones = np.ones(ratios.size)
+    flat = paired_ratio_ci(ratios, ones)
+    grouped = paired_ratio_ci(ratios, ones, rounds=rounds)
+    assert flat.high - flat.low < 0.02
+    assert grouped.low < 0.96 and grouped.high > 1.04
+    assert grouped == paired_ratio_ci(ratios, ones, rounds=rounds)  # seeded
+    assert paired_ratio_ci(ratios, ones, rounds=[0] * ratios.size) == flat  # one round: pairs
+    with pytest.raises(ValueError):
+        paired_ratio_ci(ratios, ones, rounds=[0, 1])
+
+
+def test_a_run_to_run_shift_inside_the_rounds_spread_is_not_flagged_a_real_one_is():
+    rng = np.random.default_rng(8)
+
+    def run(center: float, drift: tuple[float, ...]) -> tuple[np.ndarray, list[int]]:
+        values = np.concatenate([center * d * (1 + 0.01 * rng.standard_normal(15)) for d in drift])
+        return values, [k for k in range(len(drift)) for _ in range(15)]
+
+    old, old_rounds = run(1.0, (0.95, 1.0, 1.04))
+    same, same_rounds = run(1.0, (1.10, 1.15, 1.19))  # unchanged code, a slower stretch of the VM
+    assert latency_change(old, same, 10).regression  # pairs alone: flagged
+    assert not latency_change(old, same, 10, old_rounds, same_rounds).regression
+    slower, slower_rounds = run(1.35, (0.97, 1.0, 1.03))
+    assert latency_change(old, slower, 10, old_rounds, slower_rounds).regression

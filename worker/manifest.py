@@ -59,6 +59,7 @@ MAX_BATCH_SIZE = _limit("QBENCH_MAX_BATCH_SIZE", 4096)
 MAX_BATCH_SIZES = 16
 MAX_ITERATIONS = 100_000
 MAX_WARMUP = 10_000
+MAX_ROUNDS = 20
 MAX_SECONDS = 24 * 3600  # min_seconds / max_seconds per batch size
 MAX_THREADS = 1024
 MAX_KEEP_FLOAT = 256
@@ -191,6 +192,8 @@ class BenchmarkSpec(Strict):
     # Paired speedup: the reference timed in the same process, interleaved with the unit.
     pairing: Literal["interleaved", "off"] = "interleaved"
     reference: Literal["fp32", "fp32_compiled", "ort_fp32"] = "fp32"
+    # The paired pass in rounds over the batch sizes; its CI resamples rounds, then pairs.
+    rounds: StrictInt = Field(default=3, ge=1, le=MAX_ROUNDS)
 
     @field_validator("batch_sizes")
     @classmethod

@@ -88,6 +88,7 @@ LATENCY = pa.schema(IDENTITY + [
     ("pairing", pa.string()),  # interleaved | off | reference | failed: <why>
     ("reference_mode", pa.string()),
     ("paired_iterations", pa.int32()),  # pairs timed
+    ("paired_rounds", pa.int32()),  # rounds the pairs were timed in (benchmark.rounds)
     ("reference_latency_ms_p50", pa.float64()),  # the reference's p50 in the paired pass
     ("paired_latency_ms_p50", pa.float64()),  # the unit's own p50 in the paired pass
     ("speedup", pa.float64()),  # median over the pairs of reference / unit
@@ -104,6 +105,7 @@ SAMPLES = pa.schema(IDENTITY + [
     ("reference_mode", pa.string()),  # paired pass: the reference's mode
     ("iteration", pa.int32()),  # 0-based, in timing order within (pass, role)
     ("ran_first", pa.bool_()),  # paired pass: this side's block ran first in its pair
+    ("round", pa.int32()),  # paired pass: the round (0-based) this pair was timed in
     ("latency_ms", pa.float64()),
     ("threads", pa.int32()),
     ("env_fingerprint", pa.string()),

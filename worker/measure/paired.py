@@ -10,12 +10,18 @@ right after itself, and alternating that made its samples bimodal and its median
 Timed call j of the unit's block pairs with timed call j of the reference's block. The speedup
 is the median over the pairs of reference / unit, with a seeded bootstrap CI that resamples
 pairs (worker.measure.stats.paired_ratio_ci).
+
+A unit's paired pass runs in rounds (`benchmark.rounds`): each round times every batch size
+once, with its share of the sampling plan (`round_plan`), so each batch size's pairs come from
+moments spread over the whole pass. The CI then resamples rounds before pairs: the machine's
+drift between rounds, which no single stretch of pairs shows, is in the interval.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +44,7 @@ class PairedResult:
     first: tuple[str, ...] = ()  # which side's block ran first, per pair
     calls: list[str] = field(default_factory=list, repr=False)  # every call, warm-up included
     error: str | None = None
+    rounds: tuple[int, ...] = ()  # the round each pair was timed in (empty: one round)
 
     @property
     def pairs(self) -> int:
@@ -47,11 +54,43 @@ class PairedResult:
         """Median over the pairs of reference / unit, with its 95% bootstrap CI."""
         if self.status != "ok" or not self.unit_s:
             return None
-        return paired_ratio_ci(self.reference_s, self.unit_s)
+        return paired_ratio_ci(self.reference_s, self.unit_s, rounds=self.rounds or None)
 
     def latency(self, side: str) -> Latency | None:
         values = self.reference_s if side == REFERENCE else self.unit_s
         return Latency.from_seconds(values) if values else None
+
+
+def round_plan(plan: SamplingPlan, rounds: int) -> SamplingPlan:
+    """One round's share of a batch size's plan: the counts rounded up, the times divided."""
+    if rounds <= 1:
+        return plan
+    return SamplingPlan(
+        iterations=math.ceil(plan.iterations / rounds), min_seconds=plan.min_seconds / rounds,
+        max_iterations=None if plan.max_iterations is None else math.ceil(plan.max_iterations / rounds),
+        max_seconds=None if plan.max_seconds is None else plan.max_seconds / rounds)
+
+
+def combine_rounds(results: Sequence[PairedResult]) -> PairedResult:
+    """One batch size's rounds as one result, each pair labelled with its round. A round that
+    did not finish (oom) makes the whole result that status: a speedup from the rounds before
+    it would describe a different run."""
+    for r in results:
+        if r.status != "ok":
+            return r
+    ref: list[float] = []
+    unit: list[float] = []
+    first: list[str] = []
+    calls: list[str] = []
+    labels: list[int] = []
+    for k, r in enumerate(results):
+        ref += r.reference_s
+        unit += r.unit_s
+        first += r.first
+        calls += [f"round{k}:{c}" for c in r.calls]
+        labels += [k] * len(r.unit_s)
+    return PairedResult("ok", tuple(ref), tuple(unit), tuple(first), calls,
+                        rounds=tuple(labels) if len(results) > 1 else ())
 
 
 def measure_paired(unit_step: Callable[[], Any], reference_step: Callable[[], Any],

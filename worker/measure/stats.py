@@ -42,10 +42,33 @@ def _quantiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def median_draws(values: np.ndarray, groups: Sequence[int] | None, rng: np.random.Generator,
+                 resamples: int) -> np.ndarray:
+    """Bootstrap medians of `values`. With several `groups` (the rounds a pass was timed in),
+    two stages: draw rounds with replacement, then values within each drawn round, so the
+    spread between rounds, which is the machine's drift over the run, widens the interval;
+    otherwise values alone are resampled."""
+    if groups is None or len(set(groups)) < 2:
+        return np.median(values[rng.integers(0, values.size, size=(resamples, values.size))], axis=1)
+    g = np.asarray(groups)
+    labels = np.unique(g)
+    members = [values[g == label] for label in labels]
+    width = max(m.size for m in members)
+    # each round's values resampled within it, padded to one width: [rounds, resamples, width]
+    within = np.full((len(members), resamples, width), np.nan)
+    for k, m in enumerate(members):
+        within[k, :, :m.size] = m[rng.integers(0, m.size, size=(resamples, m.size))]
+    chosen = rng.integers(0, len(members), size=(resamples, len(members)))
+    stacked = within[chosen, np.arange(resamples)[:, None]]  # [resamples, rounds, width]
+    return np.nanmedian(stacked.reshape(resamples, -1), axis=1)
+
+
 def paired_ratio_ci(numerator: Sequence[float], denominator: Sequence[float],
                     seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES,
-                    confidence: float = CONFIDENCE) -> RatioCI:
-    """median(num_i / den_i) over the pairs, with a CI that resamples pair indices.
+                    confidence: float = CONFIDENCE,
+                    rounds: Sequence[int] | None = None) -> RatioCI:
+    """median(num_i / den_i) over the pairs, with a CI that resamples pair indices (and first
+    the rounds they were timed in, where there were several: `median_draws`).
 
     Sample i of each side was taken next to the other's sample i, so a burst of load that
     slowed both cancels in their ratio: the estimate is the median of the per-pair ratios, not
@@ -58,25 +81,27 @@ def paired_ratio_ci(numerator: Sequence[float], denominator: Sequence[float],
     b = np.asarray(denominator, dtype=np.float64)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"paired samples need equal, non-zero lengths: {a.size} vs {b.size}")
+    if rounds is not None and len(rounds) != a.size:
+        raise ValueError(f"{len(rounds)} round labels for {a.size} pairs")
     ratios = a / b
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, a.size, size=(resamples, a.size))
-    draws = np.median(ratios[idx], axis=1)
+    draws = median_draws(ratios, rounds, np.random.default_rng(seed), resamples)
     low, high = _quantiles(draws, confidence)
     return RatioCI(float(np.median(ratios)), low, high, resamples, True)
 
 
 def ratio_ci(numerator: Sequence[float], denominator: Sequence[float],
              seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES,
-             confidence: float = CONFIDENCE) -> RatioCI:
-    """CI of median(num)/median(den) for two independent sample sets (e.g. two runs)."""
+             confidence: float = CONFIDENCE, numerator_rounds: Sequence[int] | None = None,
+             denominator_rounds: Sequence[int] | None = None) -> RatioCI:
+    """CI of median(num)/median(den) for two independent sample sets (e.g. two runs), each
+    resampled by rounds first where it was timed in several (`median_draws`)."""
     a = np.asarray(numerator, dtype=np.float64)
     b = np.asarray(denominator, dtype=np.float64)
     if a.size == 0 or b.size == 0:
         raise ValueError("both sample sets must be non-empty")
     rng = np.random.default_rng(seed)
-    da = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    db = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+    da = median_draws(a, numerator_rounds, rng, resamples)
+    db = median_draws(b, denominator_rounds, rng, resamples)
     low, high = _quantiles(da / db, confidence)
     return RatioCI(float(np.median(a) / np.median(b)), low, high, resamples, False)
 
@@ -157,7 +182,9 @@ class Change:
         return self.significant and self.beyond_threshold
 
 
-def latency_change(old: Sequence[float], new: Sequence[float], threshold_pct: float) -> Change:
+def latency_change(old: Sequence[float], new: Sequence[float], threshold_pct: float,
+                   old_rounds: Sequence[int] | None = None,
+                   new_rounds: Sequence[int] | None = None) -> Change:
     """Is `new` slower than `old` by more than the threshold, beyond the runs' own noise?
 
     The CI must clear the threshold, not 1: runs of unchanged code on a shared machine differ by
@@ -165,7 +192,7 @@ def latency_change(old: Sequence[float], new: Sequence[float], threshold_pct: fl
     and neighbour state), so an estimate just past +10% with a CI reaching down to +4% is that
     drift. A change is a regression when the interval says "slower by more than the threshold".
     """
-    ci = ratio_ci(new, old)
+    ci = ratio_ci(new, old, numerator_rounds=new_rounds, denominator_rounds=old_rounds)
     _, p = mann_whitney_u(new, old)
     significant = ci.low > 1.0 and p < SIGNIFICANCE
     return Change(ci, p, significant, ci.low > 1.0 + threshold_pct / 100.0)

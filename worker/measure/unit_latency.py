@@ -6,7 +6,8 @@ Order, and why:
    reference that is not the loader's own module (compiled fp32, an ORT session) cannot add
    to the unit's memory peaks.
 2. The reference is built (once), then each batch size is timed again, interleaved with it
-   (worker.measure.paired), one batch size at a time. The reference is freed at the end.
+   (worker.measure.paired), one batch size at a time, in `benchmark.rounds` rounds over the
+   batch sizes (each round a share of the plan). The reference is freed at the end.
 A unit whose mode is the reference gets pairing "reference"; with `benchmark.pairing: off`
 the paired columns stay null.
 """
@@ -23,7 +24,14 @@ import torch
 
 from worker.measure import BatchResult, is_oom, measure_batch
 from worker.measure.machine import LoadSampler
-from worker.measure.paired import REFERENCE, UNIT, PairedResult, measure_paired
+from worker.measure.paired import (
+    REFERENCE,
+    UNIT,
+    PairedResult,
+    combine_rounds,
+    measure_paired,
+    round_plan,
+)
 from worker.measure.sampling import SamplingPlan
 from worker.measure.stats import coefficient_of_variation, is_stable
 
@@ -86,12 +94,15 @@ def latency_row_of(base: dict[str, Any], benchmark: Any, input_size: tuple[int, 
 
 def _sample_rows(base: dict[str, Any], batch_size: int, kind: str, role: str,
                  values_ms: tuple[float, ...], reference_mode: str | None,
-                 first: tuple[bool, ...] | None = None) -> list[dict[str, Any]]:
+                 first: tuple[bool, ...] | None = None,
+                 rounds: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     keep = {k: base.get(k) for k in ("job_id", "job_name", "unit_id", "model_id", "arch", "mode",
                                      "backend", "device", "threads", "env_fingerprint", "host")}
     return [{**keep, "batch_size": batch_size, "pass": kind, "role": role,
              "reference_mode": reference_mode, "iteration": i,
-             "ran_first": first[i] if first else None, "latency_ms": v}
+             "ran_first": first[i] if first else None,
+             "round": (rounds[i] if rounds else 0) if kind == "paired" else None,
+             "latency_ms": v}
             for i, v in enumerate(values_ms)]
 
 
@@ -175,26 +186,45 @@ def measure_unit_latency(predict: Callable[[torch.Tensor], Any],
         for _, row, _ in ok:
             row["pairing"] = f"failed: reference {ref_mode}: {_one_line(exc)}"
         return out
+    rounds = max(1, getattr(benchmark, "rounds", 1))
+    plan = round_plan(sampling_plan(benchmark), rounds)
+    per_batch: dict[int, list[PairedResult]] = {bs: [] for bs, _, _ in ok}
+    failed: set[int] = set()
     try:
+        for r in range(rounds):
+            for bs, row, load in ok:
+                if bs in failed:
+                    continue
+                say(f"paired batch {bs}" + (f", round {r + 1}/{rounds}" if rounds > 1 else ""),
+                    step0 + len(results), total_steps)
+                batch = bench_batch(pool, bs, device)
+                # later rounds warm up with one call per side: the blocks' settle calls do the rest
+                warmup = benchmark.warmup if r == 0 else min(1, benchmark.warmup)
+                try:
+                    paired = measure_paired(lambda b=batch: predict(b), lambda b=batch: held[0](b),
+                                            device, warmup, plan, load, is_oom)
+                except Exception as exc:
+                    row["pairing"] = f"failed: {_one_line(exc)}"
+                    failed.add(bs)
+                    continue
+                finally:
+                    del batch
+                per_batch[bs].append(paired)
+                if paired.status != "ok":
+                    failed.add(bs)
         for bs, row, load in ok:
-            say(f"paired batch {bs}", step0 + len(results), total_steps)
-            batch = bench_batch(pool, bs, device)
-            try:
-                paired = measure_paired(lambda b=batch: predict(b), lambda b=batch: held[0](b),
-                                        device, benchmark.warmup, sampling_plan(benchmark), load,
-                                        is_oom)
-            except Exception as exc:
-                row["pairing"] = f"failed: {_one_line(exc)}"
+            if not per_batch[bs] or row.get("pairing", "").startswith("failed"):
                 continue
+            paired = combine_rounds(per_batch[bs])
             apply_paired(row, paired)
+            row["paired_rounds"] = len(per_batch[bs]) if paired.status == "ok" else None
             row.update(load.columns())  # load over both passes of this batch size
             first = tuple(f == UNIT for f in paired.first)
             out.samples += _sample_rows(base, bs, "paired", UNIT, tuple(v * 1000 for v in paired.unit_s),
-                                        ref_mode, first)
+                                        ref_mode, first, paired.rounds)
             out.samples += _sample_rows(base, bs, "paired", REFERENCE,
                                         tuple(v * 1000 for v in paired.reference_s),
-                                        ref_mode, tuple(not f for f in first))
-            del batch
+                                        ref_mode, tuple(not f for f in first), paired.rounds)
     finally:
         held.clear()
         gc.collect()

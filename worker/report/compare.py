@@ -29,34 +29,47 @@ def _samples(root: Path, job_id: str) -> list[tuple]:
     if table.num_rows == 0:
         return []
     cols = table.select(["model_id", "mode", "device", "batch_size", "pass", "role",
-                         "reference_mode", "iteration", "latency_ms"]).to_pydict()
+                         "reference_mode", "iteration", "latency_ms", "round"]).to_pydict()
     return list(zip(*cols.values(), strict=True))
 
 
 def unpaired_samples(root: Path, job_id: str) -> dict[Key, list[float]]:
     """The unit's own (unpaired) per-iteration latencies, by (model, mode, device, batch)."""
     out: dict[Key, list[float]] = {}
-    for m, mode, d, b, kind, role, _, _, v in _samples(root, job_id):
+    for m, mode, d, b, kind, role, _, _, v, _ in _samples(root, job_id):
         if kind == "unpaired" and role == "unit" and v is not None:
             out.setdefault((m, mode, d, b), []).append(v)
     return out
 
 
-def paired_ratios(root: Path, job_id: str) -> dict[Key, tuple[str, list[float]]]:
+@dataclass(frozen=True)
+class Pairs:
+    """One unit × batch's per-pair ratios unit / reference, with the round of each pair."""
+
+    reference: str
+    ratios: list[float]
+    rounds: list[int] | None  # None: one round (files from before rounds: one round)
+
+
+def paired_ratios(root: Path, job_id: str) -> dict[Key, Pairs]:
     """Per pair, the unit's latency over the reference's timed beside it: load that hit both
     cancels, so this moves only when the unit itself got slower relative to its reference."""
     sides: dict[Key, dict[str, dict[int, float]]] = {}
+    rounds: dict[Key, dict[int, int]] = {}
     refs: dict[Key, str] = {}
-    for m, mode, d, b, kind, role, ref, i, v in _samples(root, job_id):
+    for m, mode, d, b, kind, role, ref, i, v, r in _samples(root, job_id):
         if kind == "paired" and v is not None:
             sides.setdefault((m, mode, d, b), {}).setdefault(role, {})[i] = v
+            rounds.setdefault((m, mode, d, b), {})[i] = r or 0
             refs[(m, mode, d, b)] = ref
     out = {}
     for key, by_role in sides.items():
         unit, ref = by_role.get("unit", {}), by_role.get("reference", {})
-        ratios = [unit[i] / ref[i] for i in sorted(set(unit) & set(ref)) if ref[i] > 0]
-        if ratios:
-            out[key] = (refs[key], ratios)
+        index = [i for i in sorted(set(unit) & set(ref)) if ref[i] > 0]
+        if index:
+            labels = [rounds[key][i] for i in index]
+            out[key] = Pairs(refs[key], [unit[i] / ref[i] for i in index],
+                             labels if len(set(labels)) > 1 else None)
     return out
 
 
@@ -94,21 +107,23 @@ def _beats_spread(change: Change, spread: float | None) -> bool:
 
 def latency_verdict(lat_pct: float | None, old: list[float] | None, new: list[float] | None,
                     threshold_pct: float,
-                    old_pairs: tuple[str, list[float]] | None = None,
-                    new_pairs: tuple[str, list[float]] | None = None,
+                    old_pairs: Pairs | None = None,
+                    new_pairs: Pairs | None = None,
                     stable: bool | None = None, spread: Spread | None = None) -> LatencyVerdict:
     """Which evidence decides a latency change, strongest first:
     1. both runs timed the unit beside the same reference: the per-pair ratios unit/reference
-       (the machine's load between and during the runs cancels);
+       (the machine's load between and during the runs cancels), each run's CI resampling its
+       rounds before its pairs (the drift between rounds is run-to-run noise in small);
     2. both runs kept raw samples and both rows are stable (cv <= 10%): the raw samples;
        an unstable row is not flagged from raw samples (its run-to-run drift is not in its
        samples: on a shared machine a quiet and a busy run of the same code differ by 2x);
     3. neither kept samples (files from before): the p50 threshold alone.
     With a nightly history (`spread`), a change on 1 or 2 must also beat SPREAD_FACTOR times
     the nights' spread of that same figure: two runs can each be tight and still differ."""
-    if (old_pairs and new_pairs and old_pairs[0] == new_pairs[0]
-            and len(old_pairs[1]) >= 2 and len(new_pairs[1]) >= 2):
-        change = latency_change(old_pairs[1], new_pairs[1], threshold_pct)
+    if (old_pairs and new_pairs and old_pairs.reference == new_pairs.reference
+            and len(old_pairs.ratios) >= 2 and len(new_pairs.ratios) >= 2):
+        change = latency_change(old_pairs.ratios, new_pairs.ratios, threshold_pct,
+                                old_pairs.rounds, new_pairs.rounds)
         noise = spread.relative if spread else None
         return LatencyVerdict(change.regression and _beats_spread(change, noise), change,
                               "paired", noise)

@@ -72,10 +72,10 @@ def load_history(root: Path, job_id: str, nights: int = HISTORY_NIGHTS) -> Histo
                 p50, low, high = median_ci(values)
             else:
                 p50, low, high = r["latency_ms_p50"], None, None
-            ref, ratios = pairs.get(key, (None, None))
+            pair = pairs.get(key)
             history.series.setdefault(key, []).append(Night(
-                j, day, p50, low, high, float(np.median(ratios)) if ratios else None, ref,
-                r.get("stable")))
+                j, day, p50, low, high, float(np.median(pair.ratios)) if pair else None,
+                pair.reference if pair else None, r.get("stable")))
     return history
 
 
