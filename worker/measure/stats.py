@@ -191,6 +191,8 @@ def latency_change(old: Sequence[float], new: Sequence[float], threshold_pct: fl
     a few percent more than either run's samples show (each run has its own frequency, cache
     and neighbour state), so an estimate just past +10% with a CI reaching down to +4% is that
     drift. A change is a regression when the interval says "slower by more than the threshold".
+    With round labels (the paired pass's rounds), each run's median is resampled by rounds
+    first, so the drift between a run's rounds widens the interval.
     """
     ci = ratio_ci(new, old, numerator_rounds=new_rounds, denominator_rounds=old_rounds)
     _, p = mann_whitney_u(new, old)
