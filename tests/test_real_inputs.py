@@ -139,10 +139,11 @@ def test_int8_mixed_refines_its_float_groups_and_checks_held_out_images(classifi
         classifier, name="mixed-cls",
         models=[_model("declared", preprocess=PREPROCESS, outputs={"labels": LABELS})],
         quantization={"modes": ["int8_mixed"], "calibration": {"images": 8},
-                      "target": {"min_agreement": 0.99999}},
+                      "target": {"min_cosine": 0.99999}},
         benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
         inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
     row = _run(manifest)["declared", "int8_mixed"]
+    assert row["mixed_target_metric"].startswith("mean cosine similarity of the outputs")
     assert row["mixed_heldout_target"] == 0.99999 and row["mixed_heldout_score"] is not None
     assert row["mixed_heldout_met"] == (row["mixed_heldout_score"] >= 0.99999)
     assert "on held-out images" in row["notes"]
@@ -151,3 +152,33 @@ def test_int8_mixed_refines_its_float_groups_and_checks_held_out_images(classifi
     before, after = row["mixed_refined_from"], row["mixed_float_groups"]
     assert before and after != before
     assert all(any(g == f or g.startswith(f + ".") for f in before) for g in after)
+
+
+def test_int8_mixed_min_agreement_of_a_classifier_is_top1_agreement(classifier):
+    """`min_agreement` is the figure the report shows for classifiers, top-1 agreement with
+    fp32, not a cosine similarity that a 0.97 target would meet at ~73% top-1 agreement: its
+    score is a fraction of the images searched (6 of 8) and of those held out (2)."""
+    manifest = small_manifest(
+        classifier, name="mixed-top1",
+        models=[_model("declared", preprocess=PREPROCESS, outputs={"labels": LABELS})],
+        quantization={"modes": ["int8_mixed"], "calibration": {"images": 8},
+                      "target": {"min_agreement": 1.0}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
+    row = _run(manifest)["declared", "int8_mixed"]
+    assert row["mixed_target_metric"] == "top-1 agreement with fp32 on the calibration images"
+    assert row["mixed_score"] * 6 == pytest.approx(round(row["mixed_score"] * 6))
+    assert row["mixed_heldout_score"] * 2 == pytest.approx(round(row["mixed_heldout_score"] * 2))
+    assert row["mixed_target_met"] == (row["mixed_score"] >= 1.0)
+    assert "top-1 agreement with fp32 on the calibration images >= 1.000" in row["notes"]
+
+
+def test_min_cosine_is_refused_for_a_detector(detector_data):
+    plain = {"id": "fx", "arch": "fixture", "input_size": [256, 256]}
+    path = _det_manifest(detector_data, "cos", plain, ["int8_mixed"])
+    doc = yaml.safe_load(path.read_text())
+    doc["quantization"]["target"] = {"min_cosine": 0.99}
+    path.write_text(yaml.safe_dump(doc))
+    res = qbench("validate", str(path))
+    assert res.returncode == 2
+    assert "quantization.target.min_cosine: models[0] is a detector" in res.stdout + res.stderr

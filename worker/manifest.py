@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.catalogue import MODES, arch_problem, mode_device_problem, mode_names
+from worker.catalogue import MODES, arch_problem, mode_device_problem, mode_names, torchvision_task
 from worker.errors import ManifestError
 
 __all__ = ["ManifestError", "Manifest", "Unit", "load_manifest", "parse_manifest"]
@@ -116,6 +116,8 @@ class TargetSpec(Strict):
 
     max_map_drop: StrictFloat | None = Field(default=None, ge=0)  # mAP points vs fp32 (needs a dataset)
     min_agreement: StrictFloat = Field(default=0.99, gt=0, le=1)  # agreement with fp32, without one
+    # continuous instead: mean cosine similarity of the outputs with fp32 (not for detectors)
+    min_cosine: StrictFloat | None = Field(default=None, gt=0, le=1)
     max_float: StrictInt | None = Field(default=None, ge=0)  # at most this many groups kept float
 
 
@@ -242,6 +244,12 @@ class Manifest(Strict):
         if target.max_map_drop is not None and self.dataset is None:
             raise ValueError("quantization.target.max_map_drop needs a dataset "
                              "(without one, use min_agreement)")
+        if target.min_cosine is not None:
+            for i, m in enumerate(self.models):
+                if m.source == "torchvision" and (m.arch == "fixture"
+                                                  or torchvision_task(m.arch) == "detection"):
+                    raise ValueError(f"quantization.target.min_cosine: models[{i}] is a detector "
+                                     "(use min_agreement or max_map_drop)")
         ids = [m.id for m in self.models]
         if len(set(ids)) != len(ids):
             raise ValueError("models: two models share an id")

@@ -28,13 +28,25 @@ def heldout_count(n: int) -> int:
 
 def agreement_score(loaded: LoadedModel, images: torch.Tensor,
                     score_threshold: float = 0.5) -> ScoreFn:
-    """Agreement with the fp32 model on `images` when there is no dataset, continuous so that
-    few images still rank groups: detection_quality of detections with scores >=
-    score_threshold, or the mean cosine similarity of classifier logits (TaskKind)."""
+    """Agreement with the fp32 model on `images` (TaskKind.agreement_score): detection_quality
+    of detections with scores >= score_threshold, a classifier's top-1 agreement (tie-broken by
+    the logits' cosine), or the mean cosine similarity of raw outputs."""
     reference = loaded.predict_fp32(images)
 
     def score(q: Quantized) -> float:
         return loaded.kind.agreement_score(reference, q.predict(images), score_threshold)
+
+    return score
+
+
+def cosine_score(loaded: LoadedModel, images: torch.Tensor) -> ScoreFn:
+    """Mean cosine similarity of the outputs with fp32's on `images` (min_cosine)."""
+    from worker.evaluate.agreement import classification_agreement
+
+    reference = loaded.predict_fp32(images)
+
+    def score(q: Quantized) -> float:
+        return classification_agreement(reference, q.predict(images))["cosine_mean"]
 
     return score
 
@@ -55,7 +67,14 @@ def search_target(unit: Unit, loaded: LoadedModel,
     images = torch.cat(list(calibration_batches()))
     n_held = heldout_count(len(images))
     search, held = (images[:-n_held], images[-n_held:]) if n_held else (images, None)
+    if target.min_cosine is not None:
+        return SearchTarget(cosine_score(loaded, search), target.min_cosine,
+                            "mean cosine similarity of the outputs with fp32 on the calibration "
+                            "images", target.max_float,
+                            cosine_score(loaded, held) if held is not None else None,
+                            target.min_cosine if held is not None else None)
     return SearchTarget(agreement_score(loaded, search), target.min_agreement,
-                        "agreement with fp32 on the calibration images", target.max_float,
+                        f"{loaded.kind.agreement_name} on the calibration images",
+                        target.max_float,
                         agreement_score(loaded, held) if held is not None else None,
                         target.min_agreement if held is not None else None)

@@ -20,6 +20,7 @@ from worker.quantize.mixed_search import (
     mode_quantizer,
     rank_sensitivity,
     refine_float_groups,
+    split_score,
 )
 from worker.quantize.registry import Quantized, QuantizeRequest, register
 
@@ -38,7 +39,7 @@ def quantize_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quanti
 
     search = refine_float_groups(sensitivity.evaluate, named_layers(loaded.module), search)
     chosen = quantize_fn(search.float_groups)
-    heldout = target.heldout_fn(chosen) if target.heldout_fn else None
+    heldout = split_score(target.heldout_fn(chosen))[0] if target.heldout_fn else None
     outcome = MixedSearch(sensitivity, search, target, heldout)
     chosen.notes = f"{outcome.note()}; {chosen.notes}"
     chosen.search = outcome

@@ -23,7 +23,17 @@ from worker.models.base import LoadedModel
 from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, quantize
 
 QuantizeFn = Callable[[list[str]], Quantized]  # groups kept float -> quantized model
-ScoreFn = Callable[[Quantized], float]  # higher is better
+# higher is better; a (score, tie-break) pair where the score is coarse (top-1 agreement on a
+# few images): the tie-break ranks configurations the score cannot tell apart, never the target
+Score = float | tuple[float, float]
+ScoreFn = Callable[[Quantized], Score]
+
+
+def split_score(value: Score) -> tuple[float, float]:
+    """(score, tie-break) of a score function's value; a plain float has no tie-break."""
+    if isinstance(value, tuple):
+        return float(value[0]), float(value[1])
+    return float(value), 0.0
 LatencyFn = Callable[[Quantized], float]  # milliseconds
 
 
@@ -33,6 +43,10 @@ class Trial:
     score: float
     size_bytes: int
     latency_ms: float | None = None
+    tiebreak: float = 0.0
+
+    def better_than(self, other: Trial) -> bool:
+        return (self.score, self.tiebreak) > (other.score, other.tiebreak)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class Sensitivity:
     group: str
     score: float  # with this group alone kept float
     gain: float  # score - all-quantized score
+    tiebreak_gain: float = 0.0
 
 
 class Evaluator:
@@ -55,7 +70,8 @@ class Evaluator:
         if key not in self.trials:
             q = self.quantize_fn(list(groups))
             latency = self.latency_fn(q) if self.latency_fn else None
-            self.trials[key] = Trial(tuple(groups), float(self.score_fn(q)), q.size_bytes, latency)
+            score, tiebreak = split_score(self.score_fn(q))
+            self.trials[key] = Trial(tuple(groups), score, q.size_bytes, latency, tiebreak)
         return self.trials[key]
 
 
@@ -159,8 +175,9 @@ def rank_sensitivity(loaded: LoadedModel, quantize_fn: QuantizeFn,
     ranking = []
     for group in groups:
         trial = evaluate([group])
-        ranking.append(Sensitivity(group, trial.score, trial.score - base.score))
-    ranking.sort(key=lambda s: -s.gain)  # stable: ties keep the candidates' order
+        ranking.append(Sensitivity(group, trial.score, trial.score - base.score,
+                                   trial.tiebreak - base.tiebreak))
+    ranking.sort(key=lambda s: (-s.gain, -s.tiebreak_gain))  # stable: ties keep the order
     return SensitivityResult(base, ranking, evaluate)
 
 
@@ -177,7 +194,7 @@ def mixed_precision_search(sens: SensitivityResult, target: float,
         if current.score >= target or len(current.float_groups) >= limit:
             break
         trial = sens.evaluate([*current.float_groups, item.group])
-        if trial.score > current.score:
+        if trial.better_than(current):
             path.append(trial)
     chosen = path[-1]
     return MixedPrecision(target, chosen.score >= target, list(chosen.float_groups), chosen, path)

@@ -45,13 +45,13 @@ class QuantizeRequest:
 class SearchTarget:
     """A score to maximise and the value it must reach (mixed-precision search)."""
 
-    score_fn: Callable[[Quantized], float]
+    score_fn: Callable[[Quantized], Any]  # a float, or (score, tie-break): mixed_search.Score
     value: float
     name: str  # e.g. "mAP on the calibration split"
     max_float: int | None = None
     # The same score on calibration images the search never scores, and the value it must
     # reach there: whether the target holds beyond the images it was fitted to.
-    heldout_fn: Callable[[Quantized], float] | None = None
+    heldout_fn: Callable[[Quantized], Any] | None = None
     heldout_value: float | None = None
 
 

@@ -88,6 +88,7 @@ class TaskKind:
     decodes_outputs = False
     labels_are_category_ids = False  # output label i is COCO category id i (torchvision)
     scores_map = False  # int8_mixed's max_map_drop: scored as mAP on the calibration split
+    agreement_name = "mean cosine similarity of the outputs with fp32"  # what agreement_score is
     group_depth = 1  # module-path depth of int8_mixed's layer groups
     onnx_per_image = False  # exported for one [3, H, W] image, run once per image
     traceable_whole = True  # TorchScript may trace it whole: no data-dependent control flow

@@ -25,6 +25,18 @@ class Classification(TaskKind):
         return Resolved(torchvision_classifier_spec(arch or ""),
                         f"default: torchvision weights transform of {arch}")
 
+    agreement_name = "top-1 agreement with fp32"
+
+    def agreement_score(self, reference: Any, out: Any,
+                        score_threshold: float = 0.5) -> tuple[float, float]:
+        """Top-1 agreement with fp32, the figure the report shows as `agreement_top1` (a
+        target of 0.97 means 97% of the images keep fp32's class), tie-broken by the logits'
+        mean cosine similarity: on a few images top-1 agreement ties many configurations."""
+        from worker.evaluate.agreement import classification_agreement
+
+        a = classification_agreement(reference, out)
+        return a["top1_agreement"], a["cosine_mean"]
+
     def output_pairs(self, fp32: Any, quant: Any) -> Pairs:
         return {"logits": (_flat_np(fp32), _flat_np(quant))}
 

@@ -132,6 +132,7 @@ class Detection(TaskKind):
     dataset_formats = ("coco", "imagefolder")
     labels_are_category_ids = True
     scores_map = True
+    agreement_name = "detection agreement with fp32"
     group_depth = 3  # backbone.body.layer1, rpn.head.conv, roi_heads.box_head.fc6, ...
     onnx_per_image = True
     traceable_whole = False  # a traced detector would freeze its NMS to the example image
