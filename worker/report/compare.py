@@ -49,6 +49,21 @@ class Pairs:
     reference: str
     ratios: list[float]
     rounds: list[int] | None  # None: one round (files from before rounds: one round)
+    partner: str | None = None  # set: a reference unit's latency over this unit's, pair by pair
+
+
+def partner_pairs(pairs: dict[Key, Pairs], key: Key) -> Pairs | None:
+    """The reference unit itself, seen from the first unit (by mode) of the same model, device
+    and batch timed beside it: reference / unit per pair. A reference unit has no pass of its
+    own beside anything, and its raw samples carry the machine's drift between two runs (fp32
+    eager on a shared VM: 48 to 62 ms between runs a minute apart, with each run's samples
+    tight), so its own latency is judged relative to the model it was timed beside."""
+    model, mode, device, batch = key
+    for other in sorted(k for k in pairs if k[0] == model and k[2] == device and k[3] == batch
+                        and k[1] != mode and pairs[k].reference == mode):
+        p = pairs[other]
+        return Pairs(other[1], [1.0 / r for r in p.ratios if r > 0], p.rounds, partner=other[1])
+    return None
 
 
 def paired_ratios(root: Path, job_id: str) -> dict[Key, Pairs]:
@@ -191,12 +206,17 @@ def compare_jobs(root: Path, base: str, new: str, th: Thresholds = Thresholds(),
             k = (*key, b)
             stable = (None if lo is None or ln is None or lo.get("stable") is None
                       or ln.get("stable") is None else bool(lo["stable"] and ln["stable"]))
+            op, np_ = old_p.get(k), new_p.get(k)
+            if (op is None and np_ is None and lo and ln
+                    and lo.get("pairing") == ln.get("pairing") == "reference"):
+                op, np_ = partner_pairs(old_p, k), partner_pairs(new_p, k)
             verdict = latency_verdict(lat, old_s.get(k), new_s.get(k), th.latency_pct,
-                                      old_p.get(k), new_p.get(k), stable,
-                                      (spreads or {}).get(k))
+                                      op, np_, stable, (spreads or {}).get(k))
             change = verdict.change
             if verdict.regression and same:
-                what = ("relative to its reference timed beside it, median ×"
+                partner = op.partner if op is not None and verdict.basis == "paired" else None
+                what = (f"relative to {partner} timed beside it, median ×" if partner else
+                        "relative to its reference timed beside it, median ×"
                         if verdict.basis == "paired" else "median ×")
                 why = (f"{what}{change.ratio.estimate:.3f} [{change.ratio.low:.3f}–"
                        f"{change.ratio.high:.3f}], Mann–Whitney p={change.p_value:.1e}"
@@ -255,7 +275,8 @@ def comparison_blocks(cmp: Comparison, th: Thresholds) -> list[Block]:
                        "the threshold: the bootstrap 95% CI of the ratio of medians lies wholly "
                        f"above 1 + threshold and Mann–Whitney p < {SIGNIFICANCE}; for a "
                        "unit timed beside its reference in both runs (paired), on its latency "
-                       "relative to that reference, pair by pair; otherwise on its own samples, "
+                       "relative to that reference, pair by pair (the reference itself: "
+                       "relative to the unit timed beside it); otherwise on its own samples, "
                        "and only when both rows are stable."))
     return blocks
 
