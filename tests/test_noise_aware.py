@@ -193,6 +193,13 @@ def test_step_change_over_nightly_history(tmp_path):
         _write_job(busy, job, {"fp32": 30.0, "int8_static": 12.0}, seed=20 + i,
                    load=1.5 if i >= 7 else 1.0, stable=i < 7)
     assert step_regressions(load_history(busy, nights[-1]), 10) == []
+    # The reference's own pass 25% slower from night 8 on (stable nights), nothing beside
+    # int8_static: judged relative to int8_static, no step.
+    drift = tmp_path / "drift"
+    for i, job in enumerate(nights):
+        _write_job(drift, job, {"fp32": 30.0, "int8_static": 12.0}, seed=20 + i,
+                   own_drift={"fp32": 1.25 if i >= 7 else 1.0})
+    assert step_regressions(load_history(drift, nights[-1]), 10) == []
 
 
 def test_nightly_change_must_beat_the_spread_of_earlier_nights(tmp_path):

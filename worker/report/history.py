@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from worker.measure.stats import detect_step, median_ci, robust_log_spread
-from worker.report.compare import NIGHTLY, Key, Spread, paired_ratios, unpaired_samples
+from worker.report.compare import (
+    NIGHTLY,
+    Key,
+    Spread,
+    paired_ratios,
+    partner_pairs,
+    unpaired_samples,
+)
 from worker.results import job_ids, read_table
 
 HISTORY_NIGHTS = 10
@@ -73,6 +80,8 @@ def load_history(root: Path, job_id: str, nights: int = HISTORY_NIGHTS) -> Histo
             else:
                 p50, low, high = r["latency_ms_p50"], None, None
             pair = pairs.get(key)
+            if pair is None and r.get("pairing") == "reference":
+                pair = partner_pairs(pairs, key)  # the reference: relative to its partner
             history.series.setdefault(key, []).append(Night(
                 j, day, p50, low, high, float(np.median(pair.ratios)) if pair else None,
                 pair.reference if pair else None, r.get("stable")))
