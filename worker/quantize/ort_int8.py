@@ -21,6 +21,7 @@ from worker.measure.machine import cpu_isa
 from worker.models.base import LoadedModel
 from worker.quantize.common import matches_keep_float
 from worker.quantize.onnx_export import module_names, node_module
+from worker.quantize.onnx_tails import activation_tails
 from worker.quantize.ort_fp32 import ALL_SOURCES, fp32_onnx, ort_quantized
 from worker.quantize.ort_runtime import feeds, input_info, ort_devices
 from worker.quantize.registry import Quantized, QuantizeRequest, register
@@ -91,7 +92,9 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
     (a detector exported from torch: outside its weight-carrying parts).
 
     keep_float patterns match torch module names; on a given ONNX file, the node's dotted scope
-    ("/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1") or the node name itself.
+    ("/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1") or the node name itself, and a matched
+    node's activation tail (the elementwise nodes that only transform its output) stays float
+    with it, as a torch module's activation does.
     """
     from_torch = not getattr(model, "onnx_path", None)
     names = module_names(model.module) if from_torch else None
@@ -109,6 +112,11 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
         if pattern:
             exclude.append(node.name)
             notes.setdefault(pattern, f"nodes of {pattern!r} kept float (keep_float)")
+    if not from_torch and notes:
+        tail = activation_tails(graph.graph, exclude)
+        exclude += tail
+        if tail:
+            notes["tail"] = f"{len(tail)} elementwise nodes of their activations kept float with them"
     return exclude, list(notes.values())
 
 

@@ -1,0 +1,45 @@
+"""The activation tail of an ONNX node: the elementwise nodes that only transform its output.
+
+Exporters spell an activation as several nodes (hardswish as Add, Clip, Mul, Div; BatchNorm left
+unfused). A conv kept float whose tail stays int8 has its output quantized per tensor before the
+activation, which is where a kept layer loses what keeping it float was for. Measured on a real
+ONNX layout detector (PP-PicoDet, mAP 0.735 in fp32): its first two convs float without their
+hardswish nodes 0.442 mAP, with them 0.622 (percentile calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+
+# Ops computed element by element from their inputs (broadcast constants allowed).
+ELEMENTWISE = frozenset({
+    "Abs", "Add", "BatchNormalization", "Clip", "Div", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid",
+    "HardSwish", "LeakyRelu", "Log", "Max", "Min", "Mish", "Mul", "Neg", "Pow", "PRelu", "Relu",
+    "Selu", "Sigmoid", "Softplus", "Softsign", "Sqrt", "Sub", "Tanh",
+})
+
+
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    return ({i.name for i in graph.initializer}
+            | {o for n in graph.node if n.op_type == "Constant" for o in n.output})
+
+
+def activation_tails(graph: onnx.GraphProto, kept: Iterable[str]) -> list[str]:
+    """Names of the nodes, outside `kept`, whose every non-constant input is an output of a
+    kept node or of its tail, and that compute element by element. Graph order (ONNX nodes are
+    topologically sorted), so one pass follows a chain of any length. A residual Add that also
+    reads another branch is not part of the tail."""
+    kept = set(kept)
+    constants = constant_tensors(graph)
+    inside = {o for n in graph.node if n.name in kept for o in n.output}
+    tail: list[str] = []
+    for node in graph.node:
+        if node.name in kept or node.op_type not in ELEMENTWISE:
+            continue
+        inputs = [i for i in node.input if i and i not in constants]
+        if inputs and all(i in inside for i in inputs):
+            tail.append(node.name)
+            inside.update(node.output)
+    return tail
