@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 BLOCKS = [  # repeats, kernel, stride, expand, in, out (EfficientNet-Lite0)
@@ -222,9 +220,7 @@ def main() -> None:
                     help="photos used to calibrate; the rest are scored")
     args = ap.parse_args()
 
-    from worker.orchestrate import plan_job
-    from worker.pipeline import run_unit
-    from worker.results import read_table
+    from pipeline_run import run_manifest
 
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="qbench-real-"))
@@ -253,18 +249,9 @@ def main() -> None:
             "dataset": {"format": "imagefolder", "images": "data/photos"},
             "inspect": {"images": 2, "layers": "all"}, "artifacts": False,
         }
-        path = root / f"real-{n_run}.yaml"
-        path.write_text(yaml.safe_dump(manifest))
-        plan = plan_job(path)
-        for unit in plan.units:
-            print(f"{label}: {unit.mode} ...", file=sys.stderr, flush=True)
-            out = run_unit(unit, root / "results")
-            assert out.status == "ok", out.error
-        models = {m["mode"]: m for m in read_table(root / "results", "models", plan.job_id).to_pylist()}
-        lat = {(r["mode"], r["batch_size"]): r
-               for r in read_table(root / "results", "latency", plan.job_id).to_pylist()}
-        layers = [r for r in read_table(root / "results", "layers", plan.job_id).to_pylist()
-                  if r["sqnr_db"] is not None]
+        job = run_manifest(root, f"real-{n_run}", manifest, label)
+        models, layers = job.models, job.layers
+        lat = {(r["mode"], r["batch_size"]): r for r in job.latency}
         for mode in run_modes:
             if mode in ("fp32", "ort_fp32") and n_run:
                 continue

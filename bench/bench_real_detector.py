@@ -19,17 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from doc_pages import write_pages  # noqa: E402
+from pipeline_run import run_manifest  # noqa: E402
 from wheel_weights import LAYOUT_CDLA, fetch  # noqa: E402
-
-from worker.orchestrate import plan_job  # noqa: E402
-from worker.pipeline import run_unit  # noqa: E402
-from worker.results import read_table  # noqa: E402
 
 PREPROCESS = {"resize": "stretch", "channels": "bgr", "mean": [0.485, 0.456, 0.406],
               "std": [0.229, 0.224, 0.225]}
@@ -72,18 +67,10 @@ def main() -> None:
                         "annotations": "data/pages.json"},
             "inspect": {"images": 1, "layers": "all"}, "artifacts": False,
         }
-        path = root / f"layout-{method}.yaml"
-        path.write_text(yaml.safe_dump(manifest))
-        plan = plan_job(path)
-        for unit in plan.units:
-            print(f"{method}: {unit.mode} ...", file=sys.stderr, flush=True)
-            out = run_unit(unit, root / "results")
-            assert out.status == "ok", out.error
-        models = {m["mode"]: m for m in read_table(root / "results", "models", plan.job_id).to_pylist()}
-        lat = {r["mode"]: r for r in read_table(root / "results", "latency", plan.job_id).to_pylist()
-               if r["batch_size"] == 1}
-        layers = [r for r in read_table(root / "results", "layers", plan.job_id).to_pylist()
-                  if r["sqnr_db"] is not None and r["mode"] == "ort_int8"]
+        job = run_manifest(root, f"layout-{method}", manifest, method)
+        models = job.models
+        lat = {r["mode"]: r for r in job.latency if r["batch_size"] == 1}
+        layers = [r for r in job.layers if r["mode"] == "ort_int8"]
         worst = sorted(layers, key=lambda r: r["sqnr_db"])[:4]
         rows.append((method, models, lat, worst))
 

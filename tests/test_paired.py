@@ -105,9 +105,8 @@ def _bench(**kw):
     return types.SimpleNamespace(**spec)
 
 
-def test_unit_rows_memory_pass_before_reference_is_built():
-    events: list[str] = []
-    pool = torch.rand(2, 3, 8, 8)
+def recording_pair(events: list[str]):
+    """A unit and a reference builder that log every call in `events`."""
 
     def unit(batch):
         events.append(f"unit:{batch.shape[0]}")
@@ -117,6 +116,13 @@ def test_unit_rows_memory_pass_before_reference_is_built():
         events.append("build reference")
         return lambda batch: (events.append(f"ref:{batch.shape[0]}"), batch.sum())
 
+    return unit, build
+
+
+def test_unit_rows_memory_pass_before_reference_is_built():
+    events: list[str] = []
+    pool = torch.rand(2, 3, 8, 8)
+    unit, build = recording_pair(events)
     out = measure_unit_latency(unit, build, pool, "int8_static", "cpu", _bench(), (8, 8),
                                {"mode": "int8_static"})
     built = events.index("build reference")
@@ -158,15 +164,7 @@ def test_reference_that_fails_is_a_note_not_a_failed_row():
 def test_rounds_rotate_over_the_batch_sizes_and_label_their_pairs():
     events: list[str] = []
     pool = torch.rand(2, 3, 8, 8)
-
-    def unit(batch):
-        events.append(f"unit:{batch.shape[0]}")
-        return batch.sum()
-
-    def build():
-        events.append("build reference")
-        return lambda batch: (events.append(f"ref:{batch.shape[0]}"), batch.sum())
-
+    unit, build = recording_pair(events)
     out = measure_unit_latency(unit, build, pool, "int8_static", "cpu",
                                _bench(rounds=3, iterations=6), (8, 8), {"mode": "int8_static"})
     after = events[events.index("build reference") + 1:]
