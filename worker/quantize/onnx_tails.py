@@ -36,7 +36,8 @@ def activation_tails(graph: onnx.GraphProto, kept: Iterable[str]) -> list[str]:
     inside = {o for n in graph.node if n.name in kept for o in n.output}
     tail: list[str] = []
     for node in graph.node:
-        if node.name in kept or node.op_type not in ELEMENTWISE:
+        # an unnamed node cannot be excluded by name (ORT's nodes_to_exclude)
+        if not node.name or node.name in kept or node.op_type not in ELEMENTWISE:
             continue
         inputs = [i for i in node.input if i and i not in constants]
         if inputs and all(i in inside for i in inputs):
