@@ -164,16 +164,6 @@ def write_photos(folder: Path, photos: str = "natural") -> int:
     return n
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def model_entry(name: str, root: Path) -> tuple[dict, list[str]]:
     """(the manifest's model entry, the modes to run) with the real weights put under root."""
     (root / "models").mkdir()
@@ -221,6 +211,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline_run import run_manifest
+
+    from worker.report.tables import with_interval
 
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="qbench-real-"))
@@ -270,13 +262,7 @@ def main() -> None:
     print(f"{'mode':11} {'calibration':16} {'size MB':>7} {'smaller':>7} {'top1 agr [95% CI]':>22} "
           f"{'SQNR dB':>7} {'bs1 p50 ms':>10} {'speedup bs1':>20} {'speedup bs8':>20}")
     for label, mode, m, lat in rows:
-        n = m["eval_images"] or 0
-        agree = m["agreement_top1"]
-        if agree is not None:
-            lo, hi = wilson(round(agree * n), n)
-            agr = f"{agree:.3f} [{lo:.2f}-{hi:.2f}]"
-        else:
-            agr = "-"
+        agr = with_interval(m, "agreement_top1")
         sqnr = m["logits_sqnr_db"] if m["logits_sqnr_db"] is not None else m["output_sqnr_db"]
 
         print(f"{mode:11} {label:16} {m['size_bytes'] / 2**20:7.2f} "

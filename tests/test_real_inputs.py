@@ -11,6 +11,7 @@ import yaml
 from tests.helpers import qbench, small_manifest
 from tests.trained_classifier import LABELS, PREPROCESS, SIZE, train_classifier, write_images
 from worker.evaluate.synth import generate_dataset
+from worker.measure.stats import proportion_ci
 from worker.orchestrate import plan_job
 from worker.pipeline import run_unit
 from worker.results import read_table
@@ -55,6 +56,16 @@ def test_declared_preprocessing_and_labels_give_the_real_accuracy(classifier):
     assert good["eval_images"] == 18 and good["top1"] >= 0.9
     assert json.loads(good["preprocess"])["origin"] == "manifest"
     assert good_int8["agreement_top1"] >= 0.8 and good_int8["logits_sqnr_db"] > 5
+    # 18 images: each fraction with its 95% Wilson interval, which holds it
+    for row, name in ((good, "top1"), (good_int8, "top1"), (good_int8, "agreement_top1")):
+        lo, hi = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+        assert lo <= row[name] <= hi and (lo, hi) == proportion_ci(round(18 * row[name]), 18)
+    from worker.report.tables import size_accuracy_table
+
+    table = size_accuracy_table(list(rows.values()))
+    line = next(r for r in table.rows if r[0] == "declared" and r[1] == "int8_static")
+    assert line[11] == f"{good_int8['agreement_top1']:.3f} [{good_int8['agreement_top1_ci_low']:.2f}–" \
+        f"{good_int8['agreement_top1_ci_high']:.2f}]"
     # the same checkpoint without its normalisation, or with folders in sorted order, is not
     # that model's accuracy: both are visibly worse
     assert rows["unnormalised", "fp32"]["top1"] <= good["top1"] - 0.3

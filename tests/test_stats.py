@@ -15,6 +15,7 @@ from worker.measure.stats import (
     mann_whitney_u,
     median_ci,
     paired_ratio_ci,
+    proportion_ci,
     ratio_ci,
 )
 
@@ -145,3 +146,13 @@ def test_a_run_to_run_shift_inside_the_rounds_spread_is_not_flagged_a_real_one_i
     assert not latency_change(old, same, 10, old_rounds, same_rounds).regression
     slower, slower_rounds = run(1.35, (0.97, 1.0, 1.03))
     assert latency_change(old, slower, 10, old_rounds, slower_rounds).regression
+
+
+def test_wilson_interval_of_known_proportions():
+    lo, hi = proportion_ci(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = proportion_ci(52, 62)  # a real MobileNetV2's ort_int8 top-1 agreement, 0.839
+    assert lo == pytest.approx(0.7270, abs=1e-3) and hi == pytest.approx(0.9099, abs=1e-3)
+    assert proportion_ci(0, 20)[0] == 0.0 and proportion_ci(0, 20)[1] > 0.1  # never empty
+    assert proportion_ci(20, 20)[1] == 1.0 and proportion_ci(20, 20)[0] < 0.9
+    assert proportion_ci(3, 0) is None

@@ -146,6 +146,11 @@ MODELS = pa.schema(IDENTITY + [
     ("agreement_mean_iou", pa.float64()),
     ("agreement_score_diff", pa.float64()),
     ("agreement_top1", pa.float64()),
+    # 95% Wilson intervals of the classifier fractions over eval_images
+    ("agreement_top1_ci_low", pa.float64()),
+    ("agreement_top1_ci_high", pa.float64()),
+    ("top1_ci_low", pa.float64()),
+    ("top1_ci_high", pa.float64()),
     # Preprocessing and decoding (README "Preprocessing and outputs"): the resolved preprocess
     # block as JSON with its origin, what agreement was measured on, raw-output and logits
     # SQNR, and why accuracy columns are null where they are.

@@ -10,6 +10,7 @@ import torch
 
 from worker.evaluate.agreement import classification_agreement, detection_agreement
 from worker.evaluate.coco import evaluate_detections, to_coco_results, topk_accuracy
+from worker.measure.stats import proportion_ci
 
 
 def nan_to_none(value: float | None) -> float | None:
@@ -55,14 +56,23 @@ def classification_columns(data: Any, fp32: list, quant: list,
                            trained: bool) -> tuple[Columns, Columns]:
     """(top-1 agreement with fp32, top-1/top-5 accuracy for trained weights) of logits."""
     ref, ours = torch.cat(fp32), torch.cat(quant)
-    agreement = {"agreement_top1": classification_agreement(ref, ours)["top1_agreement"],
-                 "logits_sqnr_db": logits_sqnr(ref, ours)}
+    n = ref.shape[0]
+    top1_agreement = classification_agreement(ref, ours)["top1_agreement"]
+    agreement = {"agreement_top1": top1_agreement, "logits_sqnr_db": logits_sqnr(ref, ours),
+                 **_interval("agreement_top1", top1_agreement, n)}
     if not trained:
         return agreement, {}
     if data.labels is None:  # "no labels", never a top-1 of 0.000
         return agreement, {"accuracy_note": data.labels_note}
     acc = topk_accuracy(ours, data.labels, ks=(1, 5))
-    return agreement, {"top1": acc["top1"], "top5": acc["top5"]}
+    return agreement, {"top1": acc["top1"], "top5": acc["top5"],
+                       **_interval("top1", acc["top1"], n)}
+
+
+def _interval(name: str, fraction: float, n: int) -> Columns:
+    """<name>_ci_low/_ci_high: the 95% Wilson interval of a fraction of n images."""
+    ci = None if n == 0 or math.isnan(fraction) else proportion_ci(round(fraction * n), n)
+    return {f"{name}_ci_low": ci and ci[0], f"{name}_ci_high": ci and ci[1]}
 
 
 def detection_quality(agreement: dict) -> float:

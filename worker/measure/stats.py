@@ -1,5 +1,6 @@
 """Statistics over raw latency samples: bootstrap CIs of ratios of medians, Mann–Whitney U,
-coefficient of variation, and a step-change test over a history of runs.
+coefficient of variation, and a step-change test over a history of runs; and the Wilson
+interval of a fraction of images (top-1 agreement, top-1 accuracy).
 
 numpy only (no scipy in the runtime). Every random draw comes from a seeded generator, so the
 same samples always give the same interval.
@@ -132,6 +133,18 @@ def _rank(values: np.ndarray) -> np.ndarray:
         ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1
     return ranks
+
+
+def proportion_ci(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """95% Wilson score interval of the proportion successes / n (None for n = 0). Unlike the
+    normal approximation it stays inside [0, 1] and is not empty at 0 or n successes, which is
+    where a top-1 agreement on a few dozen images sits."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mann_whitney_u(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:

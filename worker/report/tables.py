@@ -15,6 +15,14 @@ def fmt(value: Any, spec: str, empty: str = "–") -> str:
     return empty if value is None else format(value, spec)
 
 
+def with_interval(m: dict, name: str) -> str:
+    """A fraction with its 95% interval where the row has one: "0.839 [0.73–0.91]"."""
+    value, lo, hi = m.get(name), m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high")
+    if value is None or lo is None or hi is None:
+        return fmt(value, ".3f")
+    return f"{value:.3f} [{lo:.2f}–{hi:.2f}]"
+
+
 def _pct(value: float | None) -> float | None:
     return None if value is None else 100 * value
 
@@ -46,7 +54,11 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
             "map": m["map"], "map50": m["map50"],
             "map_drop_pts": (100 * (fp32_map - m["map"])
                              if m["map"] is not None and fp32_map is not None else None),
-            "top1": m["top1"], "count_error_mean": m["count_error_mean"],
+            "top1": m["top1"], "top1_ci_low": m.get("top1_ci_low"),
+            "top1_ci_high": m.get("top1_ci_high"), "agreement_top1": m.get("agreement_top1"),
+            "agreement_top1_ci_low": m.get("agreement_top1_ci_low"),
+            "agreement_top1_ci_high": m.get("agreement_top1_ci_high"),
+            "count_error_mean": m["count_error_mean"],
             "count_error_std": m["count_error_std"], "unit_status": m["status"],
             "unit_error": m["error"],
         }
@@ -122,19 +134,21 @@ def size_accuracy_table(models: list[dict]) -> Table:
                 and m["map"] is not None else None)
         count = ("–" if m["count_error_mean"] is None else
                  f"{100 * m['count_error_mean']:.1f}% ± {100 * (m['count_error_std'] or 0):.1f}%")
-        accuracy = fmt(m["map"], ".3f") if m["task"] != "classification" else fmt(m["top1"], ".3f")
+        classifier = m["task"] == "classification"
+        accuracy = fmt(m["map"], ".3f") if not classifier else with_interval(m, "top1")
         if accuracy == "–" and (m.get("accuracy_note") or "").startswith("no labels"):
             accuracy = "no labels"
         # agreement with fp32: top-1 for classifiers, detection recall, else the raw outputs' cosine
-        agreement = m["agreement_top1"] if m["task"] == "classification" else (
-            m["agreement_recall"] if m["agreement_recall"] is not None else m.get("output_cosine"))
+        agreement = with_interval(m, "agreement_top1") if classifier else fmt(
+            m["agreement_recall"] if m["agreement_recall"] is not None else m.get("output_cosine"),
+            ".3f")
         sqnr = m.get("logits_sqnr_db") if m.get("logits_sqnr_db") is not None else m.get("output_sqnr_db")
         rows.append([
             m["model_id"], m["mode"], m["device"], m["backend"] or "–",
             fmt(m["size_bytes"] / MB if m["size_bytes"] is not None else None, ".1f"),
             fmt(_pct(m["size_reduction"]), ".1f"), fmt(_pct(m["params_int8_fraction"]), ".1f"),
             accuracy, fmt(m["map50"], ".3f"), fmt(drop, "+.2f"), count,
-            fmt(agreement, ".3f"), fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
+            agreement, fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
         ])
     return Table(["model", "mode", "device", "backend", "size MB", "reduction %", "int8 params %",
                   "mAP / top-1", "mAP@.5", "mAP drop pts", "count error",
