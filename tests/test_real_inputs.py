@@ -145,15 +145,19 @@ def test_validate_warns_without_preprocess_and_refuses_a_mismatched_decoder(dete
         (detector_data / "results").glob("jobs/bad-*"))
 
 
-def test_int8_mixed_refines_its_float_groups_and_checks_held_out_images(classifier):
+def _mixed_row(classifier, name: str, target: dict) -> dict:
+    """The models row of int8_mixed on the trained classifier, 8 calibration images."""
     manifest = small_manifest(
-        classifier, name="mixed-cls",
+        classifier, name=name,
         models=[_model("declared", preprocess=PREPROCESS, outputs={"labels": LABELS})],
-        quantization={"modes": ["int8_mixed"], "calibration": {"images": 8},
-                      "target": {"min_cosine": 0.99999}},
+        quantization={"modes": ["int8_mixed"], "calibration": {"images": 8}, "target": target},
         benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
         inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
-    row = _run(manifest)["declared", "int8_mixed"]
+    return _run(manifest)["declared", "int8_mixed"]
+
+
+def test_int8_mixed_refines_its_float_groups_and_checks_held_out_images(classifier):
+    row = _mixed_row(classifier, "mixed-cls", {"min_cosine": 0.99999})
     assert row["mixed_target_metric"].startswith("mean cosine similarity of the outputs")
     assert row["mixed_heldout_target"] == 0.99999 and row["mixed_heldout_score"] is not None
     assert row["mixed_heldout_met"] == (row["mixed_heldout_score"] >= 0.99999)
@@ -169,14 +173,7 @@ def test_int8_mixed_min_agreement_of_a_classifier_is_top1_agreement(classifier):
     """`min_agreement` is the figure the report shows for classifiers, top-1 agreement with
     fp32, not a cosine similarity that a 0.97 target would meet at ~73% top-1 agreement: its
     score is a fraction of the images searched (6 of 8) and of those held out (2)."""
-    manifest = small_manifest(
-        classifier, name="mixed-top1",
-        models=[_model("declared", preprocess=PREPROCESS, outputs={"labels": LABELS})],
-        quantization={"modes": ["int8_mixed"], "calibration": {"images": 8},
-                      "target": {"min_agreement": 1.0}},
-        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
-        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
-    row = _run(manifest)["declared", "int8_mixed"]
+    row = _mixed_row(classifier, "mixed-top1", {"min_agreement": 1.0})
     assert row["mixed_target_metric"] == "top-1 agreement with fp32 on the calibration images"
     assert row["mixed_score"] * 6 == pytest.approx(round(row["mixed_score"] * 6))
     assert row["mixed_heldout_score"] * 2 == pytest.approx(round(row["mixed_heldout_score"] * 2))
