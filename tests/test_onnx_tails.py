@@ -59,6 +59,37 @@ def test_tail_follows_the_activation_and_stops_at_a_residual(tmp_path):
     assert activation_tails(graph, []) == []
 
 
+def head_net() -> onnx.GraphProto:
+    """A detector head's way out: conv -> Split into scores and boxes -> Sigmoid / Reshape ->
+    Transpose -> outputs, plus a Concat that joins the head with another branch."""
+    inits = [numpy_helper.from_array(np.ones((6, 4, 1, 1), np.float32), "wh"),
+             numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "wo"),
+             numpy_helper.from_array(np.array([2, 4], np.int64), "parts"),
+             numpy_helper.from_array(np.array([0, 4, -1], np.int64), "shape")]
+    nodes = [
+        helper.make_node("Conv", ["x", "wh"], ["h"], name="head"),
+        helper.make_node("Split", ["h", "parts"], ["cls", "reg"], name="split", axis=1),
+        helper.make_node("Sigmoid", ["cls"], ["p"], name="sigmoid"),
+        helper.make_node("Reshape", ["reg", "shape"], ["r"], name="reshape"),
+        helper.make_node("Transpose", ["r"], ["boxes"], name="transpose", perm=[0, 2, 1]),
+        helper.make_node("Conv", ["x", "wo"], ["o"], name="other"),
+        helper.make_node("Concat", ["reg", "o"], ["joined"], name="join", axis=1),
+    ]
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    graph = helper.make_graph(nodes, "head", [vi("x", [1, 4, 8, 8])],
+                              [vi("p", [1, 2, 8, 8]), vi("boxes", [1, 64, 4]),
+                               vi("joined", [1, 8, 8, 8])], inits)
+    onnx.checker.check_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    return graph
+
+
+def test_tail_follows_a_head_conv_to_its_outputs_and_stops_at_a_join():
+    graph = head_net()
+    assert activation_tails(graph, ["head"]) == ["split", "sigmoid", "reshape", "transpose"]
+    assert activation_tails(graph, ["head", "other"]) == [
+        "split", "sigmoid", "reshape", "transpose", "join"]
+
+
 def test_ort_int8_keeps_the_tail_of_a_kept_node_float(tmp_path):
     hardswish_net(tmp_path / "hs.onnx")
     loaded = load_onnx("hs", tmp_path / "hs.onnx", (16, 16))
@@ -67,7 +98,7 @@ def test_ort_int8_keeps_the_tail_of_a_kept_node_float(tmp_path):
                               keep_float=["conv_a"], calibration_batches=lambda: iter(calib),
                               work_dir=str(tmp_path))
     q = quantize(loaded, "ort_int8", request)
-    assert "4 elementwise nodes of their activations kept float with them" in q.notes
+    assert "4 nodes of their activations and output layout kept float with them" in q.notes
     graph = onnx.load(q.onnx_paths[1]).graph
     made = {o: n for n in graph.node for o in n.output}
     # the kept conv and its hardswish read float tensors: no DequantizeLinear in front of them

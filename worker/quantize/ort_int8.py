@@ -93,8 +93,9 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
 
     keep_float patterns match torch module names; on a given ONNX file, the node's dotted scope
     ("/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1") or the node name itself, and a matched
-    node's activation tail (the elementwise nodes that only transform its output) stays float
-    with it, as a torch module's activation does.
+    node's tail (its activation's elementwise nodes, and the Split/Reshape/Transpose on the way
+    to an output: nodes that only transform its output) stays float with it, as a torch
+    module's activation does.
     """
     from_torch = not getattr(model, "onnx_path", None)
     names = module_names(model.module) if from_torch else None
@@ -116,7 +117,8 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
         tail = activation_tails(graph.graph, exclude)
         exclude += tail
         if tail:
-            notes["tail"] = f"{len(tail)} elementwise nodes of their activations kept float with them"
+            notes["tail"] = (f"{len(tail)} nodes of their activations and output layout kept float "
+                             "with them")
     return exclude, list(notes.values())
 
 
