@@ -354,3 +354,33 @@ def test_detection_quality_known_answers():
                               "mean_iou": math.nan}) == 1.0
     assert detection_quality({"fp32_detections": 2, "quant_detections": 1, "matched": 0,
                               "mean_iou": math.nan}) == 0.0
+
+
+def test_sqnr_plot_legend_names_underscore_parts(tmp_path):
+    """Module names that start with "_" (EfficientNet's) still get their legend entries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from worker.inspect import plots
+
+    ref = nn.Sequential()
+    ref.add_module("_stem", nn.Conv2d(3, 4, 3))
+    ref.add_module("_head", nn.Conv2d(4, 4, 1))
+    ref.eval()
+    noisy = copy.deepcopy(ref)
+    with torch.no_grad():
+        noisy._head.weight.add_(0.1)
+    comp = compare_torch(ref, noisy, noisy, "classification", synth_images(1, (64, 64), seed=1),
+                         "conv")
+    seen = []
+    real_save = plots._save
+    plots._save = lambda fig, path: (seen.extend(  # noqa: E731
+        t.get_text() for t in fig.axes[0].get_legend().get_texts()), real_save(fig, path))
+    try:
+        assert plots.plot_sqnr(comp, tmp_path / "sqnr.png", "int8") is not None
+    finally:
+        plots._save = real_save
+        plt.close("all")
+    assert seen == ["_stem", "_head", "identical (SQNR = ∞)"]  # _stem is untouched

@@ -247,14 +247,19 @@ def plot_sqnr(comp: LayerComparison, path: Path, label: str) -> Path | None:
     ax.plot(idx, shown, color="0.6", lw=1, zorder=1)
     groups = list(dict.fromkeys(group_of(r.name) for r in comp.layers))
     colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    # handles passed explicitly: matplotlib drops labels that start with "_" (EfficientNet's
+    # "_blocks", "_conv_head") from an automatic legend
+    handles, labels = [], []
     for g in groups:
         sel = np.array([group_of(r.name) == g for r in comp.layers])
         fin = sel & np.isfinite(sqnr)
-        ax.scatter(idx[fin], shown[fin], s=22, color=colours[g], label=g, zorder=2)
+        handles.append(ax.scatter(idx[fin], shown[fin], s=22, color=colours[g], zorder=2))
+        labels.append(g)
         ax2.scatter(idx[sel], cos[sel], s=14, color=colours[g], zorder=2)
     inf = np.isposinf(sqnr)
     if inf.any():
-        ax.scatter(idx[inf], shown[inf], marker="^", s=40, color="k", label="identical (SQNR = ∞)")
+        handles.append(ax.scatter(idx[inf], shown[inf], marker="^", s=40, color="k"))
+        labels.append("identical (SQNR = ∞)")
     if finite.size:
         worst = int(np.argmin(np.where(np.isfinite(sqnr), sqnr, np.inf)))
         ax.annotate(f"worst: {comp.layers[worst].name}\n{sqnr[worst]:.1f} dB",
@@ -267,7 +272,7 @@ def plot_sqnr(comp: LayerComparison, path: Path, label: str) -> Path | None:
                  f"order\ncumulative: each layer gets the quantized outputs of the layers before "
                  f"it{note}", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(4, len(groups) + 1), loc="upper right")
+    ax.legend(handles, labels, fontsize=8, ncol=min(4, len(groups) + 1), loc="upper right")
     ax2.plot(idx, cos, color="0.6", lw=1, zorder=1)
     ax2.set_ylabel("cosine similarity")
     ax2.set_xlabel("layer index (network order; colours: model part)")
