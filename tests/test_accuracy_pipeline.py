@@ -11,6 +11,7 @@ from worker.errors import ManifestError
 from worker.evaluate.synth import generate_dataset
 from worker.orchestrate import plan_job
 from worker.pipeline import run_unit
+from worker.report.tables import drop_with_interval, size_accuracy_table
 from worker.results import read_table
 
 
@@ -45,6 +46,13 @@ def test_fixture_accuracy_and_agreement(synth):
     assert fp32["agreement_recall"] == 1.0 and fp32["count_error_mean"] == 0.0
     assert int8["map_fp32"] == pytest.approx(fp32["map"])
     assert fp32["map"] - int8["map"] < 0.03, "int8 keeps the fixture's accuracy"
+    # the drop's paired interval holds the drop; fp32 against itself is exactly no drop
+    drop = 100 * (int8["map_fp32"] - int8["map"])
+    assert int8["map_drop_pts_ci_low"] <= drop <= int8["map_drop_pts_ci_high"]
+    assert fp32["map_drop_pts_ci_low"] == fp32["map_drop_pts_ci_high"] == 0.0
+    table = size_accuracy_table(list(rows.values()))
+    int8_cells = next(r for r in table.rows if r[1] == "int8_static")
+    assert int8_cells[9] == drop_with_interval(int8, drop) and " to " in int8_cells[9]
     assert int8["agreement_recall"] > 0.9 and int8["count_error_mean"] < 0.1
     assert int8["calibration_method"] == "histogram" and int8["calibration_images"] == 8
 

@@ -190,3 +190,25 @@ def test_min_cosine_is_refused_for_a_detector(detector_data):
     res = qbench("validate", str(path))
     assert res.returncode == 2
     assert "quantization.target.min_cosine: models[0] is a detector" in res.stdout + res.stderr
+
+
+def test_onnx_classifier_without_decoder_gets_its_agreement_interval(classifier):
+    from worker.models.torchvision_models import load_torchvision
+    from worker.quantize.onnx_export import export_onnx
+
+    loaded = load_torchvision("grey", "resnet18", 3, SIZE, classifier / "models" / "grey.pt")
+    export_onnx(loaded, classifier / "models" / "grey.onnx")
+    manifest = small_manifest(
+        classifier, name="grey-onnx",
+        models=[{"id": "grey-onnx", "source": "onnx", "path": "models/grey.onnx",
+                 "input_size": list(SIZE), "preprocess": PREPROCESS}],
+        quantization={"modes": ["ort_fp32", "ort_int8"], "calibration": {"images": 6}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1,
+                   "reference": "ort_fp32"},
+        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
+    row = _run(manifest)["grey-onnx", "ort_int8"]
+    assert row["accuracy_note"].startswith("no outputs.decoder")
+    n = row["eval_images"]
+    assert (row["agreement_top1_ci_low"], row["agreement_top1_ci_high"]) == pytest.approx(
+        proportion_ci(round(row["agreement_top1"] * n), n))
+    assert row["agreement_top1_ci_low"] <= row["agreement_top1"] <= row["agreement_top1_ci_high"]

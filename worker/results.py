@@ -151,6 +151,9 @@ MODELS = pa.schema(IDENTITY + [
     ("agreement_top1_ci_high", pa.float64()),
     ("top1_ci_low", pa.float64()),
     ("top1_ci_high", pa.float64()),
+    # detectors: paired bootstrap interval of mAP(fp32) - mAP, in points, over eval_images
+    ("map_drop_pts_ci_low", pa.float64()),
+    ("map_drop_pts_ci_high", pa.float64()),
     # Preprocessing and decoding (README "Preprocessing and outputs"): the resolved preprocess
     # block as JSON with its origin, what agreement was measured on, raw-output and logits
     # SQNR, and why accuracy columns are null where they are.

@@ -17,8 +17,9 @@ from worker.decode.coco_results import check_categories, to_coco_results
 from worker.decode.decoders import decode
 from worker.decode.spec import category_mapping
 from worker.evaluate.agreement import detection_agreement
-from worker.evaluate.coco import evaluate_detections
 from worker.evaluate.datasets import BATCH, EvalSet
+from worker.evaluate.map_interval import map_columns
+from worker.evaluate.scores import wilson_columns
 from worker.inspect.metrics import sqnr_db
 from worker.preprocess.defaults import UNDECLARED, for_model
 
@@ -71,8 +72,9 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
             from worker.evaluate.agreement import classification_agreement
 
             ref, ours = torch.cat([p[0] for p in ref_raw]), torch.cat([p[0] for p in cand_raw])
-            row.update(agreement_top1=classification_agreement(ref, ours)["top1_agreement"],
-                       logits_sqnr_db=row["output_sqnr_db"])
+            top1 = classification_agreement(ref, ours)["top1_agreement"]
+            row.update(agreement_top1=top1, logits_sqnr_db=row["output_sqnr_db"],
+                       **wilson_columns("agreement_top1", top1, ref.shape[0]))
         return row
     size = tuple(loaded.input_size)
     fp32 = [d for parts in ref_raw for d in decode(parts, spec, size, names)]
@@ -96,10 +98,7 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
         mapping = category_mapping(spec)
         check_categories({int(c["id"]) for c in data.gt["categories"]}, mapping,
                          loaded.num_classes or None, f"models[{unit.model.id}].outputs.category_map")
-        ours = evaluate_detections(data.gt, to_coco_results(data.image_ids, quant, data.geometries,
-                                                            mapping), data.image_ids)
-        ref = evaluate_detections(data.gt, to_coco_results(data.image_ids, fp32, data.geometries,
-                                                           mapping), data.image_ids)
-        row.update(map=_none_if_nan(ours["map"]), map50=_none_if_nan(ours["map50"]),
-                   map_fp32=_none_if_nan(ref["map"]), map50_fp32=_none_if_nan(ref["map50"]))
+        row.update(map_columns(
+            data.gt, to_coco_results(data.image_ids, fp32, data.geometries, mapping),
+            to_coco_results(data.image_ids, quant, data.geometries, mapping), data.image_ids))
     return row

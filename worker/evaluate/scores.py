@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from worker.evaluate.agreement import classification_agreement, detection_agreement
-from worker.evaluate.coco import evaluate_detections, to_coco_results, topk_accuracy
+from worker.evaluate.coco import to_coco_results, topk_accuracy
+from worker.evaluate.map_interval import map_columns
 from worker.measure.stats import proportion_ci
 
 
@@ -43,13 +44,9 @@ def detection_columns(data: Any, fp32: list[dict], quant: list[dict],
         return agreement, {}
     if data.gt is None:  # an image folder: calibration and agreement, no boxes to score
         return agreement, {"accuracy_note": "no annotations: agreement with fp32 only"}
-    ours = evaluate_detections(data.gt, to_coco_results(data.image_ids, quant, data.scales),
-                               data.image_ids)
-    ref = evaluate_detections(data.gt, to_coco_results(data.image_ids, fp32, data.scales),
-                              data.image_ids)
-    return agreement, {"map": nan_to_none(ours["map"]), "map50": nan_to_none(ours["map50"]),
-                       "map_fp32": nan_to_none(ref["map"]),
-                       "map50_fp32": nan_to_none(ref["map50"])}
+    return agreement, map_columns(data.gt, to_coco_results(data.image_ids, fp32, data.scales),
+                                  to_coco_results(data.image_ids, quant, data.scales),
+                                  data.image_ids)
 
 
 def classification_columns(data: Any, fp32: list, quant: list,
@@ -59,17 +56,17 @@ def classification_columns(data: Any, fp32: list, quant: list,
     n = ref.shape[0]
     top1_agreement = classification_agreement(ref, ours)["top1_agreement"]
     agreement = {"agreement_top1": top1_agreement, "logits_sqnr_db": logits_sqnr(ref, ours),
-                 **_interval("agreement_top1", top1_agreement, n)}
+                 **wilson_columns("agreement_top1", top1_agreement, n)}
     if not trained:
         return agreement, {}
     if data.labels is None:  # "no labels", never a top-1 of 0.000
         return agreement, {"accuracy_note": data.labels_note}
     acc = topk_accuracy(ours, data.labels, ks=(1, 5))
     return agreement, {"top1": acc["top1"], "top5": acc["top5"],
-                       **_interval("top1", acc["top1"], n)}
+                       **wilson_columns("top1", acc["top1"], n)}
 
 
-def _interval(name: str, fraction: float, n: int) -> Columns:
+def wilson_columns(name: str, fraction: float, n: int) -> Columns:
     """<name>_ci_low/_ci_high: the 95% Wilson interval of a fraction of n images."""
     ci = None if n == 0 or math.isnan(fraction) else proportion_ci(round(fraction * n), n)
     return {f"{name}_ci_low": ci and ci[0], f"{name}_ci_high": ci and ci[1]}

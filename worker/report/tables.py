@@ -23,6 +23,15 @@ def with_interval(m: dict, name: str) -> str:
     return f"{value:.3f} [{lo:.2f}–{hi:.2f}]"
 
 
+def drop_with_interval(m: dict, drop: float | None) -> str:
+    """An mAP drop in points with its paired 95% interval where the row has one:
+    "+0.88 [-0.31 to +2.05]"."""
+    lo, hi = m.get("map_drop_pts_ci_low"), m.get("map_drop_pts_ci_high")
+    if drop is None or lo is None or hi is None:
+        return fmt(drop, "+.2f")
+    return f"{drop:+.2f} [{lo:+.2f} to {hi:+.2f}]"
+
+
 def _pct(value: float | None) -> float | None:
     return None if value is None else 100 * value
 
@@ -62,9 +71,11 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
             "count_error_std": m["count_error_std"], "unit_status": m["status"],
             "unit_error": m["error"],
         }
+        added = {"map_drop_pts_ci_low": m.get("map_drop_pts_ci_low"),
+                 "map_drop_pts_ci_high": m.get("map_drop_pts_ci_high")}
         lat_rows = sorted(by_unit.get(m["unit_id"], []), key=lambda r: r["batch_size"])
         if not lat_rows:
-            rows.append({**base, "batch_size": None, "status": m["status"]})
+            rows.append({**base, "batch_size": None, "status": m["status"], **added})
             continue
         for r in lat_rows:
             fp32 = ref.get((m["model_id"], m["device"], r["batch_size"]))
@@ -82,6 +93,7 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
                 "error": r["error"],
                 # added columns stay after the original ones (summary.csv column order)
                 **speedup_columns(r, by_batch[(m["model_id"], m["device"], r["batch_size"])]),
+                **added,
             })
     return rows
 
@@ -130,8 +142,11 @@ def size_accuracy_table(models: list[dict]) -> Table:
     rows = []
     for m in sorted(models, key=unit_order):
         ref = ref_map.get((m["model_id"], m["device"]))
-        drop = (100 * (ref["map"] - m["map"]) if ref and ref["map"] is not None
-                and m["map"] is not None else None)
+        # against the fp32 run inside the unit where there is one (an ONNX file has no fp32
+        # unit, and the interval is of that difference), else against the fp32 unit
+        base_map = m.get("map_fp32") if m.get("map_fp32") is not None else ref and ref["map"]
+        drop = (100 * (base_map - m["map"]) if base_map is not None and m["map"] is not None
+                else None)
         count = ("–" if m["count_error_mean"] is None else
                  f"{100 * m['count_error_mean']:.1f}% ± {100 * (m['count_error_std'] or 0):.1f}%")
         classifier = m["task"] == "classification"
@@ -147,7 +162,7 @@ def size_accuracy_table(models: list[dict]) -> Table:
             m["model_id"], m["mode"], m["device"], m["backend"] or "–",
             fmt(m["size_bytes"] / MB if m["size_bytes"] is not None else None, ".1f"),
             fmt(_pct(m["size_reduction"]), ".1f"), fmt(_pct(m["params_int8_fraction"]), ".1f"),
-            accuracy, fmt(m["map50"], ".3f"), fmt(drop, "+.2f"), count,
+            accuracy, fmt(m["map50"], ".3f"), drop_with_interval(m, drop), count,
             agreement, fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
         ])
     return Table(["model", "mode", "device", "backend", "size MB", "reduction %", "int8 params %",
