@@ -38,6 +38,10 @@ def test_every_image_once_gives_pycocotools_own_map():
     ev = _matched(doc, preds, ids)
     assert _resampled_map(ev, np.arange(len(ids))) == pytest.approx(
         coco.evaluate_detections(doc, preds, ids)["map"])
+    own = coco.evaluate_detections(doc, preds, ids)
+    cols = map_columns(doc, _detections(doc, 0.0), preds, ids)
+    assert (cols["map"], cols["map50"]) == pytest.approx((own["map"], own["map50"]))
+    assert map_columns(doc, preds, preds, [])["map"] is None  # no ground truth: undefined
 
 
 def test_interval_holds_the_drop_and_is_zero_for_identical_outputs():

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from worker.evaluate.coco import evaluate_detections
-
 DRAWS = 400
 ALL_AREAS = [0.0, 1e10]  # COCO's "all" area range
 
@@ -43,11 +41,9 @@ def _matched(gt: dict[str, Any], predictions: list[dict], image_ids: list[int]):
     return ev
 
 
-def _resampled_map(ev, picks: np.ndarray) -> float:
-    """mAP@[.5:.95] of the images at positions `picks` (repeats allowed): evalImgs are laid out
-    category by category, image by image, with one area range."""
-    if ev is None:
-        return 0.0
+def _precision(ev, picks: np.ndarray) -> np.ndarray:
+    """Precision [IoU threshold, recall, category] of the images at positions `picks` (repeats
+    allowed): evalImgs are laid out category by category, image by image, with one area range."""
     n_images = len(ev._paramsEval.imgIds)
     per_image = ev.evalImgs
     categories = len(per_image) // n_images
@@ -58,27 +54,25 @@ def _resampled_map(ev, picks: np.ndarray) -> float:
         ev.accumulate()
     finally:
         ev.evalImgs, ev._paramsEval.imgIds, ev.params.imgIds = per_image, ids, ids
-    precision = ev.eval["precision"][:, :, :, 0, 0]
-    valid = precision[precision > -1]
+    return ev.eval["precision"][:, :, :, 0, 0]
+
+
+def _mean_valid(precision: np.ndarray) -> float:
+    valid = precision[precision > -1]  # -1: a category with no ground truth in these images
     return float(valid.mean()) if valid.size else float("nan")
 
 
-def map_drop_interval(gt: dict[str, Any], fp32: list[dict], quantized: list[dict],
-                      image_ids: list[int], draws: int = DRAWS,
-                      seed: int = 0) -> tuple[float, float] | None:
-    """95% percentile interval, in mAP points, of mAP(fp32) − mAP(quantized) over resamples of
-    the images; None with fewer than two images. Seeded: the same job gives the same interval."""
-    if len(image_ids) < 2:
-        return None
-    if fp32 == quantized:  # the fp32 unit against itself: every draw is 0, skip the draws
-        return 0.0, 0.0
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
-        evs = [_matched(gt, p, image_ids) for p in (fp32, quantized)]
-        rng = np.random.default_rng(seed)
-        diffs = []
-        for _ in range(draws):
-            picks = rng.integers(0, len(image_ids), len(image_ids))
-            diffs.append(100 * (_resampled_map(evs[0], picks) - _resampled_map(evs[1], picks)))
+def _resampled_map(ev, picks: np.ndarray) -> float:
+    """mAP@[.5:.95] of the images at positions `picks`; 0 for a model that found nothing."""
+    return 0.0 if ev is None else _mean_valid(_precision(ev, picks))
+
+
+def _interval(evs: list, n_images: int, draws: int, seed: int) -> tuple[float, float] | None:
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(draws):
+        picks = rng.integers(0, n_images, n_images)
+        diffs.append(100 * (_resampled_map(evs[0], picks) - _resampled_map(evs[1], picks)))
     diffs = np.asarray(diffs)
     diffs = diffs[np.isfinite(diffs)]
     if not diffs.size:
@@ -87,14 +81,43 @@ def map_drop_interval(gt: dict[str, Any], fp32: list[dict], quantized: list[dict
     return float(low), float(high)
 
 
+def _drop_ci(evs: list, same: bool, n_images: int, draws: int,
+             seed: int) -> tuple[float, float] | None:
+    if n_images < 2:
+        return None
+    if same:  # the fp32 unit against itself: every draw is 0, skip the draws
+        return 0.0, 0.0
+    return _interval(evs, n_images, draws, seed)
+
+
+def map_drop_interval(gt: dict[str, Any], fp32: list[dict], quantized: list[dict],
+                      image_ids: list[int], draws: int = DRAWS,
+                      seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile interval, in mAP points, of mAP(fp32) − mAP(quantized) over resamples of
+    the images; None with fewer than two images. Seeded: the same job gives the same interval."""
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
+        evs = [_matched(gt, p, image_ids) for p in (fp32, quantized)]
+        return _drop_ci(evs, fp32 == quantized, len(image_ids), draws, seed)
+
+
 def map_columns(gt: dict[str, Any], fp32: list[dict], quantized: list[dict],
                 image_ids: list[int]) -> dict[str, float | None]:
-    """map, map50, map_fp32, map50_fp32 and map_drop_pts_ci_low/high of COCO-format results."""
-    ours = evaluate_detections(gt, quantized, image_ids)
-    ref = evaluate_detections(gt, fp32, image_ids)
-    ci = (map_drop_interval(gt, fp32, quantized, image_ids)
-          if np.isfinite(ref["map"]) else None)
-    nan_none = lambda v: None if v is None or not np.isfinite(v) else float(v)  # noqa: E731
-    return {"map": nan_none(ours["map"]), "map50": nan_none(ours["map50"]),
-            "map_fp32": nan_none(ref["map"]), "map50_fp32": nan_none(ref["map50"]),
+    """map, map50, map_fp32, map50_fp32 and map_drop_pts_ci_low/high of COCO-format results.
+    Each model is matched once: the point figures are the accumulation over every image, as
+    pycocotools' summary computes them, and the draws re-accumulate the same matches."""
+    wanted = set(image_ids)
+    if not any(a["image_id"] in wanted for a in gt.get("annotations", [])):
+        return dict.fromkeys(("map", "map50", "map_fp32", "map50_fp32", "map_drop_pts_ci_low",
+                              "map_drop_pts_ci_high"))  # no ground truth: mAP is undefined
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
+        evs = [_matched(gt, p, image_ids) for p in (fp32, quantized)]
+        every = np.arange(len(image_ids))
+        points = []
+        for ev in evs:
+            precision = _precision(ev, every) if ev is not None else None
+            points.append((0.0, 0.0) if precision is None else
+                          (_mean_valid(precision), _mean_valid(precision[0])))  # IoU 0.5
+        ci = _drop_ci(evs, fp32 == quantized, len(image_ids), DRAWS, 0)
+    (map_fp32, map50_fp32), (map_q, map50_q) = points
+    return {"map": map_q, "map50": map50_q, "map_fp32": map_fp32, "map50_fp32": map50_fp32,
             "map_drop_pts_ci_low": ci and ci[0], "map_drop_pts_ci_high": ci and ci[1]}
