@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,28 @@ def test_onnx_source_runs_with_ort_modes_only(onnx_file, tmp_path):
     for mode in ("fp32", "int8_static", "bf16"):
         with pytest.raises(ModelError, match="source onnx.*ort_fp32, ort_int8"):
             quantize(loaded, mode, request(tmp_path))
+
+
+def test_ort_int8_calibrates_once_and_reuses_the_ranges(onnx_file, tmp_path):
+    """ort_int8_mixed quantizes one model many times: the first quantization calibrates and
+    keeps the ranges, later ones reuse them and give the model a fresh calibration gives."""
+    from worker.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
+
+    path, x, _ = onnx_file
+    loaded = load_onnx("r18", path, (64, 64))
+    req = request(tmp_path, [structured_images(4, 64, seed=2)], method="percentile")
+    prep = prepare_ort_int8(loaded, req)
+    assert not prep.ranges_file.exists()
+    first = quantize_prepared(loaded, req, prep, tmp_path / "a.onnx")
+    assert prep.ranges_file.exists()
+    stamp = prep.ranges_file.stat().st_mtime_ns
+    prep.data = []  # a second calibration would now fail: the ranges must come from the file
+    again = quantize_prepared(loaded, req, prep, tmp_path / "b.onnx")
+    assert prep.ranges_file.stat().st_mtime_ns == stamp
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    fresh = quantize(loaded, "ort_int8", req)
+    assert Path(fresh.onnx_paths[1]).read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    assert torch.equal(first.predict(x)[0], again.predict(x)[0])
 
 
 def test_onnx_source_refusals(onnx_file, tmp_path):

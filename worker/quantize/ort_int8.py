@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
     names = module_names(model.module) if from_torch else None
     scope = model.kind.ort_int8_scope(model.module) if from_torch else None
     exclude: list[str] = []
-    notes: dict[str, str] = {}
+    matched: dict[str, None] = {}  # the patterns that matched, in order
     for node in graph.graph.node:
         owner = node_module(node.name, names)
         if scope is not None and not (
@@ -112,14 +113,16 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
             not from_torch and matches_keep_float(node.name, keep_float))
         if pattern:
             exclude.append(node.name)
-            notes.setdefault(pattern, f"nodes of {pattern!r} kept float (keep_float)")
-    if not from_torch and notes:
+            matched[pattern] = None
+    notes = ([f"nodes of {', '.join(map(repr, matched))} kept float (keep_float)"]
+             if matched else [])
+    if not from_torch and matched:
         tail = activation_tails(graph.graph, exclude)
         exclude += tail
         if tail:
-            notes["tail"] = (f"{len(tail)} nodes of their activations and output layout kept float "
-                             "with them")
-    return exclude, list(notes.values())
+            notes.append(f"{len(tail)} nodes of their activations and output layout kept float "
+                         "with them")
+    return exclude, notes
 
 
 def output_ranges(path: Path, data: list[dict]) -> dict[str, list[dict]]:
@@ -160,11 +163,22 @@ def reduce_range_for(device: str) -> tuple[bool, str]:
     return True, f"no VNNI ({best} only): reduce_range, 7-bit weights"
 
 
-@register("ort_int8", devices=ort_devices(), needs_calibration=True, sources=ALL_SOURCES,
-          description="ONNX Runtime static int8 (QDQ, u8 activations, s8 weights)")
-def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+@dataclass
+class PreparedOrt:
+    """What every ort_int8 quantization of one unit shares: the pre-processed float file,
+    the calibration feeds, the graph outputs' ranges and where the calibrated ranges are kept.
 
+    The ranges depend on the float model and the feeds only, not on which nodes stay float, so
+    a search that quantizes the same model many times (ort_int8_mixed) calibrates it once."""
+
+    path: Path
+    data: list[dict]
+    overrides: dict[str, list[dict]]
+    ranges_file: Path
+    notes: list[str]
+
+
+def prepare_ort_int8(model: LoadedModel, request: QuantizeRequest) -> PreparedOrt:
     work = Path(request.work_dir)
     src, notes = fp32_onnx(model, request)
     src, more = ensure_opset(src, work)
@@ -174,29 +188,49 @@ def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized
     data = [f for batch in request.calibration_batches() for f in feeds(info, batch)]
     if not data:
         raise ValueError("ort_int8: calibration yielded no images")
-    exclude, kept = excluded_nodes(model, onnx.load(str(pre)), request.keep_float)
+    overrides = output_ranges(pre, data) if request.calibration.method != "minmax" else {}
+    ranges = work / "calibration_ranges.json"
+    ranges.unlink(missing_ok=True)  # a rerun of the unit calibrates afresh
+    return PreparedOrt(pre, data, overrides, ranges, notes)
+
+
+def quantize_prepared(model: LoadedModel, request: QuantizeRequest, prep: PreparedOrt,
+                      out: Path) -> Quantized:
+    """quantize_static of the prepared file with request.keep_float left float; the first
+    call calibrates and keeps the ranges in prep.ranges_file, later calls reuse them."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    exclude, kept = excluded_nodes(model, onnx.load(str(prep.path)), request.keep_float)
     spec = request.calibration
-    out = work / "model_int8.onnx"
     reduce_range, isa_note = reduce_range_for(request.device)
-    overrides = output_ranges(pre, data) if spec.method != "minmax" else {}
     # ORT prints calibration progress, and divides by zero on empty tensors it then skips.
     with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
         quantize_static(
-            str(pre), str(out), Reader(data), quant_format=QuantFormat.QDQ,
+            str(prep.path), str(out), Reader(prep.data), quant_format=QuantFormat.QDQ,
             per_channel=spec.per_channel, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
+            calibration_cache_path=str(prep.ranges_file),
             extra_options={"CalibStridedMinMax": 1, "CalibPercentile": spec.percentile,
                            "CalibTensorRangeSymmetric": False,
-                           "TensorQuantOverrides": overrides},
+                           "TensorQuantOverrides": prep.overrides},
         )
+    notes = list(prep.notes)
     scope = None if getattr(model, "onnx_path", None) else model.kind.ort_int8_scope(model.module)
     if scope is not None:
         notes.append(scope[1])
     notes += kept
     notes.append(f"calibration: {spec.method} -> ORT {METHODS[spec.method]}"
                  + (f" p{spec.percentile}" if spec.method == "percentile" else "")
-                 + f", {len(data)} feeds, " + ("per-channel" if spec.per_channel else "per-tensor")
+                 + f", {len(prep.data)} feeds, "
+                 + ("per-channel" if spec.per_channel else "per-tensor")
                  + f" s8 weights, u8 activations ({isa_note})"
-                 + ("; graph outputs keep their observed min/max" if overrides else ""))
-    return ort_quantized(model, out, request.device, notes, fp32_path=pre)
+                 + ("; graph outputs keep their observed min/max" if prep.overrides else ""))
+    return ort_quantized(model, out, request.device, notes, fp32_path=prep.path)
+
+
+@register("ort_int8", devices=ort_devices(), needs_calibration=True, sources=ALL_SOURCES,
+          description="ONNX Runtime static int8 (QDQ, u8 activations, s8 weights)")
+def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized:
+    prep = prepare_ort_int8(model, request)
+    return quantize_prepared(model, request, prep, Path(request.work_dir) / "model_int8.onnx")
