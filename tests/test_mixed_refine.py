@@ -8,6 +8,7 @@ from worker.quantize.mixed_search import (
     Evaluator,
     MixedPrecision,
     child_groups,
+    layer_children,
     refine_float_groups,
 )
 from worker.quantize.registry import Quantized
@@ -51,7 +52,7 @@ def test_refinement_keeps_only_the_sensitive_layer_float():
     evaluate, tried = _evaluator()
     start = evaluate(["features"])
     search = MixedPrecision(0.9, True, ["features"], start, [start])
-    refined = refine_float_groups(evaluate, LAYERS, search)
+    refined = refine_float_groups(evaluate, layer_children(LAYERS), search)
     assert refined.float_groups == [SENSITIVE]
     assert refined.met and refined.chosen.score >= 0.9
     assert refined.refined_from == ["features"]
@@ -64,7 +65,7 @@ def test_a_block_whose_split_misses_the_target_stays_whole():
     evaluate, _ = _evaluator(glue="features.1")
     start = evaluate(["features"])
     search = MixedPrecision(0.9, True, ["features"], start, [start])
-    refined = refine_float_groups(evaluate, LAYERS, search)
+    refined = refine_float_groups(evaluate, layer_children(LAYERS), search)
     assert refined.float_groups == ["features.1"] and refined.chosen.score >= 0.9
 
 
@@ -72,7 +73,7 @@ def test_refinement_leaves_a_search_that_missed_its_target_alone():
     evaluate, _ = _evaluator()
     start = evaluate(["features"])
     missed = MixedPrecision(2.0, False, ["features"], start, [start])
-    assert refine_float_groups(evaluate, LAYERS, missed) is missed
+    assert refine_float_groups(evaluate, layer_children(LAYERS), missed) is missed
 
 
 def test_a_quarter_of_the_calibration_images_is_held_out():

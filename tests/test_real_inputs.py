@@ -17,11 +17,12 @@ from worker.pipeline import run_unit
 from worker.results import read_table
 
 
-def _run(manifest):
+def _run(manifest, steps: list[str] | None = None):
     plan = plan_job(manifest)
     results = manifest.parent / "results"
     for unit in plan.units:
-        outcome = run_unit(unit, results)
+        outcome = run_unit(unit, results, (lambda step, done, total: steps.append(step))
+                           if steps is not None else None)
         assert outcome.status == "ok", outcome.error
     return {(m["model_id"], m["mode"]): m
             for m in read_table(results, "models", plan.job_id).to_pylist()}
@@ -124,6 +125,29 @@ def test_onnx_export_scored_by_the_torchvision_decoder_matches_torch(detector_da
     assert ours["agreement_recall"] == 1.0 and ours["accuracy_note"] is None
 
 
+def test_a_decoded_detectors_calibration_map_is_the_torch_fixtures(detector_data):
+    """What ort_int8_mixed's max_map_drop scores on an ONNX detector: its outputs decoded and
+    mapped back to the calibration pages, the same mAP the torch fixture scores there."""
+    from worker.evaluate.datasets import calibration_map_scorers
+    from worker.evaluate.targets import heldout_count
+    from worker.models import load_model
+
+    onnx_model = {"id": "fxo", "source": "onnx", "path": "models/fixture.onnx",
+                  "input_size": [256, 256], "preprocess": {"resize": "stretch"},
+                  "outputs": {"decoder": "torchvision"}}
+    scores = {}
+    for model, mode in (({"id": "fx", "arch": "fixture", "input_size": [256, 256]}, "fp32"),
+                        (onnx_model, "ort_fp32")):
+        unit = plan_job(_det_manifest(detector_data, f"cal-{mode.replace('_', '-')}", model,
+                                      [mode])).units[0]
+        loaded = load_model(unit)
+        searched, held = calibration_map_scorers(unit, loaded, heldout_count)
+        scores[mode] = (searched(loaded.predict_fp32), held(loaded.predict_fp32))
+    assert scores["fp32"][0] > 0.3
+    for torch_map, onnx_map in zip(scores["fp32"], scores["ort_fp32"], strict=True):
+        assert abs(torch_map - onnx_map) < 0.005, scores
+
+
 def test_validate_warns_without_preprocess_and_refuses_a_mismatched_decoder(detector_data):
     plain = {"id": "fxo", "source": "onnx", "path": "models/fixture.onnx", "input_size": [256, 256]}
     ok = _det_manifest(detector_data, "warn", plain, ["ort_fp32"])
@@ -192,6 +216,19 @@ def test_min_cosine_is_refused_for_a_detector(detector_data):
     assert "quantization.target.min_cosine: models[0] is a detector" in res.stdout + res.stderr
 
 
+def test_max_map_drop_is_refused_for_a_model_without_detections(classifier):
+    """A search aimed at mAP on a classifier would otherwise fall back to agreement unsaid."""
+    manifest = small_manifest(
+        classifier, name="map-cls",
+        models=[_model("declared", preprocess=PREPROCESS, outputs={"labels": LABELS})],
+        quantization={"modes": ["int8_mixed"], "target": {"max_map_drop": 1.0}},
+        dataset={"format": "imagefolder", "images": "data/photos"})
+    res = qbench("validate", str(manifest))
+    assert res.returncode == 2
+    assert ("quantization.target.max_map_drop: models[0] gives no detections to score"
+            in res.stdout + res.stderr)
+
+
 def test_onnx_classifier_without_decoder_gets_its_agreement_interval(classifier):
     from worker.models.torchvision_models import load_torchvision
     from worker.quantize.onnx_export import export_onnx
@@ -212,3 +249,90 @@ def test_onnx_classifier_without_decoder_gets_its_agreement_interval(classifier)
     assert (row["agreement_top1_ci_low"], row["agreement_top1_ci_high"]) == pytest.approx(
         proportion_ci(round(row["agreement_top1"] * n), n))
     assert row["agreement_top1_ci_low"] <= row["agreement_top1"] <= row["agreement_top1_ci_high"]
+
+
+@pytest.fixture(scope="module")
+def onnx_classifier(classifier):
+    from worker.models.torchvision_models import load_torchvision
+    from worker.quantize.onnx_export import export_onnx
+
+    loaded = load_torchvision("grey", "resnet18", 3, SIZE, classifier / "models" / "grey.pt")
+    export_onnx(loaded, classifier / "models" / "grey-mixed.onnx")
+    return classifier
+
+
+def test_ort_int8_mixed_searches_the_nodes_of_an_onnx_file(onnx_classifier):
+    """A given ONNX file has no module tree: the search ranks runs of its weight nodes, keeps
+    the most sensitive float and refines them by halves down to single nodes; the held-out
+    calibration images check the result, and its classifier output is scored by top-1."""
+    manifest = small_manifest(
+        onnx_classifier, name="ort-mixed",
+        models=[{"id": "grey-onnx", "source": "onnx", "path": "models/grey-mixed.onnx",
+                 "input_size": list(SIZE), "preprocess": PREPROCESS}],
+        quantization={"modes": ["ort_fp32", "ort_int8_mixed"], "calibration": {"images": 8},
+                      "target": {"min_cosine": 0.99999}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1,
+                   "reference": "ort_fp32"},
+        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
+    row = _run(manifest)["grey-onnx", "ort_int8_mixed"]
+    assert row["mixed_target_metric"].startswith("mean cosine similarity of the outputs")
+    assert row["mixed_target_met"] and row["mixed_score"] >= 0.99999
+    assert row["mixed_heldout_score"] is not None
+    assert row["mixed_heldout_met"] == (row["mixed_heldout_score"] >= 0.99999)
+    # The greedy search kept runs of nodes ("first..last") float; refinement left fewer nodes
+    # float, each one of the file's own nodes inside a run it had kept.
+    before, after = row["mixed_refined_from"], row["mixed_float_groups"]
+    assert before and all(".." in g for g in before) and after != before
+    assert after and all(".." not in g for g in after)
+    import onnx
+
+    names = [n.name for n in onnx.load(str(onnx_classifier / "models" / "grey-mixed.onnx")).graph.node]
+    assert set(after) <= set(names)
+    spans = [(names.index(g.split("..")[0]), names.index(g.split("..")[1])) for g in before]
+    assert all(any(lo <= names.index(g) <= hi for lo, hi in spans) for g in after)
+    assert row["notes"].startswith(f"mixed precision: kept float {', '.join(after)}")
+    assert row["size_reduction"] > 0.3  # the rest is int8
+
+
+def test_ort_int8_mixed_of_a_torch_model_searches_its_module_paths(classifier):
+    """From torch, the exported graph's nodes belong to modules: the groups are int8_mixed's
+    module paths (conv1, layer1, ..., fc), and the groups kept float are those modules' ONNX
+    nodes."""
+    manifest = small_manifest(
+        classifier, name="ort-mixed-torch",
+        models=[_model("declared", preprocess=PREPROCESS, outputs={"labels": LABELS})],
+        quantization={"modes": ["ort_int8_mixed"], "calibration": {"images": 8},
+                      "target": {"min_cosine": 0.99999}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
+    row = _run(manifest)["declared", "ort_int8_mixed"]
+    assert row["mixed_target_met"] and row["mixed_score"] >= 0.99999
+    kept = row["mixed_float_groups"]
+    tops = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+    assert kept and all(g.split(".")[0] in tops for g in kept)
+    assert f"nodes of {', '.join(map(repr, kept))} kept float (keep_float)" in row["notes"]
+    # the weight layers of the kept modules are float in the file ORT ran, the rest int8
+    assert all(any(m == g or m.startswith(g + ".") for g in kept) for m in row["float_modules"])
+    assert row["float_modules"] and "layer1.0.conv1" in row["int8_modules"]
+    assert row["backend"] == "onnxruntime"
+
+
+def test_ort_int8_mixed_min_agreement_of_an_onnx_classifier_is_top1(onnx_classifier):
+    manifest = small_manifest(
+        onnx_classifier, name="ort-mixed-top1",
+        models=[{"id": "grey-onnx", "source": "onnx", "path": "models/grey-mixed.onnx",
+                 "input_size": list(SIZE), "preprocess": PREPROCESS}],
+        quantization={"modes": ["ort_int8_mixed"], "calibration": {"images": 8},
+                      "target": {"min_agreement": 1.0}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
+    steps: list[str] = []
+    row = _run(manifest, steps)["grey-onnx", "ort_int8_mixed"]
+    assert row["mixed_target_metric"] == "top-1 agreement with fp32 on the calibration images"
+    # the search shows its progress, one line per quantize-and-score trial
+    trials = [s for s in steps if s.startswith("quantize ort_int8_mixed: trial ")]
+    assert trials[0].startswith("quantize ort_int8_mixed: trial 1: 0 groups float, score ")
+    # all-int8, then each run alone (21 weight nodes: 7 runs of 3), each trial once
+    assert [int(s.split("trial ")[1].split(":")[0]) for s in trials] == list(range(1, 9))
+    assert row["mixed_score"] * 6 == pytest.approx(round(row["mixed_score"] * 6))
+    assert row["mixed_heldout_score"] * 2 == pytest.approx(round(row["mixed_heldout_score"] * 2))

@@ -49,6 +49,7 @@ def _modes() -> dict[str, ModeEntry]:
         ModeEntry("int8_mixed", frozenset({"cpu"}), needs_calibration=True),
         ModeEntry("ort_fp32", ort, frozenset(SOURCES), reference=True),
         ModeEntry("ort_int8", ort, frozenset(SOURCES), needs_calibration=True),
+        ModeEntry("ort_int8_mixed", ort, frozenset(SOURCES), needs_calibration=True),
     ]
     return {e.name: e for e in entries}
 

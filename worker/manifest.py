@@ -244,6 +244,16 @@ class Manifest(Strict):
         if target.max_map_drop is not None and self.dataset is None:
             raise ValueError("quantization.target.max_map_drop needs a dataset "
                              "(without one, use min_agreement)")
+        searching = {"int8_mixed", "ort_int8_mixed"} & set(self.quantization.modes)
+        if target.max_map_drop is not None and searching:
+            for i, m in enumerate(self.models):
+                detector = (m.outputs is not None and m.outputs.decoder is not None) or (
+                    m.source == "torchvision" and (m.arch == "fixture"
+                                                   or torchvision_task(m.arch) == "detection"))
+                if not detector:
+                    raise ValueError(f"quantization.target.max_map_drop: models[{i}] gives no "
+                                     "detections to score (a classifier, or raw outputs without "
+                                     "outputs.decoder); use min_agreement")
         if target.min_cosine is not None:
             for i, m in enumerate(self.models):
                 if m.source == "torchvision" and (m.arch == "fixture"

@@ -177,6 +177,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
                 device=unit.device, calibration=calib, keep_float=list(unit.quantization.keep_float),
                 calibration_batches=batches, work_dir=work_dir,
                 search_target=lambda: search_target(unit, loaded, batches),
+                progress=lambda text: say(f"quantize {unit.mode}: {text}", 1),
             )
             q = quantize(loaded, unit.mode, request)
             base = {**_identity(unit, q.backend), **env}

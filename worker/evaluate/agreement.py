@@ -104,3 +104,14 @@ def classification_agreement(fp32_logits: torch.Tensor, quant_logits: torch.Tens
         "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
         "cosine_mean": float(F.cosine_similarity(a, b, dim=1).mean()),
     }
+
+
+def outputs_cosine(fp32: Any, quant: Any) -> float:
+    """Mean over images of the cosine similarity of all of an image's outputs flattened
+    together: `fp32` and `quant` a [N, ...] tensor or a nest of them (an ONNX file's outputs)."""
+    from worker.models.kinds.base import tensors_of
+
+    def rows(value: Any) -> torch.Tensor:
+        return torch.cat([t.detach().float().flatten(1) for t in tensors_of(value)], 1)
+
+    return classification_agreement(rows(fp32), rows(quant))["cosine_mean"]

@@ -102,19 +102,31 @@ def evaluation_set(unit: Unit, loaded: LoadedModel) -> EvalSet:
 
 def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Callable[[int], int]):
     """mAP on the calibration split's annotations: what int8_mixed optimises (never eval),
-    as (score on the searched images, score on the held-out ones or None)."""
+    as (score on the searched images, score on the held-out ones or None). A model whose raw
+    outputs need a decoder (outputs.decoder) is decoded and mapped back as in its evaluation."""
     from worker.evaluate.coco import evaluate_detections, to_coco_results
 
     data, calib_ids, _ = _dataset(unit, loaded)
     images, geos = _coco_images(unit, loaded, data, calib_ids)
     scales = [(g.sx, g.sy) for g in geos]
+    spec = unit.model.outputs
+    decoded = spec is not None and spec.decoder is not None
 
     def scorer(lo: int, hi: int):
-        ids, part, sc = calib_ids[lo:hi], images[lo:hi], scales[lo:hi]
+        ids, part = calib_ids[lo:hi], images[lo:hi]
 
         def score(predict) -> float:
-            outs = [o for batch in part.split(BATCH) for o in predict(batch)]
-            return evaluate_detections(data.doc, to_coco_results(ids, outs, sc), ids)["map"]
+            if decoded:
+                from worker.decode.coco_results import to_coco_results as decoded_results
+                from worker.decode.spec import category_mapping
+                from worker.evaluate.decoded import decoded_predictions
+
+                dets = decoded_predictions(loaded, spec, predict, part)
+                results = decoded_results(ids, dets, geos[lo:hi], category_mapping(spec))
+            else:
+                outs = [o for batch in part.split(BATCH) for o in predict(batch)]
+                results = to_coco_results(ids, outs, scales[lo:hi])
+            return evaluate_detections(data.doc, results, ids)["map"]
 
         return score
 

@@ -50,17 +50,32 @@ def output_agreement(ref: list[list[torch.Tensor]], cand: list[list[torch.Tensor
             "agreement_basis": "raw outputs (no outputs.decoder): SQNR and cosine"}
 
 
+def _output_names(loaded) -> list[str] | None:
+    if not getattr(loaded, "onnx_path", None):
+        return None
+    from worker.decode.layout import onnx_output_shapes
+
+    return [n for n, _ in onnx_output_shapes(loaded.onnx_path)]
+
+
+def _step(spec) -> int:
+    # a torchvision-layout file returns one image's detections: feed it image by image
+    return 1 if spec is not None and spec.decoder == "torchvision" else BATCH
+
+
+def decoded_predictions(loaded, spec, predict, images: torch.Tensor) -> list:
+    """`predict`'s raw outputs on `images`, decoded by the manifest's outputs block."""
+    names, size = _output_names(loaded), tuple(loaded.input_size)
+    return [d for batch in images.split(_step(spec))
+            for d in decode(_tensors(predict(batch)), spec, size, names)]
+
+
 def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: str) -> dict[str, Any]:
     """Columns of the models row for a YOLO or ONNX model (see the module docstring)."""
     spec = unit.model.outputs
     pre = for_model(unit.model.preprocess, loaded)
-    names = None
-    if getattr(loaded, "onnx_path", None):
-        from worker.decode.layout import onnx_output_shapes
-
-        names = [n for n, _ in onnx_output_shapes(loaded.onnx_path)]
-    # a torchvision-layout file returns one image's detections: feed it image by image
-    step = 1 if spec is not None and spec.decoder == "torchvision" else BATCH
+    names = _output_names(loaded)
+    step = _step(spec)
     ref_raw, cand_raw = [], []
     for batch in data.images.split(step):
         ref_raw.append(_tensors(reference(batch)))

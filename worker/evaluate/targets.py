@@ -41,12 +41,12 @@ def agreement_score(loaded: LoadedModel, images: torch.Tensor,
 
 def cosine_score(loaded: LoadedModel, images: torch.Tensor) -> ScoreFn:
     """Mean cosine similarity of the outputs with fp32's on `images` (min_cosine)."""
-    from worker.evaluate.agreement import classification_agreement
+    from worker.evaluate.agreement import outputs_cosine
 
     reference = loaded.predict_fp32(images)
 
     def score(q: Quantized) -> float:
-        return classification_agreement(reference, q.predict(images))["cosine_mean"]
+        return outputs_cosine(reference, q.predict(images))
 
     return score
 
@@ -55,7 +55,8 @@ def search_target(unit: Unit, loaded: LoadedModel,
                   calibration_batches: Callable[[], Iterable[torch.Tensor]]) -> SearchTarget:
     """The manifest's quantization.target as a score and the value it must reach."""
     target = unit.quantization.target
-    if target.max_map_drop is not None and loaded.kind.scores_map:
+    decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
+    if target.max_map_drop is not None and (loaded.kind.scores_map or decoded):
         from worker.evaluate.datasets import calibration_map_scorers
 
         score, held = calibration_map_scorers(unit, loaded, heldout_count)
@@ -73,8 +74,9 @@ def search_target(unit: Unit, loaded: LoadedModel,
                             "images", target.max_float,
                             cosine_score(loaded, held) if held is not None else None,
                             target.min_cosine if held is not None else None)
+    name = loaded.kind.agreement_name_for(loaded.predict_fp32(search[:1]))
     return SearchTarget(agreement_score(loaded, search), target.min_agreement,
-                        f"{loaded.kind.agreement_name} on the calibration images",
+                        f"{name} on the calibration images",
                         target.max_float,
                         agreement_score(loaded, held) if held is not None else None,
                         target.min_agreement if held is not None else None)

@@ -16,6 +16,7 @@ from worker.models.base import LoadedModel
 from worker.quantize.mixed_search import (
     MIXED_COLUMNS,
     MixedSearch,
+    layer_children,
     mixed_precision_search,
     mode_quantizer,
     rank_sensitivity,
@@ -33,11 +34,13 @@ def quantize_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quanti
         raise ValueError("int8_mixed needs a search target (quantization.target)")
     target = request.search_target()
     quantize_fn = mode_quantizer(loaded, "int8_static", replace(request, search_target=None))
-    sensitivity = rank_sensitivity(loaded, quantize_fn, None, target.score_fn)
+    sensitivity = rank_sensitivity(loaded, quantize_fn, None, target.score_fn,
+                                   progress=request.progress)
     search = mixed_precision_search(sensitivity, target.value, target.max_float)
     from worker.inspect.capture import named_layers  # as candidate_groups: not needed earlier
 
-    search = refine_float_groups(sensitivity.evaluate, named_layers(loaded.module), search)
+    search = refine_float_groups(sensitivity.evaluate, layer_children(named_layers(loaded.module)),
+                                 search)
     chosen = quantize_fn(search.float_groups)
     heldout = split_score(target.heldout_fn(chosen))[0] if target.heldout_fn else None
     outcome = MixedSearch(sensitivity, search, target, heldout)

@@ -1,7 +1,8 @@
-"""int8_mixed's search: which layer groups are worth keeping in float.
+"""int8_mixed's and ort_int8_mixed's search: which layer groups are worth keeping in float.
 
 A group is a keep_float pattern (a module path of the fp32 model, e.g. "backbone.fpn" or
-"layer4"); int8_static and int8_dynamic match it against the module and its parents. Ranking
+"layer4"; on a given ONNX file a run of its nodes, worker/quantize/onnx_groups.py); the
+quantizer matches it against the module and its parents. Ranking
 re-quantizes once per group with that group alone kept float and scores the result (the
 scores are in worker/evaluate/targets.py: mAP on the calibration split, or agreement with
 fp32). The greedy search then keeps the most sensitive groups float, one more at a time in
@@ -61,8 +62,10 @@ class Evaluator:
     """Quantize with some groups kept float, score (and time) it; each set of groups once."""
 
     def __init__(self, quantize_fn: QuantizeFn, score_fn: ScoreFn,
-                 latency_fn: LatencyFn | None = None) -> None:
+                 latency_fn: LatencyFn | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.quantize_fn, self.score_fn, self.latency_fn = quantize_fn, score_fn, latency_fn
+        self.progress = progress
         self.trials: dict[frozenset[str], Trial] = {}
 
     def __call__(self, groups: Sequence[str]) -> Trial:
@@ -72,6 +75,9 @@ class Evaluator:
             latency = self.latency_fn(q) if self.latency_fn else None
             score, tiebreak = split_score(self.score_fn(q))
             self.trials[key] = Trial(tuple(groups), score, q.size_bytes, latency, tiebreak)
+            if self.progress:
+                self.progress(f"trial {len(self.trials)}: {len(groups)} groups float, "
+                              f"score {_score(score)}")
         return self.trials[key]
 
 
@@ -122,10 +128,16 @@ def child_groups(layers: Sequence[str], group: str) -> list[str]:
     return _prefixes(inside, group.count(".") + 2)
 
 
-def refine_float_groups(evaluate: Evaluator, layers: Sequence[str],
+def layer_children(layers: Sequence[str]) -> Callable[[str], list[str]]:
+    """A group's children among module-path layer names (stage -> block -> layer)."""
+    return lambda group: child_groups(layers, group)
+
+
+def refine_float_groups(evaluate: Evaluator, children: Callable[[str], list[str]],
                         search: MixedPrecision) -> MixedPrecision:
-    """Split each float group of a search that met its target into its children, one level
-    at a time down to single layers, and quantize each child whose loss the target tolerates.
+    """Split each float group of a search that met its target into its children (module
+    paths: layer_children; runs of ONNX nodes: their halves), one level at a time down to
+    single layers, and quantize each child whose loss the target tolerates.
 
     A group's children kept float are not the group kept float: the adds, activations and
     quantize/dequantize boundaries between them are quantized then. So the split itself is a
@@ -141,7 +153,7 @@ def refine_float_groups(evaluate: Evaluator, layers: Sequence[str],
     pending = list(current)
     while pending:
         group = pending.pop(0)
-        kids = child_groups(layers, group)
+        kids = children(group)
         if not kids:
             continue  # a layer: nothing finer to try
         others = [g for g in current if g != group]
@@ -167,10 +179,11 @@ def refine_float_groups(evaluate: Evaluator, layers: Sequence[str],
 
 def rank_sensitivity(loaded: LoadedModel, quantize_fn: QuantizeFn,
                      candidates: Sequence[str] | None, score_fn: ScoreFn,
-                     latency_fn: LatencyFn | None = None) -> SensitivityResult:
+                     latency_fn: LatencyFn | None = None,
+                     progress: Callable[[str], None] | None = None) -> SensitivityResult:
     """Score with each candidate group alone kept float; rank by the score it gives back."""
     groups = list(candidates) if candidates else candidate_groups(loaded)
-    evaluate = Evaluator(quantize_fn, score_fn, latency_fn)
+    evaluate = Evaluator(quantize_fn, score_fn, latency_fn, progress)
     base = evaluate([])
     ranking = []
     for group in groups:

@@ -39,6 +39,8 @@ class QuantizeRequest:
     # What a searching mode (int8_mixed) must reach, built only when such a mode asks: it
     # scores fp32 on the calibration images first.
     search_target: Callable[[], SearchTarget] | None = None
+    # Where a long-running mode (a search's trials) says how far it is; one line each time.
+    progress: Callable[[str], None] | None = None
 
 
 @dataclass

@@ -140,12 +140,16 @@ class TaskKind:
         return {"network outputs": (np.concatenate([_flat_np(t) for t in tensors_of(fp32)]),
                                     np.concatenate([_flat_np(t) for t in tensors_of(quant)]))}
 
+    def agreement_name_for(self, reference: Any) -> str:
+        """What agreement_score measures on outputs like `reference` (fp32's)."""
+        return self.agreement_name
+
     def agreement_score(self, reference: Any, out: Any, score_threshold: float = 0.5) -> float:
         """Agreement with fp32, continuous so that few images still rank layer groups: the
         mean cosine similarity of the outputs (score_threshold: detections only)."""
-        from worker.evaluate.agreement import classification_agreement
+        from worker.evaluate.agreement import outputs_cosine
 
-        return classification_agreement(reference, out)["cosine_mean"]
+        return outputs_cosine(reference, out)
 
     # -- quantizing ------------------------------------------------------------------------
     def static_parts(self, model: nn.Module, input_size: tuple[int, int]) -> PartPlan:

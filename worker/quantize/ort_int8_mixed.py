@@ -1,0 +1,72 @@
+"""ort_int8_mixed: ort_int8 with the fewest most sensitive layers kept float until the target holds.
+
+The search is int8_mixed's (worker/quantize/mixed_search.py: rank groups, keep the most
+sensitive float greedily, refine the float groups) with ort_int8 as the quantizer, so it also
+takes a given ONNX file: there a group is a run of weight nodes in graph order, refined by
+halves down to single nodes (worker/quantize/onnx_groups.py); a kept node's activation and
+output-layout tail stays float with it, as with keep_float. The model is calibrated once: the
+ranges do not depend on which nodes stay float, so every trial reuses them. The score and the
+held-out check are int8_mixed's (worker/evaluate/targets.py): decoded mAP on the calibration
+split's annotations for a detector with outputs.decoder, else agreement with fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from worker.models.base import LoadedModel
+from worker.quantize.mixed_search import (
+    MIXED_COLUMNS,
+    MixedSearch,
+    candidate_groups,
+    layer_children,
+    mixed_precision_search,
+    rank_sensitivity,
+    refine_float_groups,
+    split_score,
+)
+from worker.quantize.onnx_groups import node_groups
+from worker.quantize.ort_fp32 import ALL_SOURCES
+from worker.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
+from worker.quantize.ort_runtime import ort_devices
+from worker.quantize.registry import Quantized, QuantizeRequest, register
+
+
+@register("ort_int8_mixed", devices=ort_devices(), needs_calibration=True, sources=ALL_SOURCES,
+          extra_columns=MIXED_COLUMNS,
+          description="ort_int8, keeping the most sensitive layers (ONNX nodes) float until "
+                      "quantization.target holds")
+def quantize_ort_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
+    if request.search_target is None:
+        raise ValueError("ort_int8_mixed needs a search target (quantization.target)")
+    target = request.search_target()
+    base = replace(request, search_target=None)
+    prep = prepare_ort_int8(loaded, base)
+    work = Path(request.work_dir)
+    if getattr(loaded, "onnx_path", None):
+        groups = node_groups(prep.path)
+        candidates, children, patterns = groups.top(), groups.children, groups.patterns
+        if not candidates:
+            raise ValueError(f"ort_int8_mixed: {Path(loaded.onnx_path).name} has no named "
+                             "weight nodes (Conv, Gemm, MatMul) to keep float")
+    else:
+        from worker.inspect.capture import named_layers
+
+        candidates = candidate_groups(loaded)
+        children, patterns = layer_children(named_layers(loaded.module)), list
+
+    def quantize_fn(float_groups: list[str], out: Path = work / "trial_int8.onnx") -> Quantized:
+        keep = [*request.keep_float, *patterns(list(float_groups))]
+        return quantize_prepared(loaded, replace(base, keep_float=keep), prep, out)
+
+    sensitivity = rank_sensitivity(loaded, quantize_fn, candidates, target.score_fn,
+                                   progress=request.progress)
+    search = mixed_precision_search(sensitivity, target.value, target.max_float)
+    search = refine_float_groups(sensitivity.evaluate, children, search)
+    chosen = quantize_fn(search.float_groups, work / "model_int8.onnx")
+    heldout = split_score(target.heldout_fn(chosen))[0] if target.heldout_fn else None
+    outcome = MixedSearch(sensitivity, search, target, heldout)
+    chosen.notes = f"{outcome.note()}; {chosen.notes}"
+    chosen.search = outcome
+    return chosen
