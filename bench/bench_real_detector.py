@@ -9,8 +9,11 @@ order), and its own output layout decoded by the `gfl` decoder (four strides, re
 class-wise NMS). The pages are drawn by bench/doc_pages.py with every element's box known.
 Speedups are paired against ort_fp32 in the same process, with their 95% CI.
 
-    .venv/bin/python bench/bench_real_detector.py [--pages 40] [--calibration-images 8]
-        [--methods percentile] [--keep-float recommended] [--seed 1]
+    .venv/bin/python bench/bench_real_detector.py [--pages 104] [--calibration-images 32]
+        [--methods percentile] [--keep-float recommended] [--seed 1] [--mixed 1.0]
+
+--mixed also runs ort_int8_mixed (target: max_map_drop in points), starting from --keep-float;
+its search scores mAP on three quarters of the calibration pages and checks the last quarter.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ CALIBRATIONS = {"minmax": {"method": "minmax"},
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pages", type=int, default=40)
-    ap.add_argument("--calibration-images", type=int, default=8)
+    ap.add_argument("--pages", type=int, default=104)
+    ap.add_argument("--calibration-images", type=int, default=32)
     ap.add_argument("--methods", default="minmax,percentile,histogram")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=10)
@@ -56,6 +59,9 @@ def main() -> None:
                     help="comma-separated node-name patterns left float, e.g. 'p2o.Conv.[0-9]', "
                          "or 'recommended'")
     ap.add_argument("--seed", type=int, default=0, help="which pages are drawn")
+    ap.add_argument("--mixed", type=float, default=None, metavar="MAX_DROP_PTS",
+                    help="also run ort_int8_mixed with target max_map_drop (mAP points); it "
+                         "starts from --keep-float")
     args = ap.parse_args()
 
     onnx_file = fetch(LAYOUT_CDLA)
@@ -71,10 +77,13 @@ def main() -> None:
             "name": "layout", "models": [{
                 "id": "layout-cdla", "source": "onnx", "path": "models/layout_cdla.onnx",
                 "input_size": [800, 608], "preprocess": PREPROCESS, "outputs": OUTPUTS}],
-            "quantization": {"modes": ["ort_fp32", "ort_int8"],
+            "quantization": {"modes": ["ort_fp32", "ort_int8"] + (
+                                 ["ort_int8_mixed"] if args.mixed is not None else []),
                              "calibration": {"images": args.calibration_images,
                                              "per_channel": True, **CALIBRATIONS[method]},
-                             "keep_float": keep_float},
+                             "keep_float": keep_float,
+                             **({"target": {"max_map_drop": args.mixed}}
+                                if args.mixed is not None else {})},
             "benchmark": {"batch_sizes": [1], "warmup": 2, "iterations": args.iterations,
                           "threads": args.threads, "reference": "ort_fp32"},
             "dataset": {"format": "coco", "images": "data/pages",
@@ -85,30 +94,32 @@ def main() -> None:
         models = job.models
         lat = {r["mode"]: r for r in job.latency if r["batch_size"] == 1}
         layers = [r for r in job.layers if r["mode"] == "ort_int8"]
+        modes = [m for m in ("ort_fp32", "ort_int8", "ort_int8_mixed") if m in models]
         worst = sorted(layers, key=lambda r: r["sqnr_db"])[:4]
-        rows.append((method, models, lat, worst))
+        rows.append((method, models, lat, worst, modes))
 
     n_eval = rows[0][1]["ort_fp32"]["eval_images"]
     print(f"PP-PicoDet layout (CDLA weights), {args.pages} synthetic pages (seed {args.seed}): "
           f"{n_eval} scored, "
           f"{args.calibration_images} calibrate; {args.threads} thread(s); speedup paired "
           "against ort_fp32, median of per-pair ratios [95% CI]")
-    print(f"{'mode':9} {'calibration':11} {'size MB':>8} {'smaller':>8} {'mAP':>6} {'mAP@.5':>7} "
+    print(f"{'mode':14} {'calibration':11} {'size MB':>8} {'smaller':>8} {'mAP':>6} {'mAP@.5':>7} "
           f"{'drop pts [95% CI]':>24} {'bs1 p50 ms':>10} {'speedup':>22}")
-    for method, models, lat, worst in rows:
+    for method, models, lat, worst, modes in rows:
         base = models["ort_fp32"]
-        for mode in ("ort_fp32", "ort_int8"):
+        for mode in modes:
             m, r = models[mode], lat[mode]
             drop = drop_with_interval(m, 100 * (base["map"] - m["map"]))
             speed = (f"{r['speedup']:.2f}x [{r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f}]"
-                     if mode == "ort_int8" and r.get("speedup") else "-")
-            print(f"{mode:9} {method if mode == 'ort_int8' else '-':11} "
+                     if mode != "ort_fp32" and r.get("speedup") else "-")
+            print(f"{mode:14} {method if mode != 'ort_fp32' else '-':11} "
                   f"{m['size_bytes'] / 2**20:8.2f} {100 * (m['size_reduction'] or 0):7.1f}% "
                   f"{m['map']:6.3f} {m['map50']:7.3f} {drop:>24} {r['latency_ms_p50']:10.1f} "
                   f"{speed:>22}")
         print("    lowest-SQNR layers: " + ", ".join(f"{w['layer']} {w['sqnr_db']:.1f} dB"
                                                   for w in worst))
-        print(f"    note: {models['ort_int8']['notes']}")
+        for mode in modes[1:]:
+            print(f"    {mode} note: {models[mode]['notes']}")
 
 
 if __name__ == "__main__":
