@@ -15,13 +15,10 @@ from dataclasses import replace
 from worker.models.base import LoadedModel
 from worker.quantize.mixed_search import (
     MIXED_COLUMNS,
-    MixedSearch,
     layer_children,
-    mixed_precision_search,
     mode_quantizer,
-    rank_sensitivity,
-    refine_float_groups,
-    split_score,
+    required_target,
+    search_and_quantize,
 )
 from worker.quantize.registry import Quantized, QuantizeRequest, register
 
@@ -30,20 +27,10 @@ from worker.quantize.registry import Quantized, QuantizeRequest, register
           description="int8_static, keeping the most sensitive layer groups float until "
                       "quantization.target holds")
 def quantize_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
-    if request.search_target is None:
-        raise ValueError("int8_mixed needs a search target (quantization.target)")
-    target = request.search_target()
+    target = required_target(request, "int8_mixed")
     quantize_fn = mode_quantizer(loaded, "int8_static", replace(request, search_target=None))
-    sensitivity = rank_sensitivity(loaded, quantize_fn, None, target.score_fn,
-                                   progress=request.progress)
-    search = mixed_precision_search(sensitivity, target.value, target.max_float)
     from worker.inspect.capture import named_layers  # as candidate_groups: not needed earlier
 
-    search = refine_float_groups(sensitivity.evaluate, layer_children(named_layers(loaded.module)),
-                                 search)
-    chosen = quantize_fn(search.float_groups)
-    heldout = split_score(target.heldout_fn(chosen))[0] if target.heldout_fn else None
-    outcome = MixedSearch(sensitivity, search, target, heldout)
-    chosen.notes = f"{outcome.note()}; {chosen.notes}"
-    chosen.search = outcome
-    return chosen
+    return search_and_quantize(loaded, target, quantize_fn, None,
+                               layer_children(named_layers(loaded.module)),
+                               progress=request.progress)

@@ -213,6 +213,33 @@ def mixed_precision_search(sens: SensitivityResult, target: float,
     return MixedPrecision(target, chosen.score >= target, list(chosen.float_groups), chosen, path)
 
 
+def required_target(request: QuantizeRequest, mode: str) -> SearchTarget:
+    """The request's search target, built now (it scores fp32 on the calibration images)."""
+    if request.search_target is None:
+        raise ValueError(f"{mode} needs a search target (quantization.target)")
+    return request.search_target()
+
+
+def search_and_quantize(loaded: LoadedModel, target: SearchTarget, quantize_fn: QuantizeFn,
+                        candidates: Sequence[str] | None, children: Callable[[str], list[str]],
+                        final_fn: QuantizeFn | None = None,
+                        progress: Callable[[str], None] | None = None) -> Quantized:
+    """The whole search of a searching mode: rank the candidate groups, keep the most
+    sensitive float greedily, refine, then quantize the choice (with final_fn where the last
+    model must be written elsewhere than the trials), score it on the held-out images and put
+    the outcome in its notes and its `search`."""
+    sensitivity = rank_sensitivity(loaded, quantize_fn, candidates, target.score_fn,
+                                   progress=progress)
+    search = mixed_precision_search(sensitivity, target.value, target.max_float)
+    search = refine_float_groups(sensitivity.evaluate, children, search)
+    chosen = (final_fn or quantize_fn)(search.float_groups)
+    heldout = split_score(target.heldout_fn(chosen))[0] if target.heldout_fn else None
+    outcome = MixedSearch(sensitivity, search, target, heldout)
+    chosen.notes = f"{outcome.note()}; {chosen.notes}"
+    chosen.search = outcome
+    return chosen
+
+
 def _score(value: float) -> str:
     """Three decimals, or up to six significant digits where three would hide the difference
     (a 0.99999 target printed as 1.000)."""

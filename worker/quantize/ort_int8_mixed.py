@@ -18,13 +18,10 @@ from pathlib import Path
 from worker.models.base import LoadedModel
 from worker.quantize.mixed_search import (
     MIXED_COLUMNS,
-    MixedSearch,
     candidate_groups,
     layer_children,
-    mixed_precision_search,
-    rank_sensitivity,
-    refine_float_groups,
-    split_score,
+    required_target,
+    search_and_quantize,
 )
 from worker.quantize.onnx_groups import node_groups
 from worker.quantize.ort_fp32 import ALL_SOURCES
@@ -38,9 +35,7 @@ from worker.quantize.registry import Quantized, QuantizeRequest, register
           description="ort_int8, keeping the most sensitive layers (ONNX nodes) float until "
                       "quantization.target holds")
 def quantize_ort_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
-    if request.search_target is None:
-        raise ValueError("ort_int8_mixed needs a search target (quantization.target)")
-    target = request.search_target()
+    target = required_target(request, "ort_int8_mixed")
     base = replace(request, search_target=None)
     prep = prepare_ort_int8(loaded, base)
     work = Path(request.work_dir)
@@ -60,13 +55,7 @@ def quantize_ort_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Qu
         keep = [*request.keep_float, *patterns(list(float_groups))]
         return quantize_prepared(loaded, replace(base, keep_float=keep), prep, out)
 
-    sensitivity = rank_sensitivity(loaded, quantize_fn, candidates, target.score_fn,
-                                   progress=request.progress)
-    search = mixed_precision_search(sensitivity, target.value, target.max_float)
-    search = refine_float_groups(sensitivity.evaluate, children, search)
-    chosen = quantize_fn(search.float_groups, work / "model_int8.onnx")
-    heldout = split_score(target.heldout_fn(chosen))[0] if target.heldout_fn else None
-    outcome = MixedSearch(sensitivity, search, target, heldout)
-    chosen.notes = f"{outcome.note()}; {chosen.notes}"
-    chosen.search = outcome
-    return chosen
+    return search_and_quantize(
+        loaded, target, quantize_fn, candidates, children,
+        final_fn=lambda groups: quantize_fn(groups, work / "model_int8.onnx"),
+        progress=request.progress)
