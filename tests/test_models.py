@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,25 @@ def test_ort_int8_calibrates_once_and_reuses_the_ranges(onnx_file, tmp_path):
     fresh = quantize(loaded, "ort_int8", req)
     assert Path(fresh.onnx_paths[1]).read_bytes() == (tmp_path / "a.onnx").read_bytes()
     assert torch.equal(first.predict(x)[0], again.predict(x)[0])
+
+
+def test_a_conv_kept_float_stays_float_in_the_session_ort_runs(onnx_file, tmp_path):
+    """ONNX Runtime would give a float conv between Q/DQ nodes int8 weights when it loads the
+    file (its WeightBiasQuantization transformer), undoing keep_float: qbench's sessions keep
+    it off, so the graph ORT runs still has that conv in float."""
+    from worker.quantize.ort_runtime import session
+
+    path, *_ = onnx_file
+    loaded = load_onnx("r18", path, (64, 64))
+    req = request(tmp_path, [structured_images(4, 64, seed=2)])
+    req.keep_float = ["/layer1/layer1.0/conv2/Conv"]
+    q = quantize(loaded, "ort_int8", req)
+    assert "/layer1/layer1.0/conv2/Conv" in q.float_modules
+    session(q.onnx_paths[1], "cpu", optimized_to=tmp_path / "runs.onnx")
+    runs = onnx.load(str(tmp_path / "runs.onnx")).graph.node
+    kept = [n.op_type for n in runs if n.name.startswith("/layer1/layer1.0/conv2/Conv")]
+    assert {"Conv", "FusedConv"} & set(kept) and "QLinearConv" not in kept, kept
+    assert any(n.op_type == "QLinearConv" for n in runs)  # the rest is int8
 
 
 def test_onnx_source_refusals(onnx_file, tmp_path):

@@ -129,8 +129,13 @@ class TaskKind:
         if fmt == "torchscript":
             return (f"import torch\nmodel = torch.jit.load({file!r})\n"
                     "outputs = model(batch)  # batch: float32 [N, 3, H, W] in [0, 1]")
+        from worker.quantize.ort_runtime import DISABLED_OPTIMIZERS
+
         name = onnx_input or "input"
-        return (f"import onnxruntime as ort\nsession = ort.InferenceSession({file!r})\n"
+        # without it ORT re-quantizes the layers kept float when it loads the file
+        return ("import onnxruntime as ort\n"
+                f"session = ort.InferenceSession({file!r}, "
+                f"disabled_optimizers={DISABLED_OPTIMIZERS!r})\n"
                 f"outputs = session.run(None, {{{name!r}: batch}})  "
                 "# float32 numpy [N, 3, H, W] in [0, 1]")
 

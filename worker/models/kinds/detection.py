@@ -166,8 +166,13 @@ class Detection(TaskKind):
                     f"model = torch.jit.load({file!r})\n"
                     "losses, detections = model([image])  # image: float32 [3, H, W] in [0, 1]; "
                     "detections: [{'boxes', 'labels', 'scores'}]")
+        from worker.quantize.ort_runtime import DISABLED_OPTIMIZERS
+
         name = onnx_input or "input"
-        return (f"import onnxruntime as ort\nsession = ort.InferenceSession({file!r})\n"
+        # without it ORT re-quantizes the layers kept float when it loads the file
+        return ("import onnxruntime as ort\n"
+                f"session = ort.InferenceSession({file!r}, "
+                f"disabled_optimizers={DISABLED_OPTIMIZERS!r})\n"
                 f"boxes, labels, scores = session.run(None, {{{name!r}: image}})  "
                 "# one image: float32 numpy [3, H, W] in [0, 1]")
 
