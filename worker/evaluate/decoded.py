@@ -21,6 +21,7 @@ from worker.evaluate.datasets import BATCH, EvalSet
 from worker.evaluate.map_interval import map_columns
 from worker.evaluate.scores import wilson_columns
 from worker.inspect.metrics import sqnr_db
+from worker.models.kinds.onnx import logits_of
 from worker.preprocess.defaults import UNDECLARED, for_model
 
 
@@ -83,7 +84,7 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
     if spec is None or spec.decoder is None:
         row = {**output_agreement(ref_raw, cand_raw),
                "accuracy_note": "no outputs.decoder: no accuracy, agreement on raw outputs"}
-        if all(len(p) == 1 and p[0].dim() == 2 for p in ref_raw):  # one [B, C] output: logits
+        if all(logits_of(p) is not None for p in ref_raw):  # one [B, C] output: logits
             from worker.evaluate.agreement import classification_agreement
 
             ref, ours = torch.cat([p[0] for p in ref_raw]), torch.cat([p[0] for p in cand_raw])

@@ -28,7 +28,7 @@ class Onnx(TaskKind):
         return Resolved(PreprocessSpec(), "none declared: [0, 1] RGB stretched", trusted=False)
 
     def agreement_name_for(self, reference: Any) -> str:
-        return ("top-1 agreement with fp32" if _logits(reference) is not None
+        return ("top-1 agreement with fp32" if logits_of(reference) is not None
                 else self.agreement_name)
 
     def agreement_score(self, reference: Any, out: Any,
@@ -38,7 +38,7 @@ class Onnx(TaskKind):
         outputs' mean cosine similarity."""
         from worker.evaluate.agreement import classification_agreement
 
-        ref, ours = _logits(reference), _logits(out)
+        ref, ours = logits_of(reference), logits_of(out)
         if ref is None or ours is None:
             return super().agreement_score(reference, out, score_threshold)
         a = classification_agreement(ref, ours)
@@ -50,7 +50,7 @@ class Onnx(TaskKind):
                 for parts in zip(*runs, strict=True)]
 
 
-def _logits(outputs: Any) -> torch.Tensor | None:
+def logits_of(outputs: Any) -> torch.Tensor | None:
     """The one [N, C] output tensor of a file, else None."""
     if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
         outputs = outputs[0]
