@@ -229,26 +229,37 @@ def test_max_map_drop_is_refused_for_a_model_without_detections(classifier):
             in res.stdout + res.stderr)
 
 
-def test_onnx_classifier_without_decoder_gets_its_agreement_interval(classifier):
+def test_onnx_classifier_without_decoder_gets_its_accuracy_and_agreement_intervals(classifier):
+    """A given ONNX classifier (one [N, C] output, no decoder) is scored as the torch one is:
+    top-1 against the folder labels mapped by outputs.labels, or a note saying why not."""
     from worker.models.torchvision_models import load_torchvision
     from worker.quantize.onnx_export import export_onnx
 
     loaded = load_torchvision("grey", "resnet18", 3, SIZE, classifier / "models" / "grey.pt")
     export_onnx(loaded, classifier / "models" / "grey.onnx")
+    entry = {"source": "onnx", "path": "models/grey.onnx", "input_size": list(SIZE)}
     manifest = small_manifest(
         classifier, name="grey-onnx",
-        models=[{"id": "grey-onnx", "source": "onnx", "path": "models/grey.onnx",
-                 "input_size": list(SIZE), "preprocess": PREPROCESS}],
+        models=[{"id": "labelled", **entry, "preprocess": PREPROCESS, "outputs": {"labels": LABELS}},
+                {"id": "unlabelled", **entry, "preprocess": PREPROCESS},
+                {"id": "undeclared", **entry}],
         quantization={"modes": ["ort_fp32", "ort_int8"], "calibration": {"images": 6}},
         benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1,
                    "reference": "ort_fp32"},
         inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
-    row = _run(manifest)["grey-onnx", "ort_int8"]
-    assert row["accuracy_note"].startswith("no outputs.decoder")
+    rows = _run(manifest)
+    row, fp32 = rows["labelled", "ort_int8"], rows["labelled", "ort_fp32"]
     n = row["eval_images"]
-    assert (row["agreement_top1_ci_low"], row["agreement_top1_ci_high"]) == pytest.approx(
-        proportion_ci(round(row["agreement_top1"] * n), n))
-    assert row["agreement_top1_ci_low"] <= row["agreement_top1"] <= row["agreement_top1_ci_high"]
+    assert fp32["top1"] >= 0.9 and row["accuracy_note"] is None  # the torch model's own figure
+    for name in ("top1", "agreement_top1"):
+        assert (row[f"{name}_ci_low"], row[f"{name}_ci_high"]) == pytest.approx(
+            proportion_ci(round(row[name] * n), n))
+        assert row[f"{name}_ci_low"] <= row[name] <= row[f"{name}_ci_high"]
+    assert rows["unlabelled", "ort_int8"]["top1"] is None
+    assert "labels" in rows["unlabelled", "ort_int8"]["accuracy_note"]
+    assert rows["undeclared", "ort_int8"]["top1"] is None
+    assert "preprocess" in rows["undeclared", "ort_int8"]["accuracy_note"]
+    assert rows["undeclared", "ort_int8"]["agreement_top1"] is not None
 
 
 @pytest.fixture(scope="module")

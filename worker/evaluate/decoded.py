@@ -71,6 +71,21 @@ def decoded_predictions(loaded, spec, predict, images: torch.Tensor) -> list:
             for d in decode(_tensors(predict(batch)), spec, size, names)]
 
 
+def _logits_accuracy(unit, pre, logits: torch.Tensor, data: EvalSet) -> dict[str, Any]:
+    """top-1/top-5 of a given ONNX classifier: only with its preprocessing declared and an
+    image folder whose class folders map to its outputs (`outputs.labels`)."""
+    from worker.evaluate.coco import topk_accuracy
+    from worker.evaluate.scores import wilson_columns
+
+    if not pre.trusted:
+        return {"accuracy_note": UNDECLARED}
+    if data.labels is None:
+        return {"accuracy_note": data.labels_note or "no labels: agreement with fp32 only"}
+    acc = topk_accuracy(logits, data.labels, ks=(1, 5))
+    return {"top1": acc["top1"], "top5": acc["top5"], "accuracy_note": None,
+            **wilson_columns("top1", acc["top1"], logits.shape[0])}
+
+
 def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: str) -> dict[str, Any]:
     """Columns of the models row for a YOLO or ONNX model (see the module docstring)."""
     spec = unit.model.outputs
@@ -91,6 +106,7 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
             top1 = classification_agreement(ref, ours)["top1_agreement"]
             row.update(agreement_top1=top1, logits_sqnr_db=row["output_sqnr_db"],
                        **wilson_columns("agreement_top1", top1, ref.shape[0]))
+            row.update(_logits_accuracy(unit, pre, ours, data))
         return row
     size = tuple(loaded.input_size)
     fp32 = [d for parts in ref_raw for d in decode(parts, spec, size, names)]
