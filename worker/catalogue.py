@@ -35,6 +35,7 @@ class ModeEntry:
     sources: frozenset[str] = frozenset(TORCH_SOURCES)
     needs_calibration: bool = False
     reference: bool = False  # the fp32 model every other mode is compared with
+    bias_correction: bool = False  # takes calibration.bias_correction
 
 
 def _modes() -> dict[str, ModeEntry]:
@@ -48,8 +49,10 @@ def _modes() -> dict[str, ModeEntry]:
         ModeEntry("int8_static", frozenset({"cpu"}), needs_calibration=True),
         ModeEntry("int8_mixed", frozenset({"cpu"}), needs_calibration=True),
         ModeEntry("ort_fp32", ort, frozenset(SOURCES), reference=True),
-        ModeEntry("ort_int8", ort, frozenset(SOURCES), needs_calibration=True),
-        ModeEntry("ort_int8_mixed", ort, frozenset(SOURCES), needs_calibration=True),
+        ModeEntry("ort_int8", ort, frozenset(SOURCES), needs_calibration=True,
+                  bias_correction=True),
+        ModeEntry("ort_int8_mixed", ort, frozenset(SOURCES), needs_calibration=True,
+                  bias_correction=True),
     ]
     return {e.name: e for e in entries}
 

@@ -109,6 +109,8 @@ class CalibrationSpec(Strict):
     method: Literal["minmax", "histogram", "percentile"] = "histogram"
     per_channel: StrictBool = True
     percentile: StrictFloat = Field(default=99.99, gt=50, le=100)
+    # subtract the mean output offset int8 weights cause from each bias (ORT int8 modes)
+    bias_correction: StrictBool = False
 
 
 class TargetSpec(Strict):
@@ -260,6 +262,11 @@ class Manifest(Strict):
                                                   or torchvision_task(m.arch) == "detection"):
                     raise ValueError(f"quantization.target.min_cosine: models[{i}] is a detector "
                                      "(use min_agreement or max_map_drop)")
+        if self.quantization.calibration.bias_correction and not any(
+                MODES[m].bias_correction for m in self.quantization.modes if m in MODES):
+            takes = ", ".join(m for m in mode_names() if MODES[m].bias_correction)
+            raise ValueError("quantization.calibration.bias_correction: none of the modes takes "
+                             f"it (list {takes})")
         ids = [m.id for m in self.models]
         if len(set(ids)) != len(ids):
             raise ValueError("models: two models share an id")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from worker.artifacts.save import discard_artifact, save_artifact
+from worker.catalogue import MODES
 from worker.evaluate.synth import synth_images
 from worker.evaluate.targets import search_target
 from worker.manifest import Unit
@@ -117,6 +118,8 @@ def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
         "calibration_method": calib.method if calibrated else None,
         "calibration_images": calib.images if calibrated else None,
         "calibration_per_channel": calib.per_channel if calibrated else None,
+        "calibration_bias_correction": (calib.bias_correction and MODES[unit.mode].bias_correction
+                                        if calibrated else None),
         "keep_float": list(unit.quantization.keep_float), "started_at": _now(),
         "checkpoint_sha256": unit.checkpoint_sha256, "dataset_sha256": unit.dataset_sha256,
     }

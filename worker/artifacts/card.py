@@ -61,7 +61,8 @@ def build_card(row: dict[str, Any], latency: list[dict[str, Any]], file: str, si
             "mode": row["mode"], "backend": row["backend"], "device": row["device"],
             "calibration": ({"method": row["calibration_method"],
                              "images": row["calibration_images"],
-                             "per_channel": row["calibration_per_channel"]}
+                             "per_channel": row["calibration_per_channel"],
+                             "bias_correction": row.get("calibration_bias_correction")}
                             if calibrated else None),
             "keep_float": list(row["keep_float"] or []), "notes": row["notes"],
         },

@@ -23,6 +23,7 @@ from worker.models.base import LoadedModel
 from worker.quantize.common import matches_keep_float
 from worker.quantize.onnx_export import module_names, node_module
 from worker.quantize.onnx_tails import activation_tails
+from worker.quantize.ort_bias_correction import bias_offsets, corrected_model
 from worker.quantize.ort_fp32 import ALL_SOURCES, fp32_onnx, ort_quantized
 from worker.quantize.ort_runtime import feeds, input_info, ort_devices
 from worker.quantize.registry import Quantized, QuantizeRequest, register
@@ -176,6 +177,8 @@ class PreparedOrt:
     overrides: dict[str, list[dict]]
     ranges_file: Path
     notes: list[str]
+    # calibration.bias_correction: node name -> the mean output offset of its int8 weights
+    offsets: dict[str, np.ndarray] | None = None
 
 
 def prepare_ort_int8(model: LoadedModel, request: QuantizeRequest) -> PreparedOrt:
@@ -191,22 +194,28 @@ def prepare_ort_int8(model: LoadedModel, request: QuantizeRequest) -> PreparedOr
     overrides = output_ranges(pre, data) if request.calibration.method != "minmax" else {}
     ranges = work / "calibration_ranges.json"
     ranges.unlink(missing_ok=True)  # a rerun of the unit calibrates afresh
-    return PreparedOrt(pre, data, overrides, ranges, notes)
+    prep = PreparedOrt(pre, data, overrides, ranges, notes)
+    if request.calibration.bias_correction:
+        probe = work / "bias_probe_int8.onnx"  # all int8 in scope: every node's int8 weights
+        exclude, _ = excluded_nodes(model, onnx.load(str(pre)), [])
+        _quantize_static(prep, request, exclude, probe)
+        prep.offsets = bias_offsets(pre, probe, data)
+        probe.unlink()
+    return prep
 
 
-def quantize_prepared(model: LoadedModel, request: QuantizeRequest, prep: PreparedOrt,
-                      out: Path) -> Quantized:
-    """quantize_static of the prepared file with request.keep_float left float; the first
-    call calibrates and keeps the ranges in prep.ranges_file, later calls reuse them."""
+def _quantize_static(prep: PreparedOrt, request: QuantizeRequest, exclude: list[str], out: Path,
+                     source: Path | None = None) -> None:
+    """quantize_static of source (the prepared file by default); the first call calibrates and
+    keeps the ranges in prep.ranges_file, later calls reuse them."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    exclude, kept = excluded_nodes(model, onnx.load(str(prep.path)), request.keep_float)
     spec = request.calibration
-    reduce_range, isa_note = reduce_range_for(request.device)
+    reduce_range, _ = reduce_range_for(request.device)
     # ORT prints calibration progress, and divides by zero on empty tensors it then skips.
     with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
         quantize_static(
-            str(prep.path), str(out), Reader(prep.data), quant_format=QuantFormat.QDQ,
+            str(source or prep.path), str(out), Reader(prep.data), quant_format=QuantFormat.QDQ,
             per_channel=spec.per_channel, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
@@ -215,6 +224,22 @@ def quantize_prepared(model: LoadedModel, request: QuantizeRequest, prep: Prepar
                            "CalibTensorRangeSymmetric": False,
                            "TensorQuantOverrides": prep.overrides},
         )
+
+
+def quantize_prepared(model: LoadedModel, request: QuantizeRequest, prep: PreparedOrt,
+                      out: Path) -> Quantized:
+    """quantize_static of the prepared file with request.keep_float left float (and, with
+    bias correction, the biases of the nodes made int8 corrected)."""
+    exclude, kept = excluded_nodes(model, onnx.load(str(prep.path)), request.keep_float)
+    spec = request.calibration
+    _, isa_note = reduce_range_for(request.device)
+    source, corrected = None, None
+    if prep.offsets is not None:
+        source, corrected = corrected_model(prep.path, prep.offsets, set(exclude),
+                                            out.with_name(out.stem + "_bias_corrected.onnx"))
+    _quantize_static(prep, request, exclude, out, source)
+    if source is not None:
+        source.unlink()
     notes = list(prep.notes)
     scope = None if getattr(model, "onnx_path", None) else model.kind.ort_int8_scope(model.module)
     if scope is not None:
@@ -226,6 +251,9 @@ def quantize_prepared(model: LoadedModel, request: QuantizeRequest, prep: Prepar
                  + ("per-channel" if spec.per_channel else "per-tensor")
                  + f" s8 weights, u8 activations ({isa_note})"
                  + ("; graph outputs keep their observed min/max" if prep.overrides else ""))
+    if corrected is not None:
+        notes.append(f"bias correction: {corrected} conv/gemm biases less the mean output offset "
+                     "of their int8 weights on the calibration images")
     return ort_quantized(model, out, request.device, notes, fp32_path=prep.path)
 
 

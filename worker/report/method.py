@@ -58,12 +58,15 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
     if any(r["cuda_max_allocated_bytes"] for r in latency):
         items.append("CUDA memory: `torch.cuda.max_memory_allocated`/`max_memory_reserved`, reset "
                      "before each batch size; NVML: device memory used by all processes, peak.")
-    for method, images, per_channel in sorted({(m["calibration_method"], m["calibration_images"],
-                                                m["calibration_per_channel"]) for m in models
-                                               if m["calibration_method"]}):
+    for method, images, per_channel, corrected in sorted({
+            (m["calibration_method"], m["calibration_images"], m["calibration_per_channel"],
+             bool(m.get("calibration_bias_correction"))) for m in models
+            if m["calibration_method"]}):
         items.append(f"Calibration: {method} observer, {images} images "
-                     f"({'per-channel' if per_channel else 'per-tensor'} weights); calibration "
-                     "images are never evaluation images.")
+                     f"({'per-channel' if per_channel else 'per-tensor'} weights"
+                     + ("; biases corrected for the int8 weights' mean output offset"
+                        if corrected else "")
+                     + "); calibration images are never evaluation images.")
     evals = sorted({m["eval_images"] for m in models if m["eval_images"]})
     if evals:
         items.append(f"Accuracy: COCO mAP by pycocotools on {', '.join(map(str, evals))} held-out "
