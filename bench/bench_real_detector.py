@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--mixed", type=float, default=None, metavar="MAX_DROP_PTS",
                     help="also run ort_int8_mixed with target max_map_drop (mAP points); it "
                          "starts from --keep-float")
+    ap.add_argument("--bias-correction", action="store_true",
+                    help="calibration.bias_correction: biases less the int8 weights' mean offset")
     args = ap.parse_args()
 
     onnx_file = fetch(LAYOUT_CDLA)
@@ -80,7 +82,9 @@ def main() -> None:
             "quantization": {"modes": ["ort_fp32", "ort_int8"] + (
                                  ["ort_int8_mixed"] if args.mixed is not None else []),
                              "calibration": {"images": args.calibration_images,
-                                             "per_channel": True, **CALIBRATIONS[method]},
+                                             "per_channel": True,
+                                             "bias_correction": args.bias_correction,
+                                             **CALIBRATIONS[method]},
                              "keep_float": keep_float,
                              **({"target": {"max_map_drop": args.mixed}}
                                 if args.mixed is not None else {})},
