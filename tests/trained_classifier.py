@@ -70,3 +70,20 @@ def _train(out: Path, seed: int, steps: int) -> Path:
     model.eval()
     torch.save(model.state_dict(), out)
     return out
+
+
+def with_outlier_channel(checkpoint: Path, out: Path, block: str = "layer3.0",
+                         scale: float = 1000.0) -> Path:
+    """The same function with one int8-sensitive spot: channel 0 of `block`'s first
+    activation made `scale` times larger (bn1's weight and bias) and conv2's weights for that
+    input channel divided by it. ReLU is positively homogeneous, so the float model computes
+    the same logits; but one u8 scale per tensor, set by that channel, rounds the block's other
+    channels away, as a depthwise conv's few heavily weighted channels do in real models. Only
+    keeping both of the block's convs float (the tensor between them then stays float)
+    removes the error: a mixed-precision search has something real to find."""
+    state = {k: v.clone() for k, v in torch.load(checkpoint, weights_only=True).items()}
+    state[f"{block}.bn1.weight"][0] *= scale
+    state[f"{block}.bn1.bias"][0] *= scale
+    state[f"{block}.conv2.weight"][:, 0] /= scale
+    torch.save(state, out)
+    return out
