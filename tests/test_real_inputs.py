@@ -11,6 +11,7 @@ import yaml
 from tests.helpers import qbench, small_manifest
 from tests.trained_classifier import (
     LABELS,
+    OUTLIER_BLOCK,
     PREPROCESS,
     SIZE,
     train_classifier,
@@ -272,7 +273,7 @@ def test_onnx_classifier_without_decoder_gets_its_accuracy_and_agreement_interva
 # The trained classifier is robust to int8 (no layer group kept float moves its logits' cosine
 # beyond 0.9998); the searches run on the same function with one sensitive block, layer3.0,
 # which only keeping both of its convs float repairs (all-int8 about 0.995, with them 0.9998).
-OUTLIER_CONVS = ("layer3.0.conv1", "layer3.0.conv2")
+OUTLIER_CONVS = (f"{OUTLIER_BLOCK}.conv1", f"{OUTLIER_BLOCK}.conv2")
 MIXED_COSINE = 0.9995
 
 

@@ -72,7 +72,10 @@ def _train(out: Path, seed: int, steps: int) -> Path:
     return out
 
 
-def with_outlier_channel(checkpoint: Path, out: Path, block: str = "layer3.0",
+OUTLIER_BLOCK = "layer3.0"  # with_outlier_channel's sensitive block
+
+
+def with_outlier_channel(checkpoint: Path, out: Path, block: str = OUTLIER_BLOCK,
                          scale: float = 1000.0) -> Path:
     """The same function with one int8-sensitive spot: channel 0 of `block`'s first
     activation made `scale` times larger (bn1's weight and bias) and conv2's weights for that
