@@ -23,7 +23,7 @@ def _manifest(model_extra: str) -> str:
     ("preprocess: {resize: squash}", "models[0].preprocess.resize"),
     ("preprocess: {channels: rgba}", "models[0].preprocess.channels"),
     ("outputs: {decoder: yolox}", "models[0].outputs.decoder"),
-    ("outputs: {category_map: coco80}", "models[0].outputs: category_map needs a decoder"),
+    ("outputs: {category_map: coco80}", "models[0]: outputs.category_map needs a decoder"),
 ])
 def test_bad_blocks_are_one_line_naming_the_field(extra, needle):
     with pytest.raises(ManifestError) as err:

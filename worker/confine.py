@@ -22,7 +22,7 @@ from worker.manifest import Unit, first_error, job_date_of, unit_id_for
 
 log = logging.getLogger(__name__)
 
-TABLES = ("latency", "models", "layers", "samples")
+TABLES = ("latency", "models", "layers", "samples", "class_metrics")
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -47,8 +47,7 @@ def input_paths(unit: Unit) -> list[tuple[str, str]]:
     """(field, manifest path) of every file a unit reads."""
     named = [("model.checkpoint", unit.model.checkpoint), ("model.path", unit.model.path)]
     if unit.dataset:
-        named += [("dataset.images", unit.dataset.images),
-                  ("dataset.annotations", unit.dataset.annotations)]
+        named += [(f, v) for f, v, _ in unit.dataset.named_paths()]
     return [(f, v) for f, v in named if v is not None]
 
 

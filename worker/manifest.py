@@ -101,7 +101,16 @@ class ModelSpec(Strict):
         problem = arch_problem(self.source, self.arch)
         if problem:
             raise ValueError(problem)
+        if (self.outputs is not None and self.outputs.category_map is not None
+                and self.outputs.decoder is None and not self.is_torchvision_detector):
+            raise ValueError("outputs.category_map needs a decoder (the model's outputs are "
+                             "not boxes)")
         return self
+
+    @property
+    def is_torchvision_detector(self) -> bool:
+        return self.source == "torchvision" and (self.arch == "fixture" or (
+            self.arch is not None and torchvision_task(self.arch) == "detection"))
 
 
 class CalibrationSpec(Strict):
@@ -214,16 +223,75 @@ class BenchmarkSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    format: Literal["coco", "imagefolder"] = "coco"
+    format: Literal["coco", "imagefolder", "kitti", "yolo", "voc"] = "coco"
     images: str = Field(max_length=4096)
     annotations: str | None = Field(default=None, max_length=4096)
     eval_images: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    # kitti | yolo | voc (docs/datasets.md): the label folder (default: the format's own
+    # place beside images), a YOLO data.yaml with the class names, the classes that count
+    # (category ids 1..N in this order) and KITTI AP's IoU threshold per class.
+    labels: str | None = Field(default=None, max_length=4096)
+    data_yaml: str | None = Field(default=None, max_length=4096)
+    classes: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    iou_thresholds: dict[str, StrictFloat] | None = Field(default=None, max_length=1000)
+
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for name in v:
+            if not name or len(name) > 200 or name != name.strip() or " " in name:
+                raise ValueError(f"class name {name!r}: 1 to 200 characters, no spaces")
+        if len({n.lower() for n in v}) != len(v):
+            raise ValueError("a class is listed twice")
+        return v
 
     @model_validator(mode="after")
-    def _coco_needs_annotations(self) -> DatasetSpec:
+    def _format_fields(self) -> DatasetSpec:
         if self.format == "coco" and not self.annotations:
             raise ValueError("format coco needs annotations (an instances JSON)")
+        labelled = self.format in ("kitti", "yolo", "voc")
+        for name in ("labels", "classes"):
+            if getattr(self, name) is not None and not labelled:
+                raise ValueError(f"{name} is for format kitti, yolo or voc (format "
+                                 f"{self.format} does not read it)")
+        if self.annotations is not None and labelled:
+            raise ValueError(f"format {self.format} reads labels (a folder), not annotations")
+        if self.data_yaml is not None and self.format != "yolo":
+            raise ValueError("data_yaml is for format yolo")
+        if self.format == "yolo" and self.classes is None and self.data_yaml is None:
+            raise ValueError("format yolo needs class names: classes or data_yaml")
+        if self.iou_thresholds is not None:
+            if self.format != "kitti":
+                raise ValueError("iou_thresholds is for format kitti (KITTI's own AP)")
+            from worker.evaluate.formats.kitti import DEFAULT_CLASSES
+
+            counted = {c.lower() for c in (self.classes or DEFAULT_CLASSES)}
+            for name, value in self.iou_thresholds.items():
+                if name.lower() not in counted:
+                    raise ValueError(f"iou_thresholds.{name}: not one of the classes "
+                                     f"({', '.join(self.classes or DEFAULT_CLASSES)})")
+                if not 0 < value <= 1:
+                    raise ValueError(f"iou_thresholds.{name}: {value} is not within (0, 1]")
         return self
+
+    @property
+    def label_folder(self) -> str | None:
+        """The labels folder as the manifest names it (or its format's default)."""
+        if self.format not in ("kitti", "yolo", "voc"):
+            return None
+        from worker.evaluate.formats import default_labels
+
+        return self.labels or default_labels(self.format, self.images)
+
+    def named_paths(self) -> list[tuple[str, str, str]]:
+        """(field, path as written, file | folder) of every input it names."""
+        named = [("dataset.images", self.images, "folder"),
+                 ("dataset.annotations", self.annotations, "file"),
+                 ("dataset.labels", self.label_folder, "folder"),
+                 ("dataset.data_yaml", self.data_yaml, "file")]
+        return [(f, v, k) for f, v, k in named if v is not None]
 
 
 class InspectSpec(Strict):
@@ -474,8 +542,7 @@ def check_files(manifest: Manifest, base: Path, source: str) -> None:
         named += [(f"models[{i}].checkpoint", m.checkpoint, "file"),
                   (f"models[{i}].path", m.path, "file")]
     if manifest.dataset:
-        named += [("dataset.images", manifest.dataset.images, "folder"),
-                  ("dataset.annotations", manifest.dataset.annotations, "file")]
+        named += manifest.dataset.named_paths()
     resolved: dict[str, Path] = {}
     for field, value, kind in named:
         if value is None:
@@ -492,41 +559,64 @@ def check_files(manifest: Manifest, base: Path, source: str) -> None:
             raise ManifestError(f"{source}: {field}: {path} is a file, not a folder")
         resolved[field] = path
     if manifest.dataset:
-        check_dataset(manifest, resolved, source)
+        check_dataset(manifest, resolved, source, tuple(roots))
 
 
-def check_dataset(manifest: Manifest, resolved: dict[str, Path], source: str) -> None:
-    """The dataset fits every model: its format to the model's task, COCO ids to its classes."""
+def check_dataset(manifest: Manifest, resolved: dict[str, Path], source: str,
+                  roots: tuple[Path, ...] = ()) -> None:
+    """The dataset fits every model: its format to the model's task, its category ids to the
+    model's classes (or its outputs.category_map), every KITTI/YOLO/VOC label file readable."""
     from worker.catalogue import FIXTURE_ARCH, FIXTURE_CLASSES, torchvision_task
     from worker.evaluate.coco_doc import DatasetError, check_coco_document, read_coco_document
+    from worker.evaluate.formats import BOX_FORMATS, read_labels
 
     spec = manifest.dataset
     tasks = {i: (torchvision_task(m.arch) if m.source == "torchvision" and m.arch else
                  "yolo" if m.source == "yolo" else None)
              for i, m in enumerate(manifest.models)}
     # An image folder serves every family (labels, or unlabelled calibration and agreement);
-    # COCO boxes need a model whose outputs are boxes: a detector, YOLO, or a declared decoder.
-    if spec.format == "coco":
+    # boxes need a model whose outputs are boxes: a detector, YOLO, or a declared decoder.
+    if spec.format in BOX_FORMATS:
         for i, m in enumerate(manifest.models):
             decoded = m.outputs is not None and m.outputs.decoder is not None
             if tasks[i] == "classification" or (m.source == "onnx" and not decoded):
                 what = f"{m.arch} is a classification model" if tasks[i] else \
                     "an ONNX file needs outputs.decoder to be scored on boxes"
-                raise ManifestError(f"{source}: dataset.format: coco needs a detection model; "
-                                    f"models[{i}]: {what}")
-    if spec.format != "coco":
+                raise ManifestError(f"{source}: dataset.format: {spec.format} needs a detection "
+                                    f"model; models[{i}]: {what}")
+    if spec.format not in BOX_FORMATS:
         return
+    field = "dataset.annotations" if spec.format == "coco" else "dataset.labels"
     try:
-        doc = read_coco_document(resolved["dataset.annotations"])
-        check_coco_document(doc, resolved["dataset.annotations"])
+        if spec.format == "coco":
+            doc = read_coco_document(resolved[field])
+            check_coco_document(doc, resolved[field])
+        else:
+            doc = read_labels(spec.format, resolved["dataset.images"], resolved[field],
+                              spec.classes, resolved.get("dataset.data_yaml"), roots)
+        ids = {int(c["id"]) for c in doc["categories"]}
         for i, m in enumerate(manifest.models):
-            if tasks[i] != "detection":
+            mapping = m.outputs.category_map if m.outputs is not None else None
+            # a torchvision detector's map (a decoded model's is checked when it is scored)
+            if isinstance(mapping, dict) and m.outputs.decoder is None:
+                unknown = sorted(set(mapping.values()) - ids)
+                if unknown:
+                    raise ManifestError(f"{source}: models[{i}].outputs.category_map: maps "
+                                        f"onto category ids {unknown[:10]} the dataset does "
+                                        f"not have (its ids: {sorted(ids)[:20]})")
+                absent = sorted(ids - set(mapping.values()))
+                if absent:
+                    raise ManifestError(f"{source}: models[{i}].outputs.category_map: dataset "
+                                        f"category ids {absent[:10]} are absent from the map "
+                                        "(no model label would ever score them)")
+                continue
+            if tasks[i] != "detection" or mapping is not None:
                 continue
             classes = (m.num_classes or (len(FIXTURE_CLASSES) + 1 if m.arch == FIXTURE_ARCH
                                          else 91))
-            check_coco_document(doc, resolved["dataset.annotations"], classes)
+            check_coco_document(doc, resolved[field], classes)
     except DatasetError as exc:
-        raise ManifestError(f"{source}: dataset.annotations: {exc}") from None
+        raise ManifestError(f"{source}: {field}: {exc}") from None
 
 
 def check_job_id(job_id: str) -> str:

@@ -117,8 +117,8 @@ def _inputs_of(unit: Unit) -> tuple[_Input | None, list[_Input]]:
     model = one("checkpoint", unit.model.checkpoint) or one("path", unit.model.path)
     data: list[_Input] = []
     if unit.dataset is not None:
-        data = [i for i in (one("dataset.images", unit.dataset.images),
-                            one("dataset.annotations", unit.dataset.annotations)) if i]
+        # images, and the annotations JSON or the labels folder (and a YOLO data.yaml)
+        data = [i for i in (one(f, v) for f, v, _ in unit.dataset.named_paths()) if i]
     return model, data
 
 

@@ -8,7 +8,9 @@ decoder (detectors):
                distributions [B, N_l, 4 * (reg_max + 1)], decoded by each distribution's integral
 Without a decoder, agreement with fp32 is measured on the raw outputs (SQNR, cosine).
 
-category_map: model label index -> dataset category id; "coco80" is ultralytics' 80 classes to
+category_map: model label index -> dataset category id, for every detector (a torchvision
+detector's label is a COCO category id when it is trained on COCO; on a KITTI, YOLO or VOC
+dataset the ids are 1..N in `dataset.classes` order); "coco80" is ultralytics' 80 classes to
 COCO's 91 ids. labels (classifiers): the name of each output index, or "imagenet" for
 torchvision's 1000 ImageNet class names, matched against ImageFolder folder names.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DECODERS = ("torchvision", "ultralytics", "ssd", "gfl")
 
@@ -54,11 +56,8 @@ class OutputsSpec(BaseModel):
             raise ValueError("a label name is listed twice")
         return v
 
-    @model_validator(mode="after")
-    def _map_needs_decoder(self) -> OutputsSpec:
-        if self.category_map is not None and self.decoder is None:
-            raise ValueError("category_map needs a decoder (the model's outputs are not boxes)")
-        return self
+    # category_map without a decoder is for torchvision detectors only: the model spec checks
+    # it (worker.manifest.ModelSpec), since only it knows the model's source and arch.
 
 
 # ultralytics' 80 COCO classes (index) -> COCO's category ids (1..90 with gaps).

@@ -122,9 +122,12 @@ def load_batch(ds: CocoDataset, ids: list[int], size: tuple[int, int]) -> tuple[
 
 
 def to_coco_results(
-    image_ids: list[int], outputs: list[dict[str, torch.Tensor]], scales: list[tuple[float, float]] | None = None
+    image_ids: list[int], outputs: list[dict[str, torch.Tensor]],
+    scales: list[tuple[float, float]] | None = None, mapping: dict[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """torchvision detector outputs -> COCO result dicts in original image coordinates."""
+    """torchvision detector outputs -> COCO result dicts in original image coordinates.
+    mapping (outputs.category_map): label -> category id; labels outside it are dropped
+    (classes the dataset does not annotate); None: the label is the category id."""
     results = []
     for k, (image_id, out) in enumerate(zip(image_ids, outputs, strict=True)):
         sx, sy = scales[k] if scales else (1.0, 1.0)
@@ -132,7 +135,10 @@ def to_coco_results(
         for (x1, y1, x2, y2), score, label in zip(
             boxes.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
         ):
-            results.append({"image_id": int(image_id), "category_id": int(label),
+            category = mapping.get(int(label)) if mapping is not None else int(label)
+            if category is None:
+                continue
+            results.append({"image_id": int(image_id), "category_id": int(category),
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
     return results
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from worker.evaluate.coco import DatasetError, confined_file, load_coco, split
+from worker.evaluate.coco import CocoDataset, DatasetError, confined_file, load_coco, split
+from worker.evaluate.formats import BOX_FORMATS
+from worker.evaluate.kitti_ap import kitti_thresholds
 from worker.manifest import Unit, input_roots
 from worker.models.base import LoadedModel
 from worker.preprocess.defaults import for_model
@@ -29,6 +31,10 @@ class EvalSet:
     gt: dict | None  # the COCO instances document (detection)
     geometries: list[Geometry] = field(default_factory=list)  # model input -> original pixels
     labels_note: str | None = None  # why an image folder has no labels
+    # model label -> dataset category id (outputs.category_map; None: the label is the id)
+    category_map: dict[int, int] | None = None
+    # format kitti: KITTI AP's IoU threshold per class name (None: not a KITTI dataset)
+    kitti_iou: dict[str, float] | None = None
 
 
 def _read(paths, spec: PreprocessSpec, size: tuple[int, int]) -> tuple[torch.Tensor, list[Geometry]]:
@@ -46,10 +52,16 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str
     images = unit.resolve(spec.images)
     roots = tuple(input_roots(Path(unit.base_dir)))  # every image file is confined like these
     calib_count = unit.quantization.calibration.images
-    if spec.format == "coco":
-        # torchvision detectors' label i is category id i; decoded models go through a mapping
-        ds = load_coco(images, unit.resolve(spec.annotations),
-                       num_classes=num_classes if torchvision_ids else None, roots=roots)
+    if spec.format in BOX_FORMATS:
+        # torchvision detectors' label i is category id i unless outputs.category_map says
+        # otherwise; decoded models go through a mapping
+        mapped = unit.model.outputs is not None and unit.model.outputs.category_map is not None
+        limit = num_classes if torchvision_ids and not mapped else None
+        if spec.format == "coco":
+            ds = load_coco(images, unit.resolve(spec.annotations), num_classes=limit,
+                           roots=roots)
+        else:
+            ds = load_labelled(unit, images, limit, roots)
         calib_ids, eval_ids = split(ds.image_ids, calib_count, SPLIT_SEED)
         return ds, calib_ids, eval_ids[: spec.eval_images]
     from worker.evaluate.image_folder import scan_image_folder
@@ -64,10 +76,24 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str
     return (batch, labels, geometries, folder.note), calib_ids, eval_ids[: spec.eval_images]
 
 
+def load_labelled(unit: Unit, images: Path, num_classes: int | None,
+                  roots: tuple[Path, ...]) -> CocoDataset:
+    """A KITTI, YOLO or VOC dataset as the COCO reader gives one."""
+    from worker.evaluate.coco_doc import check_coco_document
+    from worker.evaluate.formats import read_labels
+
+    spec = unit.dataset
+    labels = unit.resolve(spec.label_folder)
+    names = unit.resolve(spec.data_yaml) if spec.data_yaml else None
+    doc = read_labels(spec.format, images, labels, spec.classes, names, roots)
+    check_coco_document(doc, labels, num_classes)
+    return CocoDataset(images, labels, doc, roots)
+
+
 def _dataset(unit: Unit, loaded: LoadedModel):
     decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
     formats = loaded.kind.dataset_formats + (("coco",) if decoded else ())
-    if unit.dataset.format not in formats:
+    if ("coco" if unit.dataset.format in BOX_FORMATS else unit.dataset.format) not in formats:
         raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a "
                            "detector (an ONNX file needs outputs.decoder)")
     pre = for_model(unit.model.preprocess, loaded).spec
@@ -82,7 +108,7 @@ def _coco_images(unit: Unit, loaded: LoadedModel, data, ids: list[int]):
 
 def calibration_batches(unit: Unit, loaded: LoadedModel, count: int) -> list[torch.Tensor]:
     data, calib_ids, _ = _dataset(unit, loaded)
-    if unit.dataset.format == "coco":
+    if unit.dataset.format in BOX_FORMATS:
         images, _ = _coco_images(unit, loaded, data, calib_ids)
     else:
         images = data[0][calib_ids]
@@ -91,9 +117,13 @@ def calibration_batches(unit: Unit, loaded: LoadedModel, count: int) -> list[tor
 
 def evaluation_set(unit: Unit, loaded: LoadedModel) -> EvalSet:
     data, _, eval_ids = _dataset(unit, loaded)
-    if unit.dataset.format == "coco":
+    if unit.dataset.format in BOX_FORMATS:
+        from worker.decode.spec import category_mapping
+
         images, geos = _coco_images(unit, loaded, data, eval_ids)
-        return EvalSet(images, eval_ids, [(g.sx, g.sy) for g in geos], None, data.doc, geos)
+        return EvalSet(images, eval_ids, [(g.sx, g.sy) for g in geos], None, data.doc, geos,
+                       category_map=category_mapping(unit.model.outputs),
+                       kitti_iou=kitti_thresholds(unit.dataset))
     batch, labels, geos, note = data
     return EvalSet(batch[eval_ids], eval_ids, [(geos[i].sx, geos[i].sy) for i in eval_ids],
                    labels[eval_ids] if labels is not None else None, None,
@@ -104,6 +134,7 @@ def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Call
     """mAP on the calibration split's annotations: what int8_mixed optimises (never eval),
     as (score on the searched images, score on the held-out ones or None). A model whose raw
     outputs need a decoder (outputs.decoder) is decoded and mapped back as in its evaluation."""
+    from worker.decode.spec import category_mapping
     from worker.evaluate.coco import evaluate_detections, to_coco_results
 
     data, calib_ids, _ = _dataset(unit, loaded)
@@ -118,14 +149,13 @@ def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Call
         def score(predict) -> float:
             if decoded:
                 from worker.decode.coco_results import to_coco_results as decoded_results
-                from worker.decode.spec import category_mapping
                 from worker.evaluate.decoded import decoded_predictions
 
                 dets = decoded_predictions(loaded, spec, predict, part)
                 results = decoded_results(ids, dets, geos[lo:hi], category_mapping(spec))
             else:
                 outs = [o for batch in part.split(BATCH) for o in predict(batch)]
-                results = to_coco_results(ids, outs, scales[lo:hi])
+                results = to_coco_results(ids, outs, scales[lo:hi], category_mapping(spec))
             return evaluate_detections(data.doc, results, ids)["map"]
 
         return score
