@@ -132,7 +132,7 @@ def _check_writable(results: Path) -> None:
     import tempfile
 
     for folder in [results] + [results / t for t in ("jobs", "models", "latency", "layers",
-                                                     "reports", "artifacts")]:
+                                                     "class_metrics", "reports", "artifacts")]:
         if folder == results or folder.exists():
             try:
                 folder.mkdir(parents=True, exist_ok=True)

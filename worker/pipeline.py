@@ -167,6 +167,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     latency_rows: list[dict[str, Any]] = []
     sample_rows: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
+    class_rows: list[dict[str, Any]] = []
     try:
         check_device(unit.device)
         say("load model", 0)
@@ -194,7 +195,11 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
                 say("evaluate", total_steps - 2)
                 from worker.evaluate.run import evaluate_unit
 
-                parts.append(evaluate_unit(unit, loaded, q))
+                evaluation = evaluate_unit(unit, loaded, q)
+                parts.append(evaluation)
+                who = {**_identity(unit, q.backend), "env_fingerprint": env.get("env_fingerprint"),
+                       "host": env.get("host"), "eval_images": evaluation.eval_images}
+                class_rows = [{**who, **row} for row in evaluation.class_rows]
             # A reference mode is the model itself: every layer would be identical.
             if unit.inspect.images and not get_mode(unit.mode).reference:
                 say("inspect layers", total_steps - 1)
@@ -214,7 +219,8 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     model_row = assemble(start, parts, status=status, error=error,
                          notes=None if notes is None else join_notes(notes), ended_at=_now())
     say("write results", total_steps)
-    return write_outcome(unit, results_root, latency_rows, model_row, layer_rows, sample_rows)
+    return write_outcome(unit, results_root, latency_rows, model_row, layer_rows, sample_rows,
+                         class_rows)
 
 
 def inspect_folder(root: Path, unit: Unit) -> Path:
@@ -246,7 +252,8 @@ def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, 
 def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],
                   model_row: dict[str, Any],
                   layer_rows: list[dict[str, Any]] | None = None,
-                  sample_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
+                  sample_rows: list[dict[str, Any]] | None = None,
+                  class_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
     """Models last: a models row means the unit's other files are complete.
 
     A table with no rows removes that unit's earlier file, so a retry that failed early leaves
@@ -254,7 +261,7 @@ def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],
     """
     files = []
     for table, rows in (("latency", latency_rows), ("layers", layer_rows or []),
-                        ("samples", sample_rows or [])):
+                        ("samples", sample_rows or []), ("class_metrics", class_rows or [])):
         if rows:
             files.append(str(write_rows(root, table, unit.job_date, unit.job_id, unit.unit_id, rows)))
         else:

@@ -154,6 +154,12 @@ MODELS = pa.schema(IDENTITY + [
     # detectors: paired bootstrap interval of mAP(fp32) - mAP, in points, over eval_images
     ("map_drop_pts_ci_low", pa.float64()),
     ("map_drop_pts_ci_high", pa.float64()),
+    # format kitti (docs/datasets.md): KITTI's 2-D AP (R40) at moderate difficulty, the mean
+    # over the dataset's classes, fp32's, and the paired interval of its drop in points
+    ("kitti_ap_moderate", pa.float64()),
+    ("kitti_ap_moderate_fp32", pa.float64()),
+    ("kitti_ap_moderate_drop_pts_ci_low", pa.float64()),
+    ("kitti_ap_moderate_drop_pts_ci_high", pa.float64()),
     # Preprocessing and decoding (README "Preprocessing and outputs"): the resolved preprocess
     # block as JSON with its origin, what agreement was measured on, raw-output and logits
     # SQNR, and why accuracy columns are null where they are.
@@ -207,7 +213,33 @@ LAYERS = pa.schema(IDENTITY + [
     ("sqnr_db", pa.float64()),
 ] + ENVIRONMENT)
 
-SCHEMAS = {"latency": LATENCY, "models": MODELS, "layers": LAYERS, "samples": SAMPLES}
+# One row per unit and dataset class of a detector scored on boxes (docs/datasets.md): its AP
+# beside fp32's, with the paired bootstrap interval of the drop (the mAP drop's resamples).
+CLASS_METRICS = pa.schema(IDENTITY + [
+    ("category_id", pa.int32()),
+    ("class", pa.string()),
+    ("gt_count", pa.int64()),  # ground-truth boxes on the evaluation images (no crowd/ignore)
+    ("ap", pa.float64()),  # COCO AP@[.5:.95] of this class (pycocotools)
+    ("ap50", pa.float64()),
+    ("ap_fp32", pa.float64()),
+    ("ap50_fp32", pa.float64()),
+    ("ap_drop_pts_ci_low", pa.float64()),
+    ("ap_drop_pts_ci_high", pa.float64()),
+    # format kitti: KITTI AP (R40) per difficulty at the class's IoU threshold
+    ("kitti_iou_threshold", pa.float64()),
+    ("ap_easy", pa.float64()),
+    ("ap_moderate", pa.float64()),
+    ("ap_hard", pa.float64()),
+    ("ap_moderate_fp32", pa.float64()),
+    ("ap_moderate_drop_pts_ci_low", pa.float64()),
+    ("ap_moderate_drop_pts_ci_high", pa.float64()),
+    ("eval_images", pa.int32()),
+    ("env_fingerprint", pa.string()),
+    ("host", pa.string()),
+])
+
+SCHEMAS = {"latency": LATENCY, "models": MODELS, "layers": LAYERS, "samples": SAMPLES,
+           "class_metrics": CLASS_METRICS}
 
 
 def results_root() -> Path:

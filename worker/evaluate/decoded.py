@@ -17,8 +17,8 @@ from worker.decode.coco_results import check_categories, to_coco_results
 from worker.decode.decoders import decode
 from worker.decode.spec import category_mapping
 from worker.evaluate.agreement import detection_agreement
+from worker.evaluate.class_metrics import detector_accuracy
 from worker.evaluate.datasets import BATCH, EvalSet
-from worker.evaluate.map_interval import map_columns
 from worker.evaluate.scores import wilson_columns
 from worker.inspect.metrics import sqnr_db
 from worker.models.kinds.onnx import logits_of
@@ -130,7 +130,7 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
         mapping = category_mapping(spec)
         check_categories({int(c["id"]) for c in data.gt["categories"]}, mapping,
                          loaded.num_classes or None, f"models[{unit.model.id}].outputs.category_map")
-        row.update(map_columns(
-            data.gt, to_coco_results(data.image_ids, fp32, data.geometries, mapping),
-            to_coco_results(data.image_ids, quant, data.geometries, mapping), data.image_ids))
+        row.update(detector_accuracy(
+            data, to_coco_results(data.image_ids, fp32, data.geometries, mapping),
+            to_coco_results(data.image_ids, quant, data.geometries, mapping)))
     return row

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from worker.evaluate.class_metrics import CLASS_ROWS
 from worker.evaluate.datasets import BATCH, evaluation_set
 from worker.manifest import Unit
 from worker.models.base import LoadedModel
@@ -22,11 +23,13 @@ def _outputs(loaded: LoadedModel, predict, images: torch.Tensor, device: str) ->
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Agreement with fp32 and accuracy (trained weights only) on the evaluation images."""
+    """Agreement with fp32 and accuracy (trained weights only) on the evaluation images, and
+    a detector's accuracy per class (the `class_metrics` rows, without the unit's identity)."""
 
     eval_images: int
     agreement: dict[str, Any]
     accuracy: dict[str, Any]
+    class_rows: tuple[dict[str, Any], ...] = ()
 
     def columns(self) -> dict[str, Any]:
         return {"eval_images": self.eval_images, **self.agreement, **self.accuracy}
@@ -38,9 +41,11 @@ def evaluate_unit(unit: Unit, loaded: LoadedModel, q: Quantized) -> Evaluation:
         from worker.evaluate.decoded import evaluate_decoded
 
         columns = evaluate_decoded(unit, loaded, loaded.predict_fp32, q.predict, data, unit.device)
-        return Evaluation(len(data.image_ids), columns, {})
+        rows = columns.pop(CLASS_ROWS, [])
+        return Evaluation(len(data.image_ids), columns, {}, tuple(rows))
     reference = _outputs(loaded, loaded.predict_fp32, data.images, "cpu")
     candidate = _outputs(loaded, q.predict, data.images, unit.device)
     agreement, accuracy = loaded.kind.evaluation_columns(data, reference, candidate,
                                                          loaded.trained)
-    return Evaluation(len(data.image_ids), agreement, accuracy)
+    rows = accuracy.pop(CLASS_ROWS, [])
+    return Evaluation(len(data.image_ids), agreement, accuracy, tuple(rows))

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from worker.evaluate.agreement import classification_agreement, detection_agreement
+from worker.evaluate.class_metrics import detector_accuracy
 from worker.evaluate.coco import to_coco_results, topk_accuracy
-from worker.evaluate.map_interval import map_columns
 from worker.measure.stats import proportion_ci
 
 
@@ -44,9 +44,10 @@ def detection_columns(data: Any, fp32: list[dict], quant: list[dict],
         return agreement, {}
     if data.gt is None:  # an image folder: calibration and agreement, no boxes to score
         return agreement, {"accuracy_note": "no annotations: agreement with fp32 only"}
-    return agreement, map_columns(data.gt, to_coco_results(data.image_ids, fp32, data.scales),
-                                  to_coco_results(data.image_ids, quant, data.scales),
-                                  data.image_ids)
+    mapping = getattr(data, "category_map", None)
+    return agreement, detector_accuracy(
+        data, to_coco_results(data.image_ids, fp32, data.scales, mapping),
+        to_coco_results(data.image_ids, quant, data.scales, mapping))
 
 
 def classification_columns(data: Any, fp32: list, quant: list,
