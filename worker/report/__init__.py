@@ -18,6 +18,7 @@ from worker.report.blocks import (
     to_html,
     to_markdown,
 )
+from worker.report.classes import class_blocks, summary_columns, threshold_pts
 from worker.report.compare import (
     Comparison,
     Thresholds,
@@ -70,9 +71,13 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
                  thresholds: Thresholds = Thresholds()) -> Report:
     models = read_table(root, "models", job_id).to_pylist()
     latency = read_table(root, "latency", job_id).to_pylist()
+    classes = read_table(root, "class_metrics", job_id).to_pylist()
     folder = report_folder(root, job_id)
     folder.mkdir(parents=True, exist_ok=True)
+    threshold = threshold_pts(_max_map_drop(root, job_id))
     rows = summary_rows(models, latency)
+    for row, m in _rows_with_units(rows, models):
+        row.update(summary_columns(m, classes, threshold))
     base = compare_with or previous_nightly(root, job_id)
     nights = load_history(root, job_id)  # empty unless job_id is a nightly with a history
     comparison = (compare_jobs(root, base, job_id, thresholds, night_spread(nights, job_id, base))
@@ -97,6 +102,7 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     if not models:
         blocks.append(Para("No unit of this job has written a row yet."))
     blocks += [Heading("Size and accuracy"), size_accuracy_table(models),
+               *class_blocks(models, classes, threshold),
                Heading("Latency, throughput and memory"), latency_table(rows)]
     for plot, name, alt in ((plot_latency, "latency.png", "latency and throughput vs batch size"),
                             (plot_memory, "memory.png", "memory vs batch size")):
@@ -130,6 +136,27 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     if method:
         blocks += [Heading("How this was measured"), method]
     return Report(job_id, folder, blocks, rows, comparison)
+
+
+def _max_map_drop(root: Path, job_id: str) -> float | None:
+    """The job's quantization.target.max_map_drop, from its saved plan (None: none, or no
+    plan here)."""
+    from worker.orchestrate import load_plan
+
+    try:
+        units = load_plan(root, job_id).units
+    except Exception:  # a report of rows copied without their plan: the default threshold
+        return None
+    return units[0].quantization.target.max_map_drop if units else None
+
+
+def _rows_with_units(rows: list[dict], models: list[dict]):
+    """(summary row, its unit's models row) pairs."""
+    by_key = {(m["job_id"], m["model_id"], m["mode"], m["device"]): m for m in models}
+    for row in rows:
+        m = by_key.get((row["job_id"], row["model_id"], row["mode"], row["device"]))
+        if m is not None:
+            yield row, m
 
 
 def _csv(rows: list[dict]) -> str:
