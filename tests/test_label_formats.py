@@ -269,3 +269,63 @@ def test_good_labels_validate_with_a_category_map_for_a_coco_detector(tmp_path):
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(manifest))
     proc = qbench("validate", str(tmp_path / "m.yaml"))
     assert proc.returncode == 2 and "category ids [3] are absent from the map" in proc.stderr
+
+
+def test_submit_stages_the_labels_folder_and_a_worker_reads_the_copy(tmp_path, monkeypatch):
+    """The KITTI labels and a YOLO data.yaml travel with the images: the unit runs from the
+    results store alone, and the labels are part of the dataset's digest."""
+    from worker.staging import stage_plan
+
+    src = tmp_path / "host"
+    generate_dataset(src / "coco", seed=2, images=6, size=(64, 64))
+    blocks = write_formats(src / "coco/images", src / "coco/annotations.json", src / "fmt", src)
+    for fmt in ("kitti", "yolo"):
+        manifest = small_manifest(
+            src, name=f"staged-{fmt}",
+            models=[{"id": "fixture", "arch": "fixture", "input_size": [64, 64]}],
+            quantization={"modes": ["fp32"], "calibration": {"images": 2}},
+            benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1,
+                       "pairing": "off", "rounds": 1},
+            inspect={"images": 0}, artifacts=False, dataset=blocks[fmt])
+        store = tmp_path / "store"
+        unit = stage_plan(plan_job(manifest), store).units[0]
+        labels = unit.dataset.label_folder
+        assert labels in unit.staged and unit.dataset.images in unit.staged
+        if fmt == "yolo":
+            assert unit.dataset.data_yaml in unit.staged
+        first = unit.dataset_sha256
+        label = sorted((src / labels).iterdir())[0]
+        label.write_text(label.read_text() + "\n")  # a label changed: another dataset digest
+        assert stage_plan(plan_job(manifest), store).units[0].dataset_sha256 != first
+        monkeypatch.setenv("QBENCH_RESULTS_DIR", str(store))
+        moved = tmp_path / "moved"
+        src.rename(moved)  # the submitter's files are gone: the store alone serves the unit
+        try:
+            outcome = run_unit(unit, store)
+        finally:
+            moved.rename(src)
+        assert outcome.status == "ok", outcome.error
+        assert outcome.model_row["map"] is not None
+
+
+def test_a_decoded_model_on_a_yolo_dataset_maps_its_labels_by_the_data_yaml(formats):
+    """An ultralytics model trained on the dataset outputs label i for data.yaml's names[i];
+    with `classes` picking and ordering a subset, label i still lands on its named class."""
+    from worker.evaluate.datasets import category_map_for
+    from worker.manifest import Unit
+
+    root, blocks = formats
+    images = root / blocks["yolo"]["images"]
+    names = root / blocks["yolo"]["data_yaml"]
+    doc = read_labels("yolo", images, images.parent / "labels", ["triangle", "circle"], names)
+    unit = Unit.model_validate({
+        "job_id": "j-20261207T000000-abcdef", "job_name": "j", "job_date": "2026-12-07",
+        "unit_id": "u", "mode": "ort_fp32", "device": "cpu", "base_dir": str(root),
+        "model": {"id": "y", "source": "onnx", "path": "y.onnx",
+                  "outputs": {"decoder": "ultralytics"}},
+        "quantization": {}, "benchmark": {}, "inspect": {},
+        "dataset": {**blocks["yolo"], "classes": ["triangle", "circle"]}})
+    assert category_map_for(unit, doc) == {0: 2, 2: 1}  # circle is index 0, triangle 2
+    declared = unit.model_copy(update={"model": unit.model.model_copy(update={
+        "outputs": unit.model.outputs.model_copy(update={"category_map": {5: 1}})})})
+    assert category_map_for(declared, doc) == {5: 1}  # a declared map wins

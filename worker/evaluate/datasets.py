@@ -90,6 +90,20 @@ def load_labelled(unit: Unit, images: Path, num_classes: int | None,
     return CocoDataset(images, labels, doc, roots)
 
 
+def category_map_for(unit: Unit, doc: dict) -> dict[int, int] | None:
+    """Model label -> dataset category id: outputs.category_map, else for a decoded model on a
+    YOLO dataset the dataset's own class indices (what a model trained on it outputs: label i
+    is the data.yaml's names[i]), else None (the label is the id)."""
+    from worker.decode.spec import category_mapping
+
+    outputs = unit.model.outputs
+    mapping = category_mapping(outputs)
+    if mapping is None and outputs is not None and outputs.decoder and "yolo_names" in doc:
+        ids = {c["name"]: int(c["id"]) for c in doc["categories"]}
+        mapping = {i: ids[n] for i, n in enumerate(doc["yolo_names"]) if n in ids}
+    return mapping
+
+
 def _dataset(unit: Unit, loaded: LoadedModel):
     decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
     formats = loaded.kind.dataset_formats + (("coco",) if decoded else ())
@@ -118,11 +132,9 @@ def calibration_batches(unit: Unit, loaded: LoadedModel, count: int) -> list[tor
 def evaluation_set(unit: Unit, loaded: LoadedModel) -> EvalSet:
     data, _, eval_ids = _dataset(unit, loaded)
     if unit.dataset.format in BOX_FORMATS:
-        from worker.decode.spec import category_mapping
-
         images, geos = _coco_images(unit, loaded, data, eval_ids)
         return EvalSet(images, eval_ids, [(g.sx, g.sy) for g in geos], None, data.doc, geos,
-                       category_map=category_mapping(unit.model.outputs),
+                       category_map=category_map_for(unit, data.doc),
                        kitti_iou=kitti_thresholds(unit.dataset))
     batch, labels, geos, note = data
     return EvalSet(batch[eval_ids], eval_ids, [(geos[i].sx, geos[i].sy) for i in eval_ids],
@@ -134,10 +146,10 @@ def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Call
     """mAP on the calibration split's annotations: what int8_mixed optimises (never eval),
     as (score on the searched images, score on the held-out ones or None). A model whose raw
     outputs need a decoder (outputs.decoder) is decoded and mapped back as in its evaluation."""
-    from worker.decode.spec import category_mapping
     from worker.evaluate.coco import evaluate_detections, to_coco_results
 
     data, calib_ids, _ = _dataset(unit, loaded)
+    mapping = category_map_for(unit, data.doc)
     images, geos = _coco_images(unit, loaded, data, calib_ids)
     scales = [(g.sx, g.sy) for g in geos]
     spec = unit.model.outputs
@@ -152,10 +164,10 @@ def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Call
                 from worker.evaluate.decoded import decoded_predictions
 
                 dets = decoded_predictions(loaded, spec, predict, part)
-                results = decoded_results(ids, dets, geos[lo:hi], category_mapping(spec))
+                results = decoded_results(ids, dets, geos[lo:hi], mapping)
             else:
                 outs = [o for batch in part.split(BATCH) for o in predict(batch)]
-                results = to_coco_results(ids, outs, scales[lo:hi], category_mapping(spec))
+                results = to_coco_results(ids, outs, scales[lo:hi], mapping)
             return evaluate_detections(data.doc, results, ids)["map"]
 
         return score

@@ -15,7 +15,6 @@ import torch
 
 from worker.decode.coco_results import check_categories, to_coco_results
 from worker.decode.decoders import decode
-from worker.decode.spec import category_mapping
 from worker.evaluate.agreement import detection_agreement
 from worker.evaluate.class_metrics import detector_accuracy
 from worker.evaluate.datasets import BATCH, EvalSet
@@ -127,7 +126,7 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
     elif data.gt is None:
         row["accuracy_note"] = "no annotations: agreement with fp32 only"
     else:
-        mapping = category_mapping(spec)
+        mapping = data.category_map  # outputs.category_map, or a YOLO dataset's indices
         check_categories({int(c["id"]) for c in data.gt["categories"]}, mapping,
                          loaded.num_classes or None, f"models[{unit.model.id}].outputs.category_map")
         row.update(detector_accuracy(

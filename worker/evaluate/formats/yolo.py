@@ -109,6 +109,7 @@ def read_yolo(images_dir: Path, labels_dir: Path, classes: list[str] | None,
             check_box(box, size, at)
             if index in category:
                 doc.add_box(image_id, category[index], box)
+    doc.extra["yolo_names"] = names  # a decoded model's label i is names[i] (datasets.py)
     return doc.document()
 
 
