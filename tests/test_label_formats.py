@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,24 @@ def test_a_decoded_model_on_a_yolo_dataset_maps_its_labels_by_the_data_yaml(form
     declared = unit.model_copy(update={"model": unit.model.model_copy(update={
         "outputs": unit.model.outputs.model_copy(update={"category_map": {5: 1}})})})
     assert category_map_for(declared, doc) == {5: 1}  # a declared map wins
+
+
+def test_dataset_fields_belong_to_their_formats():
+    from worker.manifest import ManifestError, parse_manifest
+
+    head = "name: a\nmodels: [{id: d, arch: fixture}]\ndataset: "
+    ok = parse_manifest(head + "{format: voc, images: x, classes: ['traffic light', car]}\n")
+    assert ok.dataset.classes == ["traffic light", "car"]  # VOC and YOLO names may have spaces
+    assert ok.dataset.label_folder == "Annotations"
+    for block, needle in (
+            ("{format: kitti, images: x, classes: ['traffic light']}", "one word"),
+            ("{format: coco, images: x, annotations: a.json, classes: [a]}", "classes is for"),
+            ("{format: kitti, images: x, annotations: a.json}", "reads labels (a folder)"),
+            ("{format: yolo, images: x}", "format yolo needs class names"),
+            ("{format: voc, images: x, iou_thresholds: {car: 0.5}}", "for format kitti"),
+            ("{format: kitti, images: x, iou_thresholds: {Car: 1.5}}", "not within (0, 1]"),
+            ("{format: kitti, images: x, classes: [Car, car]}", "listed twice")):
+        with pytest.raises(ManifestError, match=re.escape(needle)):
+            parse_manifest(head + block + "\n")
+    yolo = parse_manifest(head + "{format: yolo, images: data/set/images/val, classes: [a]}\n")
+    assert yolo.dataset.label_folder == "data/set/labels/val"  # ultralytics' rule

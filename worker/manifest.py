@@ -241,8 +241,9 @@ class DatasetSpec(Strict):
         if v is None:
             return v
         for name in v:
-            if not name or len(name) > 200 or name != name.strip() or " " in name:
-                raise ValueError(f"class name {name!r}: 1 to 200 characters, no spaces")
+            if not name or len(name) > 200 or name != name.strip() or "\n" in name:
+                raise ValueError(f"class name {name!r}: 1 to 200 characters on one line, "
+                                 "without leading or trailing spaces")
         if len({n.lower() for n in v}) != len(v):
             raise ValueError("a class is listed twice")
         return v
@@ -252,6 +253,8 @@ class DatasetSpec(Strict):
         if self.format == "coco" and not self.annotations:
             raise ValueError("format coco needs annotations (an instances JSON)")
         labelled = self.format in ("kitti", "yolo", "voc")
+        if self.format == "kitti" and any(len(c.split()) > 1 for c in self.classes or []):
+            raise ValueError("classes: a KITTI type is one word (label lines split on spaces)")
         for name in ("labels", "classes"):
             if getattr(self, name) is not None and not labelled:
                 raise ValueError(f"{name} is for format kitti, yolo or voc (format "
