@@ -9,6 +9,9 @@ from celery.schedules import crontab
 from celery.signals import worker_ready
 from kombu import Queue
 
+from worker.env import env_int
+from worker.errors import ConfigError
+
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 
@@ -24,7 +27,7 @@ def nightly_schedule() -> crontab:
         if not (0 <= hour < 24 and 0 <= minute < 60):
             raise ValueError
     except ValueError:
-        raise ValueError(f"QBENCH_NIGHTLY_AT={at!r}: expected HH:MM, e.g. 02:00") from None
+        raise ConfigError(f"QBENCH_NIGHTLY_AT={at!r}: expected HH:MM, e.g. 02:00") from None
     return crontab(hour=hour, minute=minute)
 
 
@@ -47,13 +50,13 @@ app.conf.update(
     worker_max_tasks_per_child=1,
     task_track_started=True,
     result_extended=True,
-    result_expires=int(os.environ.get("QBENCH_RESULT_EXPIRES", 7 * 24 * 3600)),
+    result_expires=env_int("QBENCH_RESULT_EXPIRES", 7 * 24 * 3600),
     # A worker killed outright leaves its unit unacknowledged in Redis. Leases bring it back
     # within a minute or so (worker/lease.py); Redis' own redelivery after the visibility
     # timeout cannot tell a dead worker from a long unit, so it is kept longer than any unit.
     broker_transport_options={
-        "visibility_timeout": int(os.environ.get("QBENCH_VISIBILITY_TIMEOUT", 7 * 24 * 3600)),
-        "unacked_restore_interval": int(os.environ.get("QBENCH_RESTORE_INTERVAL", 30)),
+        "visibility_timeout": env_int("QBENCH_VISIBILITY_TIMEOUT", 7 * 24 * 3600),
+        "unacked_restore_interval": env_int("QBENCH_RESTORE_INTERVAL", 30),
         "unacked_restore_throttle": 1,
     },
     broker_connection_retry_on_startup=True,

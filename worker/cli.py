@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from worker.manifest import ManifestError
+from worker.printable import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Quantize vision models and benchmark them against the original.")
@@ -68,7 +69,11 @@ class StepDisplay:
 
 
 class CliError(Exception):
-    """Printed as one line, exit status 2."""
+    """Printed as one line, exit status 2 (or the one given)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @app.command()
@@ -80,12 +85,12 @@ def validate(manifest: Path) -> None:
 
     plan = plan_job(manifest)
     for line in manifest_warnings(load_manifest(manifest)[0]):
-        out.print(line, highlight=False, soft_wrap=True)
+        out.print(printable(line), highlight=False, soft_wrap=True)
     print(f"job {plan.name}:")
     for u in plan.units:
-        print(f"  unit {u.unit_id}  {u.model.id}  {u.model.arch or u.model.path}  {u.mode}  "
-              f"{u.device}  queue={u.queue}")
-    out.print(f"{manifest}: valid, {len(plan.units)} unit(s)")
+        print(f"  unit {u.unit_id}  {u.model.id}  {printable(u.model.arch or u.model.path)}  "
+              f"{u.mode}  {u.device}  queue={u.queue}")
+    out.print(f"{printable(manifest)}: valid, {len(plan.units)} unit(s)")
 
 
 @app.command()
@@ -94,24 +99,29 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
         ) -> None:
     """Run every unit in this process (no broker), then print and write the report."""
     from worker.confine import confine_unit
-    from worker.orchestrate import plan_job, save_plan
+    from worker.orchestrate import claim_plan, plan_job
     from worker.staging import digest_plan
 
-    plan = digest_plan(plan_job(manifest, job_id=job_id))
+    plan = plan_job(manifest, job_id=job_id)
     for unit in plan.units:  # the same checks a worker makes, before anything is written
         confine_unit(unit, results)
     _check_writable(results)
+    plan = digest_plan(plan)
     from worker.isolate import run_unit_isolated  # torch: only once the job is sound
     from worker.report import write_report
     from worker.report.terminal import print_report
 
-    save_plan(plan, results)
-    console.print(f"job {plan.job_id}: {len(plan.units)} unit(s), results in {results}/")
+    plan = claim_plan(plan, results, fresh=job_id is None)
+    console.print(f"job {plan.job_id}: {len(plan.units)} unit(s), results in "
+                  f"{printable(results)}/")
     failures = []
     with StepDisplay(len(plan.units)) as display:
         for n, unit in enumerate(plan.units, 1):
             label = f"[{n}/{len(plan.units)}] {unit.model.id} {unit.mode} {unit.device}"
-            outcome = run_unit_isolated(unit, results, display.unit(label))
+            try:
+                outcome = run_unit_isolated(unit, results, display.unit(label))
+            except KeyboardInterrupt:
+                _interrupted(plan, results, n)
             display.finish(label, outcome.status)
             if outcome.status != "ok":
                 failures.append(outcome)
@@ -121,9 +131,26 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
         out.print(f"artifacts: {results / 'artifacts' / plan.job_id}/ "
                   f"(qbench export {plan.job_id} --to DIR)")
     for f in failures:
-        console.print(f"unit {f.unit_id} failed: {f.error}", style="red", highlight=False)
+        console.print(f"unit {f.unit_id} failed: {printable(f.error)}", style="red",
+                      highlight=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _interrupted(plan, results: Path, n: int) -> None:
+    """Ctrl-C mid-unit: the unit under way and those after it get an error row saying so
+    (a plan is never left `queued` forever), then one line and exit 130."""
+    from worker.pipeline import failed_row, write_outcome
+    from worker.results import read_table
+
+    written = {r["unit_id"] for r in read_table(results, "models", plan.job_id).to_pylist()}
+    for unit in plan.units[n - 1:]:
+        if unit.unit_id not in written:
+            write_outcome(unit, results, [], failed_row(unit, "interrupted (Ctrl-C) before "
+                                                               "the unit finished"))
+    raise CliError(f"job {plan.job_id}: interrupted at unit {n} of {len(plan.units)}; the "
+                   f"units not finished are recorded as errors (qbench status {plan.job_id})",
+                   130)
 
 
 def _check_writable(results: Path) -> None:
@@ -161,17 +188,25 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
            timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
            ) -> None:
     """Queue the job's units on Redis (QBENCH_BROKER_URL); a report runs when the last ends."""
-    from worker.orchestrate import plan_job, save_plan
+    from worker.orchestrate import plan_job
 
+    _finite("--timeout", timeout, positive=True)
     plan = plan_job(manifest, nightly=nightly)  # torch-free: a bad manifest is refused at once
     from worker.app import broker_url
 
     _check_broker(broker_url())
+    from worker.orchestrate import claim_plan, plan_file, save_plan
     from worker.staging import stage_plan
     from worker.submit import submit_plan
 
-    plan = stage_plan(plan, results)
-    saved = save_plan(plan, results)
+    plan = claim_plan(plan, results, fresh=not nightly)
+    saved = plan_file(results, plan.job_id)
+    try:
+        plan = stage_plan(plan, results)
+        save_plan(plan, results)
+    except BaseException:
+        saved.unlink(missing_ok=True)  # the claim: no plan names a job that was never queued
+        raise
     try:
         submit_plan(plan)
     except Exception as exc:  # the broker went away between the check and the send
@@ -212,7 +247,8 @@ def _wait(job_id: str, results: Path, timeout: float) -> None:
 def _show_status(states) -> None:
     """Plain columns, errors in full: people read it and scripts grep it."""
     rows = [("unit", "model", "mode", "device", "state", "error")]
-    rows += [(u.unit_id, u.model_id, u.mode, u.device, u.state, u.error or "") for u in states.units]
+    rows += [(u.unit_id, u.model_id, u.mode, u.device, u.state, printable(u.error or ""))
+             for u in states.units]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     print(f"job {states.job_id}: {states.describe()}")
     for r in rows:
@@ -271,6 +307,8 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
     from worker.report.terminal import print_report
     from worker.results import job_ids
 
+    _finite("--latency-threshold", latency_threshold)
+    _finite("--map-threshold", map_threshold)
     base = None
     if compare:
         base, job_id = compare
@@ -303,30 +341,59 @@ def export(job_id: Annotated[str, typer.Argument(help="Job id.")],
     except ExportError as exc:
         raise CliError(str(exc)) from None
     for line in done.skipped:
-        console.print(f"skipped {line}", highlight=False, soft_wrap=True)
+        console.print(f"skipped {printable(line)}", highlight=False, soft_wrap=True)
+    for path in done.kept:
+        console.print(f"unchanged {printable(path)} (the same bytes were there already)",
+                      highlight=False, soft_wrap=True)
     for path in done.files:
-        print(f"{path}  (card: {path.with_suffix('.json').name})", flush=True)
-    out.print(f"exported {len(done.files)} artifact(s) of job {job_id} to {to}")
+        print(f"{printable(path)}  (card: {printable(path.with_suffix('.json').name)})",
+              flush=True)
+    out.print(f"exported {len(done.files)} artifact(s) of job {job_id} to {printable(to)}")
 
 
 @data_app.command("synth")
 def data_synth(out_dir: Annotated[Path, typer.Option("--out", help="Folder to create.")],
-               seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-               images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
-               size: Annotated[int, typer.Option(min=32, help="Image side in pixels.")] = 256) -> None:
+               seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
+               images: Annotated[int, typer.Option(min=1, max=1_000_000,
+                                                   help="Number of images.")] = 64,
+               size: Annotated[int, typer.Option(min=32, max=4096,
+                                                 help="Image side in pixels.")] = 256) -> None:
     """Generate a COCO-format synthetic detection dataset (shapes on textured backgrounds)."""
+    if not str(out_dir).strip() or str(out_dir) != str(out_dir).strip():
+        # Path('') is the working folder: an empty --out would write into it unasked
+        raise CliError(f"--out {str(out_dir)!r}: give the folder to create")
     if out_dir.exists() and not out_dir.is_dir():
-        raise CliError(f"--out {out_dir}: is a file, not a folder")
+        raise CliError(f"--out {printable(out_dir)}: is a file, not a folder")
     from worker.evaluate.synth import generate_dataset
 
-    path = generate_dataset(out_dir, seed, images, (size, size))
-    out.print(f"wrote {images} images and {path}")
+    created = not out_dir.exists()
+    try:
+        path = generate_dataset(out_dir, seed, images, (size, size))
+    except BaseException:
+        if created:  # nothing half-written left behind
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    out.print(f"wrote {images} images and {printable(path)}")
 
 
 def _error(message: str) -> None:
-    """One line on stderr, whatever the message holds (newlines folded, no markup)."""
-    console.print(Text.assemble(("error:", "bold red"), " ", " ".join(str(message).split())),
+    """One line on stderr, whatever the message holds (newlines folded, no markup, terminal
+    escapes shown as text)."""
+    console.print(Text.assemble(("error:", "bold red"), " ",
+                                printable(" ".join(str(message).split()))),
                   highlight=False, soft_wrap=True)
+
+
+def _finite(option: str, value: float, positive: bool = False) -> None:
+    """nan would make every comparison false (a check that never flags, a wait that never
+    ends); inf the same in the other direction."""
+    import math
+
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise CliError(f"{option} {value}: must be a finite number"
+                       + (" above 0" if positive else " of at least 0"))
 
 
 def _os_error(exc: OSError) -> str:
@@ -348,14 +415,17 @@ def _exit_for_exception() -> None:
     """Map the exception being handled to one line and an exit status."""
     import click
 
-    from worker.errors import ModelError
+    from worker.errors import ConfigError, ModelError
     from worker.evaluate.coco_doc import DatasetError
 
     try:
         raise
-    except (ManifestError, ModelError, CliError, DatasetError) as exc:
+    except (ManifestError, ModelError, CliError, DatasetError, ConfigError) as exc:
         _error(str(exc))
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        _error("interrupted")
+        sys.exit(130)
     except OSError as exc:  # unwritable results folder, a file where a folder should be, ...
         _error(_os_error(exc))
         sys.exit(2)
@@ -376,5 +446,5 @@ def _name_unreadable() -> None:
     """Unit files the reader skipped (corrupt Parquet): named, the rest was reported."""
     results = sys.modules.get("worker.results")  # not imported: nothing was read
     for path, reason in (results.UNREADABLE.items() if results else ()):
-        console.print(f"warning: skipped unreadable {path}: {reason}", style="yellow",
+        console.print(f"warning: skipped unreadable {printable(path)}: {printable(reason)}", style="yellow",
                       highlight=False, soft_wrap=True)

@@ -98,12 +98,42 @@ def receive_unit(message: Any, results_root: Path) -> Unit | dict[str, Any]:
 
 
 def _sound_ids(message: Any) -> Unit | None:
-    """The unit if it parses and its ids are its own, so that its row lands where it belongs."""
+    """The unit if its ids are its own, so that its row lands where it belongs, even when the
+    rest of it is refused here (a sender with higher limits than this worker): then a skeleton
+    of it carrying the ids alone, so the refusal still becomes the unit's error row."""
     try:
         unit = Unit.model_validate(message)
+    except ValidationError:
+        unit = _skeleton(message)
+    if unit is None:
+        return None
+    try:
         if (job_date_of(unit.job_id).isoformat() == unit.job_date and unit.unit_id ==
                 unit_id_for(unit.job_id, unit.model.id, unit.mode, unit.device)):
             return unit
-    except (ValidationError, ManifestError):
+    except ManifestError:
         pass
     return None
+
+
+def _skeleton(message: Any) -> Unit | None:
+    """A Unit with the message's checked ids and defaults for everything else."""
+    if not isinstance(message, dict) or not isinstance(message.get("model"), dict):
+        return None
+    model = message["model"]
+    source = model.get("source", "torchvision")
+    try:
+        unit = Unit.model_validate({
+            **{k: message.get(k) for k in ("job_id", "job_name", "job_date", "unit_id", "mode",
+                                           "device")},
+            "model": {"id": model.get("id"), "source": "onnx", "path": "-"},
+            "quantization": {}, "benchmark": {}, "dataset": None, "inspect": {},
+            "base_dir": "", "artifacts": False})
+    except ValidationError:
+        return None
+    # the row names what was sent, as far as it is a plain short string
+    arch = model.get("arch") if isinstance(model.get("arch"), str) else None
+    spec = unit.model.model_construct(
+        **{**unit.model.model_dump(), "source": source if source in ("torchvision", "yolo", "onnx")
+           else "torchvision", "arch": arch[:200] if arch else None, "path": None})
+    return unit.model_copy(update={"model": spec})

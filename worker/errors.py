@@ -13,3 +13,7 @@ class ManifestError(ValueError):
 
 class ModelError(ValueError):
     """A model that cannot be built or loaded; one line naming the field or file."""
+
+
+class ConfigError(ValueError):
+    """A setting in the environment (QBENCH_*) that cannot be used; one line naming it."""

@@ -28,6 +28,19 @@ def run_unit_isolated(unit: Unit, root: Path, progress: Progress | None = None) 
     proc = ctx.Process(target=_child, args=(unit.model_dump_json(), str(root), messages),
                        name=f"qbench-unit-{unit.unit_id}")
     proc.start()
+    try:
+        return _follow(unit, root, proc, messages, progress)
+    except KeyboardInterrupt:  # Ctrl-C: the child is ended too, never left running alone
+        proc.terminate()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        raise
+
+
+def _follow(unit: Unit, root: Path, proc, messages: mp.Queue,
+            progress: Progress | None) -> UnitOutcome:
     while True:
         try:
             msg = messages.get(timeout=0.5)

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 
 import redis
 from celery.exceptions import Ignore
+
+from worker.env import env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,15 @@ return 1
 
 
 def lease_ttl() -> float:
-    return float(os.environ.get("QBENCH_LEASE_TTL", 30))
+    return env_seconds("QBENCH_LEASE_TTL", 30)
 
 
 def reap_interval() -> float:
-    return float(os.environ.get("QBENCH_REAP_INTERVAL", 10))
+    return env_seconds("QBENCH_REAP_INTERVAL", 10)
 
 
 def lease_grace() -> float:
-    return float(os.environ.get("QBENCH_LEASE_GRACE", 30))
+    return env_seconds("QBENCH_LEASE_GRACE", 30)
 
 
 def client() -> redis.Redis:

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from worker.catalogue import MODES, arch_problem, mode_device_problem, mode_names, torchvision_task
+from worker.env import env_int
 from worker.errors import ManifestError
 
 __all__ = ["ManifestError", "Manifest", "Unit", "load_manifest", "parse_manifest"]
@@ -42,20 +43,22 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 
-def _limit(env: str, default: int) -> int:
-    """A limit a user with a bigger machine may raise through the environment."""
-    raw = os.environ.get(env)
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ManifestError(f"{env}={raw!r}: not an integer") from None
+def max_input_side() -> int:
+    """A limit a user with a bigger machine may raise through the environment (read when a
+    manifest is checked, so a bad value is a one-line error, not a failed import)."""
+    return env_int("QBENCH_MAX_INPUT_SIDE", 4096)
+
+
+def max_batch_size() -> int:
+    return env_int("QBENCH_MAX_BATCH_SIZE", 4096)
 
 
 # Bounds on what would exhaust the machine (README "Manifest", Limits).
 MAX_MANIFEST_BYTES = 1_000_000
+MAX_YAML_DEPTH = 32  # a manifest nests 4 levels; deep nesting would exhaust the recursion
+MAX_INT_DIGITS = 30  # no count, size or id of a manifest needs more
 MAX_MODELS = 64
-MAX_INPUT_SIDE = _limit("QBENCH_MAX_INPUT_SIDE", 4096)
-MAX_BATCH_SIZE = _limit("QBENCH_MAX_BATCH_SIZE", 4096)
+MAX_UNITS = 512  # models x modes x devices of one job
 MAX_BATCH_SIZES = 16
 MAX_ITERATIONS = 100_000
 MAX_WARMUP = 10_000
@@ -68,7 +71,8 @@ MAX_INSPECT_IMAGES = 64
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or inf: they pass every bound (nan > x and nan < x are both false)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -87,8 +91,8 @@ class ModelSpec(Strict):
     def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
         if min(v) < 32:
             raise ValueError("both sides must be at least 32 pixels")
-        if max(v) > MAX_INPUT_SIDE:
-            raise ValueError(f"a side is at most {MAX_INPUT_SIDE} pixels "
+        if max(v) > max_input_side():
+            raise ValueError(f"a side is at most {max_input_side()} pixels "
                              "(QBENCH_MAX_INPUT_SIDE raises the limit)")
         return v
 
@@ -125,7 +129,7 @@ class CalibrationSpec(Strict):
 class TargetSpec(Strict):
     """What mode int8_mixed must reach by keeping the fewest most sensitive layers float."""
 
-    max_map_drop: StrictFloat | None = Field(default=None, ge=0)  # mAP points vs fp32 (needs a dataset)
+    max_map_drop: StrictFloat | None = Field(default=None, ge=0, le=100)  # mAP points vs fp32 (needs a dataset)
     min_agreement: StrictFloat = Field(default=0.99, gt=0, le=1)  # agreement with fp32, without one
     # continuous instead: mean cosine similarity of the outputs with fp32 (not for detectors)
     min_cosine: StrictFloat | None = Field(default=None, gt=0, le=1)
@@ -191,7 +195,8 @@ def glob_problem(pattern: str) -> str | None:
 
 
 class BenchmarkSpec(Strict):
-    devices: list[Literal["cpu", "cuda"]] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    devices: list[Literal["cpu", "cuda"]] = Field(default_factory=lambda: ["cpu"], min_length=1,
+                                                  max_length=2)
     batch_sizes: list[StrictInt] = Field(default_factory=lambda: [1, 2, 4, 32, 64], min_length=1,
                                          max_length=MAX_BATCH_SIZES)
     warmup: StrictInt = Field(default=5, ge=0, le=MAX_WARMUP)
@@ -214,11 +219,18 @@ class BenchmarkSpec(Strict):
         for b in v:
             if b < 1:
                 raise ValueError(f"batch size {b} must be at least 1")
-            if b > MAX_BATCH_SIZE:
-                raise ValueError(f"batch size {b} is above the limit {MAX_BATCH_SIZE} "
+            if b > max_batch_size():
+                raise ValueError(f"batch size {b} is above the limit {max_batch_size()} "
                                  "(QBENCH_MAX_BATCH_SIZE raises it)")
         if len(set(v)) != len(v):
             raise ValueError("a batch size is listed twice")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_devices(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):  # the same unit ids twice: one unit would never report
+            raise ValueError("a device is listed twice")
         return v
 
 
@@ -341,6 +353,10 @@ class Manifest(Strict):
         ids = [m.id for m in self.models]
         if len(set(ids)) != len(ids):
             raise ValueError("models: two models share an id")
+        units = len(self.models) * len(self.quantization.modes) * len(self.benchmark.devices)
+        if units > MAX_UNITS:
+            raise ValueError(f"manifest: {units} units (models x modes x devices), above the "
+                             f"limit of {MAX_UNITS} for one job; split it into several manifests")
         for device in self.benchmark.devices:
             for mode in self.quantization.modes:
                 problem = mode_device_problem(mode, device)
@@ -459,15 +475,33 @@ def resolve_inside(relative: str, base: Path, roots: list[Path]) -> Path:
 def _field_path(loc: tuple) -> str:
     parts: list[str] = []
     for p in loc:
-        if isinstance(p, int):
-            parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
+        if isinstance(p, int) and parts:
+            parts[-1] = f"{parts[-1]}[{p}]"
+        elif isinstance(p, int):
+            parts.append(f"[{p}]")
         else:
             parts.append(str(p))
     return ".".join(parts)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last),
+    nesting deeper than MAX_YAML_DEPTH and integers longer than MAX_INT_DIGITS, and reads
+    timestamps as the text they are (no manifest field is a date; an impossible one such as
+    2024-13-45 would otherwise fail inside the loader)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -483,6 +517,29 @@ class UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node):
+        text = str(node.value).replace("_", "")
+        if sum(c.isalnum() for c in text) > MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of more than {MAX_INT_DIGITS} digits", node.start_mark)
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not an integer", node.start_mark) from None
+
+    def construct_yaml_float(self, node):
+        try:
+            return super().construct_yaml_float(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a number", node.start_mark) from None
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", UniqueKeyLoader.construct_yaml_float)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     try:
@@ -491,6 +548,9 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ManifestError(f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # a constructor PyYAML did not guard
+        raise ManifestError(f"{source}: is not a usable YAML manifest "
+                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: a manifest is a YAML mapping with name and models")
     return validate_data(data, source)
@@ -517,8 +577,10 @@ def load_manifest(path: str | Path) -> tuple[Manifest, Path]:
     """Read and validate a manifest file; returns it and the folder its paths resolve against."""
     path = Path(path)
     try:
-        if not path.is_file():
+        if not path.exists():
             raise ManifestError(f"{path}: manifest file not found")
+        if not path.is_file():  # a folder, a FIFO (that would block the read), a device
+            raise ManifestError(f"{path}: not a regular file")
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise ManifestError(f"{path}: {path.stat().st_size} bytes, above the "
                                 f"{MAX_MANIFEST_BYTES}-byte limit for a manifest")
@@ -556,8 +618,10 @@ def check_files(manifest: Manifest, base: Path, source: str) -> None:
             raise ManifestError(f"{source}: {field}: {exc}") from None
         if not path.exists():
             raise ManifestError(f"{source}: {field}: file not found: {path}")
-        if kind == "file" and not path.is_file():
+        if kind == "file" and path.is_dir():
             raise ManifestError(f"{source}: {field}: {path} is a folder, not a file")
+        if kind == "file" and not path.is_file():  # a FIFO or device would block its reader
+            raise ManifestError(f"{source}: {field}: {path} is not a regular file")
         if kind == "folder" and not path.is_dir():
             raise ManifestError(f"{source}: {field}: {path} is a file, not a folder")
         resolved[field] = path
@@ -568,9 +632,15 @@ def check_files(manifest: Manifest, base: Path, source: str) -> None:
 def check_dataset(manifest: Manifest, resolved: dict[str, Path], source: str,
                   roots: tuple[Path, ...] = ()) -> None:
     """The dataset fits every model: its format to the model's task, its category ids to the
-    model's classes (or its outputs.category_map), every KITTI/YOLO/VOC label file readable."""
+    model's classes (or its outputs.category_map), every KITTI/YOLO/VOC label file readable,
+    every image it names confined and, where it exists, a regular file."""
     from worker.catalogue import FIXTURE_ARCH, FIXTURE_CLASSES, torchvision_task
-    from worker.evaluate.coco_doc import DatasetError, check_coco_document, read_coco_document
+    from worker.evaluate.coco_doc import (
+        DatasetError,
+        check_coco_document,
+        check_image_files,
+        read_coco_document,
+    )
     from worker.evaluate.formats import BOX_FORMATS, read_labels
 
     spec = manifest.dataset
@@ -597,6 +667,7 @@ def check_dataset(manifest: Manifest, resolved: dict[str, Path], source: str,
         else:
             doc = read_labels(spec.format, resolved["dataset.images"], resolved[field],
                               spec.classes, resolved.get("dataset.data_yaml"), roots)
+        check_image_files(doc, resolved["dataset.images"], roots)
         ids = {int(c["id"]) for c in doc["categories"]}
         for i, m in enumerate(manifest.models):
             mapping = m.outputs.category_map if m.outputs is not None else None
@@ -648,7 +719,10 @@ def job_date_of(job_id: str) -> dt.date:
     match = re.search(r"-(\d{8})(?:T\d{6})?-[0-9a-f]{6}$", job_id)
     if not match:
         raise ManifestError(f"job id {job_id!r} has no date stamp")
-    return dt.datetime.strptime(match.group(1), "%Y%m%d").date()
+    try:
+        return dt.datetime.strptime(match.group(1), "%Y%m%d").date()
+    except ValueError:
+        raise ManifestError(f"job id {job_id!r}: {match.group(1)} is not a date") from None
 
 
 def unit_id_for(job_id: str, model_id: str, mode: str, device: str) -> str:

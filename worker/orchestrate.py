@@ -6,8 +6,12 @@ unit a job expects, including the ones that have not written a row yet.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from worker.manifest import (
     expand,
     job_id_for,
     load_manifest,
+    unit_id_for,
 )
 
 
@@ -67,6 +72,40 @@ def save_plan(plan: JobPlan, results_root: Path) -> Path:
     target = plan_file(results_root, plan.job_id)
     write_text_atomic(target, plan.to_json())
     return target
+
+
+def claim_plan(plan: JobPlan, results_root: Path, fresh: bool) -> JobPlan:
+    """Write the plan of a job; a fresh job (its id made here, not given by the user) claims
+    its id: two identical manifests run in the same second would get the same id and
+    overwrite each other's rows, so the second one's id gets another digest instead."""
+    if not fresh:
+        save_plan(plan, results_root)
+        return plan
+    folder = plan_file(results_root, plan.job_id).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(100):
+        candidate = plan if n == 0 else _with_job_id(plan, _bumped(plan.job_id, n))
+        tmp = folder / f".{candidate.job_id}.{uuid.uuid4().hex}.claim"
+        tmp.write_text(candidate.to_json())
+        try:
+            os.link(tmp, plan_file(results_root, candidate.job_id))  # fails if it exists
+        except FileExistsError:
+            continue
+        finally:
+            tmp.unlink(missing_ok=True)
+        return candidate
+    raise ManifestError(f"job {plan.job_id}: 100 jobs of this manifest in the same second")
+
+
+def _bumped(job_id: str, n: int) -> str:
+    stem, _, _ = job_id.rpartition("-")
+    return f"{stem}-{hashlib.sha256(f'{job_id}#{n}'.encode()).hexdigest()[:6]}"
+
+
+def _with_job_id(plan: JobPlan, job_id: str) -> JobPlan:
+    units = [u.model_copy(update={"job_id": job_id, "unit_id": unit_id_for(
+        job_id, u.model.id, u.mode, u.device)}) for u in plan.units]
+    return dataclasses.replace(plan, job_id=job_id, units=units)
 
 
 def load_plan(results_root: Path, job_id: str) -> JobPlan:

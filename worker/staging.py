@@ -15,15 +15,19 @@ same path; their digest is still recorded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
 import shutil
+import stat
 import uuid
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 from worker.atomic import atomic_path
-from worker.manifest import ManifestError, Unit, allowed_roots
+from worker.env import env_int
+from worker.manifest import ManifestError, Unit, allowed_roots, input_roots, is_inside
 from worker.orchestrate import JobPlan
 
 INPUTS = "inputs"
@@ -31,7 +35,7 @@ CHUNK = 1 << 20
 
 
 def stage_max_bytes() -> int:
-    return int(os.environ.get("QBENCH_STAGE_MAX_BYTES", 2 << 30))
+    return env_int("QBENCH_STAGE_MAX_BYTES", 2 << 30, minimum=0)
 
 
 def sha256_file(path: Path) -> str:
@@ -42,24 +46,52 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+def dataset_files(folder: Path, roots: Sequence[Path]) -> list[tuple[str, Path]]:
+    """(path relative to the folder, the real file) of every regular file a reader of the
+    folder sees, by lstat and stat alone: no byte is read. A symlink is followed only where it
+    resolves inside the folder or the roots (as a unit's reader confines it), and refused
+    otherwise; a loop is refused; FIFOs, sockets and devices are left out (no reader opens
+    them). Staging copies, hashes and sizes exactly this list."""
+    top = folder.resolve()
+    allowed = [top, *(Path(r) for r in roots)]
+    found: list[tuple[str, Path]] = []
+
+    def walk(real_dir: Path, rel: PurePosixPath, above: frozenset[Path]) -> None:
+        with os.scandir(real_dir) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            shown = folder / rel / entry.name
+            real = Path(entry.path)
+            if entry.is_symlink():
+                try:
+                    real = real.resolve(strict=True)
+                except FileNotFoundError:
+                    continue  # a broken link: nothing to read, as a reader sees it
+                except (OSError, RuntimeError):
+                    raise ManifestError(f"{shown}: symlink loop") from None
+                if not is_inside(real, allowed):
+                    raise ManifestError(f"{shown}: a symlink to {real}, outside the dataset "
+                                        "folder and the data roots (QBENCH_DATA_ROOTS)")
+            mode = os.stat(real).st_mode
+            if stat.S_ISDIR(mode):
+                if real in above:
+                    raise ManifestError(f"{shown}: symlink loop (back to {real})")
+                walk(real, rel / entry.name, above | {real})
+            elif stat.S_ISREG(mode):
+                found.append(((rel / entry.name).as_posix(), real))
+
+    walk(top, PurePosixPath(), frozenset({top}))
+    return found
 
 
-def tree_digest(folder: Path) -> str:
+def tree_digest(files: list[tuple[str, Path]] | Path) -> str:
     """sha256 over each file's path (relative, sorted) and its sha256: names and bytes."""
+    if isinstance(files, Path):  # a folder: the files inside it alone
+        files = dataset_files(files, ())
     digest = hashlib.sha256()
-    for p in _files(folder):
-        digest.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
+    for rel, real in sorted(files):
+        digest.update(f"{rel}\0{sha256_file(real)}\n".encode())
     return digest.hexdigest()
-
-
-def digest(path: Path) -> str:
-    return tree_digest(path) if path.is_dir() else sha256_file(path)
-
-
-def size_of(path: Path) -> int:
-    return sum(p.stat().st_size for p in _files(path)) if path.is_dir() else path.stat().st_size
 
 
 def store_path(sha: str, source: Path) -> str:
@@ -67,17 +99,21 @@ def store_path(sha: str, source: Path) -> str:
     return f"{INPUTS}/{sha}/{safe_name(source.name)}"
 
 
-def put(source: Path, sha: str, root: Path) -> str:
-    """Copy a file or folder into the store once; a copy already there is kept as it is."""
+def put(source: Path, sha: str, root: Path, files: list[tuple[str, Path]] | None) -> str:
+    """Copy a file, or the listed files of a folder, into the store once; a copy already
+    there is kept as it is."""
     relative = store_path(sha, source)
     target = root / relative
     if target.exists():
         return relative
     target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
+    if files is not None:
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            shutil.copytree(source, tmp)
+            tmp.mkdir()
+            for rel, real in files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(real, tmp / rel)
             try:
                 os.rename(tmp, target)
             except OSError:
@@ -102,7 +138,12 @@ class _Input:
     field: str
     value: str  # as the manifest wrote it
     path: Path
-    sha: str
+    files: list[tuple[str, Path]] | None  # a folder's files (dataset_files); None: a file
+    size: int
+
+    @functools.cached_property
+    def sha(self) -> str:  # read only once every check that needs no byte has passed
+        return tree_digest(self.files) if self.files is not None else sha256_file(self.path)
 
 
 def _inputs_of(unit: Unit) -> tuple[_Input | None, list[_Input]]:
@@ -112,7 +153,12 @@ def _inputs_of(unit: Unit) -> tuple[_Input | None, list[_Input]]:
         path = unit.resolve(value)  # before staging: confined to this process's input roots
         if not path.exists():
             raise ManifestError(f"{field}: file not found: {path}")
-        return _Input(field, value, path, digest(path))
+        if path.is_dir():
+            files = dataset_files(path, input_roots(Path(unit.base_dir)))
+            return _Input(field, value, path, files, sum(real.stat().st_size for _, real in files))
+        if not path.is_file():  # a FIFO would block the hash forever
+            raise ManifestError(f"{field}: {path} is not a regular file")
+        return _Input(field, value, path, None, path.stat().st_size)
 
     model = one("checkpoint", unit.model.checkpoint) or one("path", unit.model.path)
     data: list[_Input] = []
@@ -151,12 +197,12 @@ def _digested(plan: JobPlan, root: Path | None) -> JobPlan:
         staged = dict(unit.staged)
         if root is not None:
             if model is not None:
-                staged[model.value] = put(model.path, model.sha, root)
-            if data and sum(size_of(i.path) for i in data) <= limit:
+                staged[model.value] = put(model.path, model.sha, root, None)
+            if data and sum(i.size for i in data) <= limit:  # what is really copied
                 for i in data:
-                    staged[i.value] = put(i.path, i.sha, root)
+                    staged[i.value] = put(i.path, i.sha, root, i.files)
             else:
-                for i in data:
+                for i in data:  # before hashing: a refused dataset is never read
                     _check_referenced(i, limit)
         units.append(unit.model_copy(update={
             "staged": staged,

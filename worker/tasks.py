@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from worker.app import app
 from worker.cancel import is_cancelled
 from worker.confine import receive_unit
+from worker.errors import ManifestError
 from worker.lease import ensure_sole_run, settle
 from worker.manifest import Unit
 from worker.pipeline import failed_row, run_unit, write_outcome
@@ -62,10 +63,26 @@ def unwritable_results(unit: Unit, root: Path, exc: OSError) -> dict:
 
 @app.task(name="qbench.report_job")
 def report_job_task(unit_summaries: list | None, job_id: str) -> dict:
-    """The chord's body: runs once every unit of the job has ended, ok or not."""
-    report = write_report(results_root(), job_id)
+    """The chord's body: runs once every unit of the job has ended, ok or not. Its job id is
+    re-checked like a unit's: a name (never a path) of a job planned in this results store."""
+    root = results_root()
+    try:
+        plan_of_report(root, job_id)
+    except ManifestError as exc:
+        log.error("report refused: %s", exc)
+        return {"job_id": None, "status": "refused", "error": str(exc)[:500]}
+    report = write_report(root, job_id)
     return {"job_id": job_id, "report": str(report.folder / "report.md"),
             "regressions": report.regressions}
+
+
+def plan_of_report(root: Path, job_id: object) -> None:
+    """ManifestError unless job_id names a job whose plan this results store holds."""
+    from worker.orchestrate import load_plan
+
+    if not isinstance(job_id, str):
+        raise ManifestError(f"job id {str(job_id)[:100]!r}: not a string")
+    load_plan(root, job_id)  # checks the id's pattern first, then that the plan exists
 
 
 @app.task(name="qbench.nightly")

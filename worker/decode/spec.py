@@ -17,35 +17,48 @@ torchvision's 1000 ImageNet class names, matched against ImageFolder folder name
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
 DECODERS = ("torchvision", "ultralytics", "ssd", "gfl")
+MAX_CLASSES = 100_000  # as models[].num_classes
 
 
 class OutputsSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict types as in the rest of the manifest ("yes" is not true), finite numbers, and a
+    # bound on every list and map.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     decoder: Literal["torchvision", "ultralytics", "ssd", "gfl"] | None = None
-    score_threshold: float = Field(default=0.001, ge=0, lt=1)  # candidates kept for mAP
-    iou_threshold: float = Field(default=0.6, gt=0, le=1)  # class-wise NMS
-    max_detections: int = Field(default=100, ge=1, le=10_000)
+    score_threshold: StrictFloat = Field(default=0.001, ge=0, lt=1)  # candidates kept for mAP
+    iou_threshold: StrictFloat = Field(default=0.6, gt=0, le=1)  # class-wise NMS
+    max_detections: StrictInt = Field(default=100, ge=1, le=10_000)
     # ssd
     box_format: Literal["xyxy", "cxcywh", "xywh"] = "xyxy"
-    normalized_boxes: bool = False  # boxes in [0, 1] of the input size
-    background_class: bool = False  # scores[..., 0] is background, not a class
+    normalized_boxes: StrictBool = False  # boxes in [0, 1] of the input size
+    background_class: StrictBool = False  # scores[..., 0] is background, not a class
     # gfl
-    strides: tuple[int, ...] = (8, 16, 32, 64)
-    reg_max: int = Field(default=7, ge=1, le=64)
+    strides: tuple[StrictInt, ...] = Field(default=(8, 16, 32, 64), max_length=8)
+    reg_max: StrictInt = Field(default=7, ge=1, le=64)
     # categories
-    category_map: Literal["coco80"] | dict[int, int] | None = None
-    labels: Literal["imagenet"] | list[str] | None = None
+    category_map: Literal["coco80"] | dict[int, int] | None = Field(default=None,
+                                                                     max_length=MAX_CLASSES)
+    labels: Literal["imagenet"] | list[Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, max_length=MAX_CLASSES)
 
     @field_validator("strides")
     @classmethod
     def _positive_strides(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(s < 1 for s in v):
+        if not v or any(s < 1 or s > 1024 for s in v):
             raise ValueError("needs positive strides, e.g. [8, 16, 32, 64]")
         return v
 

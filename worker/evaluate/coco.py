@@ -20,9 +20,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from worker.evaluate.coco_doc import DatasetError, check_coco_document, read_coco_document
+from worker.evaluate.coco_doc import (
+    DatasetError,
+    check_coco_document,
+    confined_file,
+    read_coco_document,
+)
 
-__all__ = ["DatasetError", "CocoDataset", "load_coco", "read_image"]
+__all__ = ["DatasetError", "CocoDataset", "confined_file", "load_coco", "read_image"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -50,19 +55,6 @@ class CocoDataset:
 
     def image_path(self, image_id: int) -> Path:
         return confined_file(self.images_dir, self._files[image_id], self.roots)
-
-
-def confined_file(folder: Path, name: str, roots: tuple[Path, ...] = ()) -> Path:
-    """folder/name with symlinks followed, refused unless it lies inside the folder or roots:
-    a COCO file_name that is absolute or climbs with .., or a symlink out, is not read."""
-    allowed = [folder.resolve(), *roots]
-    try:
-        path = (folder / name).resolve()
-    except (RuntimeError, OSError):
-        raise DatasetError(f"{folder / name}: cannot be resolved (symlink loop?)") from None
-    if not any(path == r or r in path.parents for r in allowed):
-        raise DatasetError(f"{folder / name}: resolves outside the dataset's folders ({path})")
-    return path
 
 
 def load_coco(images_dir: str | Path, annotations: str | Path, num_classes: int | None = None,

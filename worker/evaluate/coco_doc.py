@@ -6,6 +6,9 @@ Every problem is a DatasetError whose one-line message names the file.
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,35 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number: NaN and Infinity are valid JSON to Python, never a box coordinate."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def confined_file(folder: Path, name: str, roots: tuple[Path, ...] = ()) -> Path:
+    """folder/name with symlinks followed, refused unless it lies inside the folder or roots:
+    a COCO file_name that is absolute or climbs with .., or a symlink out, is not read; nor is
+    anything there but a regular file (a FIFO would block its reader forever)."""
+    allowed = [folder.resolve(), *roots]
+    try:
+        path = (folder / name).resolve()
+    except (RuntimeError, OSError):
+        raise DatasetError(f"{folder / name}: cannot be resolved (symlink loop?)") from None
+    if not any(path == r or r in path.parents for r in allowed):
+        raise DatasetError(f"{folder / name}: resolves outside the dataset's folders ({path})")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path  # missing: the reader names it
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{folder / name}: not a regular file")
+    return path
+
+
+def check_image_files(doc: dict[str, Any], images: Path, roots: tuple[Path, ...]) -> None:
+    """Every file_name confined to the images folder (or the roots) and, where it exists, a
+    regular file: checked before a job is queued, without opening any of them."""
+    for im in doc["images"]:
+        confined_file(images, im["file_name"], roots)
 
 
 def read_coco_document(annotations: Path) -> dict[str, Any]:
@@ -29,7 +60,7 @@ def read_coco_document(annotations: Path) -> dict[str, Any]:
         raise DatasetError(f"{annotations}: annotations file does not exist")
     try:
         doc = json.loads(annotations.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, deep
         raise DatasetError(f"{annotations}: not valid JSON ({str(exc).splitlines()[0][:200]})") from None
     except OSError as exc:
         raise DatasetError(f"{annotations}: cannot be read ({exc.strerror or exc})") from None
@@ -48,10 +79,18 @@ def check_coco_document(doc: Any, annotations: Path, num_classes: int | None = N
         for i, entry in enumerate(doc[key]):
             if not isinstance(entry, dict) or any(f not in entry for f in fields):
                 raise DatasetError(f"{annotations}: {key}[{i}] needs the fields {', '.join(fields)}")
+    seen: set[int] = set()
     for i, im in enumerate(doc["images"]):
         if not _is_int(im["id"]) or not isinstance(im["file_name"], str) or not im["file_name"]:
             raise DatasetError(f"{annotations}: images[{i}]: id must be an integer and "
                                "file_name a non-empty string")
+        name = im["file_name"]
+        if name.endswith(("/", "\\")) or Path(name).name in ("", ".", "..") or "\x00" in name:
+            raise DatasetError(f"{annotations}: images[{i}].file_name {name!r} does not name a file")
+        if im["id"] in seen:
+            raise DatasetError(f"{annotations}: images[{i}].id {im['id']} is used by an earlier "
+                               "image too")
+        seen.add(im["id"])
     for i, cat in enumerate(doc["categories"]):
         if not _is_int(cat["id"]):
             raise DatasetError(f"{annotations}: categories[{i}].id must be an integer, "

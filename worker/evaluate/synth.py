@@ -114,7 +114,7 @@ def _distractors(rng: np.random.Generator, img: np.ndarray) -> None:
             draw.line(xy, fill=col, width=int(rng.integers(1, 3)))
         elif kind == 2:  # bar with aspect > 5: never mistaken for a square
             x, y = rng.uniform(0, w), rng.uniform(0, h)
-            ln, th = rng.uniform(20, 0.6 * w), rng.uniform(2, 4)
+            ln, th = rng.uniform(min(20.0, 0.6 * w), 0.6 * w), rng.uniform(2, 4)
             box = [x, y, x + ln, y + th] if rng.random() < 0.5 else [x, y, x + th, y + ln]
             draw.rectangle(box, fill=col)
         else:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -63,7 +64,8 @@ def build_yolo(arch: str, num_classes: int | None) -> nn.Module:
     # ultralytics probes DNS at import and sends usage events when online: never reach out
     os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
-        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.nn.modules import Conv
+        from ultralytics.nn.tasks import DetectionModel, guess_model_scale
     except ImportError:
         raise ModelError(f"source yolo needs the optional ultralytics package (AGPL-3.0): "
                          f"{EXTRA}") from None
@@ -72,11 +74,85 @@ def build_yolo(arch: str, num_classes: int | None) -> nn.Module:
         raise ModelError(f"arch {arch!r}: use a bundled ultralytics detection YAML such as "
                          "yolov8n.yaml or yolo11n.yaml (classify/segment/pose/obb variants are "
                          "not supported)")
+    config = bundled_config(arch, name)
+    config["scale"] = guess_model_scale(name)
+    config["yaml_file"] = name
+    # The config's `activation` would be eval'd by ultralytics: it is read here as a torch.nn
+    # class with literal arguments and set the way ultralytics would, never evaluated.
+    act = config.pop("activation", None)
+    default_act = Conv.default_act
     try:
-        return DetectionModel(name, nc=num_classes or 80, verbose=False)
-    except Exception as exc:  # unknown YAML name, or one that is not a detection network
+        if act is not None:
+            Conv.default_act = safe_activation(arch, act)
+        return DetectionModel(config, nc=num_classes or 80, verbose=False)
+    except ModelError:
+        raise
+    except Exception as exc:  # a YAML that is not a detection network
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"arch {arch!r}: ultralytics cannot build it ({first[:200]})") from None
+    finally:
+        Conv.default_act = default_act
+
+
+def bundled_config(arch: str, name: str) -> dict:
+    """The model YAML of that name inside the installed ultralytics package, parsed as data.
+
+    ultralytics itself looks in the working folder first: a yolov8n.yaml planted there would
+    be built instead (and its strings evaluated). Only a regular file under the package's own
+    cfg/models/ is read here.
+    """
+    import ultralytics
+
+    from worker.manifest import UniqueKeyLoader
+
+    models = (Path(ultralytics.__file__).parent / "cfg" / "models").resolve()
+    stem = Path(name).stem
+    # as ultralytics reads them: yolov8n.yaml is yolov8.yaml at scale n
+    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", stem) + ".yaml"
+    for wanted in dict.fromkeys((f"{stem}.yaml", unified)):
+        found = [p for p in models.rglob(wanted)
+                 if not p.is_symlink() and p.is_file() and models in p.resolve().parents]
+        if len(found) == 1:
+            try:
+                config = yaml.load(found[0].read_text(), Loader=UniqueKeyLoader)  # noqa: S506
+            except (OSError, yaml.YAMLError) as exc:
+                raise ModelError(f"arch {arch!r}: {found[0]} cannot be read ({exc})") from None
+            if not isinstance(config, dict):
+                raise ModelError(f"arch {arch!r}: {found[0]} is not a model YAML")
+            return config
+    raise ModelError(f"arch {arch!r}: no such model YAML bundled with ultralytics")
+
+
+def safe_activation(arch: str, spec: object) -> nn.Module:
+    """`nn.SiLU()` or `torch.nn.LeakyReLU(0.1)`: a torch.nn module class with literal arguments;
+    anything else is refused."""
+    import ast
+
+    refused = ModelError(f"arch {arch!r}: its activation {str(spec)[:100]!r} is not a torch.nn "
+                         "module with literal arguments")
+    try:
+        call = ast.parse(str(spec), mode="eval").body
+        if not isinstance(call, ast.Call):
+            raise refused
+        parts = []
+        node = call.func
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            raise refused
+        parts.append(node.id)
+        dotted = ".".join(reversed(parts))
+        if dotted not in (f"nn.{parts[0]}", f"torch.nn.{parts[0]}"):
+            raise refused
+        cls = getattr(nn, parts[0], None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise refused
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+        return cls(*args, **kwargs)
+    except (SyntaxError, ValueError, TypeError, RecursionError):
+        raise refused from None
 
 
 def load_yolo(model_id: str, arch: str, num_classes: int | None, input_size: tuple[int, int],

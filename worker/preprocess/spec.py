@@ -11,19 +11,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 
 class PreprocessSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict numbers as in the rest of the manifest ("114" is not 114), finite ones only: a
+    # NaN or inf here would pass every check and turn each input into NaN.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     resize: Literal["stretch", "letterbox", "shorter_side_crop"] = "stretch"
-    scale: float = Field(default=1 / 255, gt=0)
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    scale: StrictFloat = Field(default=1 / 255, gt=0, le=1e6)
+    mean: tuple[StrictFloat, ...] = Field(default=(0.0, 0.0, 0.0), max_length=3)
+    std: tuple[StrictFloat, ...] = Field(default=(1.0, 1.0, 1.0), max_length=3)
     channels: Literal["rgb", "bgr"] = "rgb"
-    pad_value: int = Field(default=114, ge=0, le=255)  # letterbox border, in pixel units
-    crop_ratio: float = Field(default=0.875, gt=0, le=1)  # shorter_side_crop: crop / resize
+    pad_value: StrictInt = Field(default=114, ge=0, le=255)  # letterbox border, in pixel units
+    crop_ratio: StrictFloat = Field(default=0.875, gt=0, le=1)  # shorter_side_crop: crop / resize
     interpolation: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
 
     @field_validator("mean", "std")
@@ -36,7 +38,7 @@ class PreprocessSpec(BaseModel):
     @field_validator("std")
     @classmethod
     def _positive_std(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(s <= 0 for s in v):
+        if any(s <= 1e-12 for s in v):
             raise ValueError("every std value must be positive")
         return v
 

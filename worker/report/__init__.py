@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.atomic import write_text_atomic
+from worker.manifest import check_job_id
 from worker.report.blocks import (
     Block,
     Bullets,
@@ -59,12 +62,32 @@ class Report:
 
 
 def report_folder(root: Path, job_id: str) -> Path:
-    return root / "reports" / job_id
+    return root / "reports" / check_job_id(job_id)  # a name, never a path
 
 
 def inspection_images(folder: Path) -> list[Path]:
-    """Pictures the inspection step left under <report>/inspect/, in a stable order."""
-    return sorted((folder / "inspect").glob("**/*.png"))
+    """Pictures the inspection step left under <report>/inspect/, in a stable order: regular
+    files really inside it only, so a symlink planted there never puts another file's bytes
+    into report.html."""
+    inspect = folder / "inspect"
+    try:
+        real_inspect = inspect.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return []
+    if inspect.is_symlink():
+        return []
+    pictures = []
+    for path in inspect.glob("**/*.png"):
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if (path.is_symlink() or real_inspect not in real.parents
+                or real.relative_to(real_inspect) != path.relative_to(inspect)
+                or not stat.S_ISREG(os.lstat(path).st_mode)):
+            continue
+        pictures.append(path)
+    return sorted(pictures)
 
 
 def build_report(root: Path, job_id: str, compare_with: str | None = None,

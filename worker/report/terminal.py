@@ -13,14 +13,16 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from worker.printable import printable
 from worker.report.blocks import Block, Bullets, Heading, Image, Para, Table
 
 PIPE_WIDTH = 250  # columns used when stdout is not a terminal
 
 
 def _plain(text: str) -> str:
-    """Inline Markdown we emit (`code`, **bold**) without its marks."""
-    return text.replace("`", "").replace("**", "")
+    """Inline Markdown we emit (`code`, **bold**) without its marks; a terminal escape in a
+    model's error or a path shown as text (worker/printable.py)."""
+    return printable(text.replace("`", "").replace("**", ""), keep_newlines=True)
 
 
 def terminal_console() -> Console:
@@ -57,7 +59,7 @@ def print_report(blocks: list[Block], folder: Path, files: list[Path],
             console.print(_table(b))
         elif isinstance(b, Image):
             path = b.path if b.path.is_absolute() else folder / b.path
-            console.print(Text(f"picture ({b.alt}): ") + Text(str(path), style="cyan"),
+            console.print(Text(printable(f"picture ({b.alt}): ")) + Text(printable(path), style="cyan"),
                           soft_wrap=True)
     console.print()
     console.print(Text("files written", style="bold underline"))
