@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, RedisServer, qbench, small_manifest, worker_env
+from tests.helpers import REPO, qbench, small_manifest, worker_env
 
 BASE_MODEL = {"id": "a", "arch": "resnet18", "num_classes": 10, "input_size": [64, 64]}
 FIXTURE = {"id": "det", "arch": "fixture", "input_size": [64, 64]}
@@ -207,13 +207,6 @@ def test_yolo_without_ultralytics_is_refused_at_validate(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("case", [case_no_such_net, case_int8_static_on_onnx, case_category_undeclared,
                                   case_iterations_bool],
                          ids=lambda f: f.__name__.removeprefix("case_"))
@@ -313,30 +306,6 @@ def test_run_into_a_results_path_that_is_a_file(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert str(results) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert results.read_text() == "not a folder"
-
-
-@pytest.fixture(scope="module")
-def small_job(tmp_path_factory):
-    """Two cheap units run in this process, with their artifacts: fp32 and int8_dynamic."""
-    import datetime as dt
-
-    from worker.manifest import Manifest
-    from worker.orchestrate import plan_from, save_plan
-    from worker.pipeline import run_unit
-
-    tmp = tmp_path_factory.mktemp("small_job")
-    manifest = Manifest.model_validate({
-        "name": "tiny", "models": [{"id": "r18", "arch": "resnet18", "num_classes": 10,
-                                    "input_size": [64, 64]}],
-        "quantization": {"modes": ["fp32", "int8_dynamic"]},
-        "benchmark": {"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
-        "inspect": {"images": 0}})
-    plan = plan_from(manifest, tmp, "tiny", now=dt.datetime(2026, 1, 1))
-    root = tmp / "results"
-    save_plan(plan, root)
-    for unit in plan.units:
-        assert run_unit(unit, root).status == "ok"
-    return root, plan.job_id
 
 
 def test_export_that_fails_later_leaves_the_users_files_as_they_were(small_job, tmp_path):

@@ -332,16 +332,20 @@ def export(job_id: Annotated[str, typer.Argument(help="Job id.")],
            to: Annotated[Path, typer.Option("--to", help="Folder to copy the artifacts into.")],
            model: Annotated[str | None, typer.Option("--model", help="Only this model id.")] = None,
            mode: Annotated[str | None, typer.Option("--mode", help="Only this mode.")] = None,
+           overwrite: Annotated[bool, typer.Option(
+               "--overwrite", help="Replace files already there that hold other bytes.")] = False,
            results: ResultsOpt = Path("results")) -> None:
     """Copy a job's saved models, checked against their sha256, with a JSON card beside each."""
     from worker.artifacts.export import ExportError, export_artifacts
 
     try:
-        done = export_artifacts(results, job_id, to, model=model, mode=mode)
+        done = export_artifacts(results, job_id, to, model=model, mode=mode, overwrite=overwrite)
     except ExportError as exc:
         raise CliError(str(exc)) from None
     for line in done.skipped:
         console.print(f"skipped {printable(line)}", highlight=False, soft_wrap=True)
+    for path in done.replaced:
+        console.print(f"replaced {printable(path)} (--overwrite)", highlight=False, soft_wrap=True)
     for path in done.kept:
         console.print(f"unchanged {printable(path)} (the same bytes were there already)",
                       highlight=False, soft_wrap=True)
@@ -352,16 +356,16 @@ def export(job_id: Annotated[str, typer.Argument(help="Job id.")],
 
 
 @data_app.command("synth")
-def data_synth(out_dir: Annotated[Path, typer.Option("--out", help="Folder to create.")],
+def data_synth(out_text: Annotated[str, typer.Option("--out", help="Folder to create.")],
                seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
                images: Annotated[int, typer.Option(min=1, max=1_000_000,
                                                    help="Number of images.")] = 64,
                size: Annotated[int, typer.Option(min=32, max=4096,
                                                  help="Image side in pixels.")] = 256) -> None:
     """Generate a COCO-format synthetic detection dataset (shapes on textured backgrounds)."""
-    if not str(out_dir).strip() or str(out_dir) != str(out_dir).strip():
-        # Path('') is the working folder: an empty --out would write into it unasked
-        raise CliError(f"--out {str(out_dir)!r}: give the folder to create")
+    if not out_text.strip():  # Path('') is the working folder: it would be written into unasked
+        raise CliError(f"--out {out_text!r}: give the folder to create")
+    out_dir = Path(out_text)
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"--out {printable(out_dir)}: is a file, not a folder")
     from worker.evaluate.synth import generate_dataset

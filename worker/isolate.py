@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import signal
 from pathlib import Path
 
 from worker.manifest import Unit
@@ -16,6 +17,9 @@ from worker.pipeline import Progress, UnitOutcome, failed_row, run_unit, write_o
 
 
 def _child(unit_json: str, root: str, messages: mp.Queue) -> None:
+    # Ctrl-C reaches the whole foreground group: the parent ends this child and records the
+    # unit, so the child leaves it to the parent instead of dying mid-write with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     unit = Unit.model_validate_json(unit_json)
     outcome = run_unit(unit, Path(root), lambda step, done, total: messages.put(
         ("progress", step, done, total)))

@@ -7,6 +7,7 @@ nothing half-copied behind.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ class ExportError(ValueError):
 class ExportResult:
     files: list[Path] = field(default_factory=list)  # artifacts written; cards beside them
     skipped: list[str] = field(default_factory=list)  # "model mode: why there is no artifact"
+    kept: list[Path] = field(default_factory=list)  # already there with the same bytes
+    replaced: list[Path] = field(default_factory=list)  # a different file was there (--overwrite)
 
 
 def _listing(names: list[str]) -> str:
@@ -140,9 +143,23 @@ def _roll_back(moved: list[tuple[Path, Path | None]]) -> bool:
     return ok
 
 
+def _differing(to: Path, staging: Path, staged: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(targets already there with the same bytes, targets holding different bytes)."""
+    same, different = [], []
+    for rel in staged:
+        final = to / rel
+        if final.is_file():
+            (same if filecmp.cmp(final, staging / rel, shallow=False) else different).append(rel)
+    return same, different
+
+
 def export_artifacts(root: Path, job_id: str, to: Path, model: str | None = None,
-                     mode: str | None = None) -> ExportResult:
-    """Copy the chosen artifacts of a job to <to>/<model_id>/<mode>.<ext> with <mode>.json."""
+                     mode: str | None = None, overwrite: bool = False) -> ExportResult:
+    """Copy the chosen artifacts of a job to <to>/<model_id>/<mode>.<ext> with <mode>.json.
+
+    A file already there with the same bytes is left as it is; one with other bytes (the
+    user's own, or another job's export) is never replaced silently: the export is refused,
+    naming it, unless overwrite is given, and then the replaced files are listed."""
     check_job_id(job_id)
     ready, skipped = _split(_select(root, job_id, model, mode))
     if not ready:
@@ -158,10 +175,19 @@ def export_artifacts(root: Path, job_id: str, to: Path, model: str | None = None
     # back exactly as it was; the user's own files are moved aside, never deleted.
     moved: list[tuple[Path, Path | None]] = []
     backups = staging / ".previous"
+    same: list[Path] = []
+    different: list[Path] = []
     try:
         staged = _stage(root, ready, latency, staging)
         _check_way_clear(to, staged)
+        same, different = _differing(to, staging, staged)
+        if different and not overwrite:
+            shown = ", ".join(str(to / r) for r in different[:LIST_AT_MOST])
+            raise ExportError(f"{shown}: already there with other content; nothing was written "
+                              "(--overwrite replaces them, or export to another folder)")
         for rel in staged:
+            if rel in same:
+                continue
             final = to / rel
             final.parent.mkdir(exist_ok=True)
             backup = None
@@ -184,4 +210,4 @@ def export_artifacts(root: Path, job_id: str, to: Path, model: str | None = None
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return ExportResult([to / Path(r["model_id"]) / Path(r["artifact_path"]).name for r in ready],
-                        skipped)
+                        skipped, [to / r for r in same], [to / r for r in different])
