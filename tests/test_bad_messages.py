@@ -114,3 +114,39 @@ def test_the_worker_still_runs_a_sound_unit_afterwards(stack):
     for path in _everything_under(tmp):
         if "redis" not in path.parts and path.name != "worker.log":
             assert results in path.parents, f"{path} written outside the results folder"
+
+
+@pytest.mark.parametrize("job_id", ["../../outside/evil-20260101T000000-abcdef",
+                                    "{tmp}/abs/evil-20260101T000000-abcdef",
+                                    "never-planned-20260101T000000-abcdef", 42])
+def test_a_crafted_report_message_writes_nothing(stack, job_id):
+    """The chord's body is a task like any other: its job id is a name of a job this results
+    store planned, never a path (it used to create that folder and write the report there)."""
+    tmp, results, worker, client = stack
+    if isinstance(job_id, str):
+        job_id = job_id.replace("{tmp}", str(tmp))
+    out = client.send_task("qbench.report_job", args=[[], job_id], queue="cpu").get(timeout=60)
+    assert out["status"] == "refused", out
+    assert not [p for p in _everything_under(tmp) if "evil" in str(p) or "never-planned" in str(p)]
+    assert not (tmp / "outside").exists() and not (tmp / "abs").exists()
+    assert worker.proc.poll() is None
+
+
+def test_a_unit_over_this_workers_limits_still_gets_its_error_row(stack, monkeypatch):
+    """A submitter with higher limits than the worker: the unit is refused here, but its ids
+    are sound, so the refusal is its error row (the chord and `status` count it) instead of a
+    unit shown `running` forever."""
+    tmp, results, worker, client = stack
+    monkeypatch.setenv("QBENCH_MAX_BATCH_SIZE", "100000")
+    unit = _unit(tmp)
+    unit["benchmark"]["batch_sizes"] = [50000]
+    unit["job_id"] = unit["job_id"].replace("msg-", "big-")
+    unit["job_name"] = "big"
+    unit["unit_id"] = unit_id_for(unit["job_id"], "r18", "fp32", "cpu")
+    out = _send(client, unit)
+    assert out["status"] == "refused" and out["unit_id"] == unit["unit_id"], out
+    rows = read_table(results, "models", unit["job_id"]).to_pylist()
+    assert [r["status"] for r in rows] == ["error"], rows
+    assert "batch_sizes" in rows[0]["error"] and "above the limit" in rows[0]["error"]
+    assert rows[0]["model_id"] == "r18" and rows[0]["mode"] == "fp32"
+    assert worker.proc.poll() is None

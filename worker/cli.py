@@ -53,9 +53,10 @@ class StepDisplay:
             task = self.bar.add_task(label, total=1)
             self.task = task
             return lambda step, done, total: self.bar.update(
-                task, description=f"{label}: {step}", completed=done, total=total)
+                task, description=f"{label}: {printable(step)}", completed=done, total=total)
+        # a step may name a layer of an ONNX file the user gave: printed escaped
         return lambda step, done, total: console.print(
-            f"{time.monotonic() - self.started:7.1f}s {label}: {step} ({done}/{total})",
+            f"{time.monotonic() - self.started:7.1f}s {label}: {printable(step)} ({done}/{total})",
             highlight=False)
 
     def finish(self, label: str, status: str) -> None:

@@ -75,9 +75,13 @@ def confine_unit(data: Unit | dict[str, Any], results_root: Path) -> Unit:
                                 f"folder {results_root}")
     for field, value in input_paths(unit):
         try:
-            unit.resolve(value)
+            path = unit.resolve(value)
         except ManifestError as exc:
             raise ManifestError(f"unit {unit.unit_id} refused: {field}: {exc}") from None
+        # a FIFO or a device would block the loader forever: only a regular file is opened
+        if field != "dataset.images" and path.exists() and not path.is_file():
+            raise ManifestError(f"unit {unit.unit_id} refused: {field}: {path} is not a "
+                                "regular file")
     return unit
 
 

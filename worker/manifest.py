@@ -133,7 +133,7 @@ class TargetSpec(Strict):
     min_agreement: StrictFloat = Field(default=0.99, gt=0, le=1)  # agreement with fp32, without one
     # continuous instead: mean cosine similarity of the outputs with fp32 (not for detectors)
     min_cosine: StrictFloat | None = Field(default=None, gt=0, le=1)
-    max_float: StrictInt | None = Field(default=None, ge=0)  # at most this many groups kept float
+    max_float: StrictInt | None = Field(default=None, ge=0, le=100_000)  # groups kept float at most
 
 
 class QuantizationSpec(Strict):

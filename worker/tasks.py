@@ -86,9 +86,14 @@ def plan_of_report(root: Path, job_id: object) -> None:
 
 
 @app.task(name="qbench.nightly")
-def nightly_task() -> list[str]:
-    """Submit every manifest in QBENCH_NIGHTLY_DIR with tonight's date in its job id."""
+def nightly_task(*args, **kwargs) -> list[str]:
+    """Submit every manifest in QBENCH_NIGHTLY_DIR with tonight's date in its job id. It takes
+    nothing from the message: a sender cannot name another folder."""
     from worker.nightly import submit_nightly
+
+    if args or kwargs:
+        log.error("nightly refused: it takes no arguments (got %d)", len(args) + len(kwargs))
+        return []
 
     folder = Path(os.environ.get("QBENCH_NIGHTLY_DIR", "jobs/nightly"))
     return submit_nightly(folder, results_root())
