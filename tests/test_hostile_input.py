@@ -422,3 +422,25 @@ def test_yolo_config_planted_in_the_working_folder_is_never_read(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not marker.exists(), "a string from a planted config was evaluated"
+
+
+def test_a_file_linked_into_the_results_is_named_not_read(small_job, tmp_path):
+    """A symlink planted among the unit files (to a Parquet file outside the results) is not
+    read as this job's rows: it is named and skipped, like a corrupt file."""
+    import shutil
+
+    from worker.results import read_table
+
+    root = tmp_path / "results"
+    shutil.copytree(small_job[0], root)
+    job_id = small_job[1]
+    unit_file = next((root / "models").glob(f"date=*/job={job_id}/*.parquet"))
+    outside = tmp_path / "outside.parquet"
+    shutil.copyfile(unit_file, outside)
+    planted = unit_file.with_name("0000000000000000.parquet")
+    planted.symlink_to(outside)
+    os.mkfifo(unit_file.with_name("1111111111111111.parquet"))
+    proc = qbench("report", job_id, "--results", str(root), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: skipped unreadable {planted}: not a regular file" in proc.stderr
+    assert read_table(root, "models", job_id).num_rows == 2

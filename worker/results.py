@@ -286,6 +286,9 @@ def read_table(root: Path, table: str, job_id: str | None = None) -> pa.Table:
     # hiding every other unit's rows.
     tables = []
     for f in files:
+        if os.path.islink(f) or not os.path.isfile(f):  # a FIFO would block the reader
+            UNREADABLE.setdefault(f, "not a regular file (left unread)")
+            continue
         try:
             tables.append(pq.read_table(f, schema=schema))
         except (pa.ArrowException, OSError) as exc:
