@@ -57,6 +57,7 @@ def max_batch_size() -> int:
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_YAML_DEPTH = 32  # a manifest nests 4 levels; deep nesting would exhaust the recursion
 MAX_INT_DIGITS = 30  # no count, size or id of a manifest needs more
+MAX_YAML_VALUES = 100_000  # values once aliases are expanded (a "billion laughs" has 10^9)
 MAX_MODELS = 64
 MAX_UNITS = 512  # models x modes x devices of one job
 MAX_BATCH_SIZES = 16
@@ -503,6 +504,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node, {}, set()) > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_YAML_VALUES} values once its aliases are expanded",
+                node.start_mark)
+        return node
+
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
@@ -534,6 +543,31 @@ class UniqueKeyLoader(yaml.SafeLoader):
         except ValueError:
             raise yaml.constructor.ConstructorError(
                 None, None, f"{node.value!r} is not a number", node.start_mark) from None
+
+
+def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values the node stands for once every alias is expanded (capped just over
+    the limit); an alias inside its own anchor counts as over the limit."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        return MAX_YAML_VALUES + 1
+    open_nodes.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, sizes, open_nodes)
+        if total > MAX_YAML_VALUES:
+            break
+    open_nodes.discard(key)
+    sizes[key] = min(total, MAX_YAML_VALUES + 1)
+    return sizes[key]
 
 
 UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)

@@ -120,7 +120,8 @@ def bundled_config(arch: str, name: str) -> dict:
             if not isinstance(config, dict):
                 raise ModelError(f"arch {arch!r}: {found[0]} is not a model YAML")
             return config
-    raise ModelError(f"arch {arch!r}: no such model YAML bundled with ultralytics")
+    raise ModelError(f"arch {arch!r}: ultralytics cannot build it (no model YAML of that name "
+                     "in the installed package)")
 
 
 def safe_activation(arch: str, spec: object) -> nn.Module:
