@@ -43,12 +43,13 @@ def output_paths(unit: Unit, root: Path) -> list[Path]:
             root / "jobs" / f"{unit.job_id}.json"]
 
 
-def input_paths(unit: Unit) -> list[tuple[str, str]]:
-    """(field, manifest path) of every file a unit reads."""
-    named = [("model.checkpoint", unit.model.checkpoint), ("model.path", unit.model.path)]
+def input_paths(unit: Unit) -> list[tuple[str, str, str]]:
+    """(field, manifest path, file | folder) of every input a unit reads."""
+    named = [("model.checkpoint", unit.model.checkpoint, "file"),
+             ("model.path", unit.model.path, "file")]
     if unit.dataset:
-        named += [(f, v) for f, v, _ in unit.dataset.named_paths()]
-    return [(f, v) for f, v in named if v is not None]
+        named += unit.dataset.named_paths()
+    return [(f, v, k) for f, v, k in named if v is not None]
 
 
 def confine_unit(data: Unit | dict[str, Any], results_root: Path) -> Unit:
@@ -73,13 +74,13 @@ def confine_unit(data: Unit | dict[str, Any], results_root: Path) -> Unit:
         if not _inside(path, results_root):
             raise ManifestError(f"unit {unit.unit_id} refused: {path} is outside the results "
                                 f"folder {results_root}")
-    for field, value in input_paths(unit):
+    for field, value, kind in input_paths(unit):
         try:
             path = unit.resolve(value)
         except ManifestError as exc:
             raise ManifestError(f"unit {unit.unit_id} refused: {field}: {exc}") from None
         # a FIFO or a device would block the loader forever: only a regular file is opened
-        if field != "dataset.images" and path.exists() and not path.is_file():
+        if kind == "file" and path.exists() and not path.is_file():
             raise ManifestError(f"unit {unit.unit_id} refused: {field}: {path} is not a "
                                 "regular file")
     return unit
