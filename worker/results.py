@@ -238,8 +238,50 @@ CLASS_METRICS = pa.schema(IDENTITY + [
     ("host", pa.string()),
 ])
 
+# One row per model x device x batch size of a job, written by the report (docs/report.md): the
+# fastest variant meeting the job's accuracy target, its speedup over the fastest fp32 baseline,
+# the runner-up and whether the two are told apart; when no quantized variant meets the target,
+# the closest one.
+RECOMMENDATIONS = pa.schema([
+    ("job_id", pa.string()),
+    ("job_name", pa.string()),
+    ("model_id", pa.string()),
+    ("device", pa.string()),
+    ("batch_size", pa.int32()),
+    ("target_metric", pa.string()),  # map_drop_pts | agreement_top1 | output_cosine
+    ("target", pa.float64()),  # at most (map_drop_pts) or at least (the others)
+    ("fastest_fp32_mode", pa.string()),
+    ("candidates", pa.int32()),  # variants with an ok row at this batch size
+    ("quantized_qualifying", pa.int32()),  # quantized variants meeting the target
+    ("recommended_mode", pa.string()),
+    ("recommended_backend", pa.string()),
+    ("recommended_unit_id", pa.string()),
+    ("speedup_vs_fastest_fp32", pa.float64()),
+    ("speedup_ci_low", pa.float64()),
+    ("speedup_ci_high", pa.float64()),
+    ("speedup_paired", pa.bool_()),  # False: a ratio of unpaired p50s, no interval
+    ("accuracy_metric", pa.string()),  # the target's metric, or "baseline" for an fp32 baseline
+    ("accuracy_value", pa.float64()),
+    ("accuracy_ci_low", pa.float64()),
+    ("accuracy_ci_high", pa.float64()),
+    ("meets_target", pa.bool_()),
+    ("interval_clears_target", pa.bool_()),  # null: no interval
+    ("runner_up_mode", pa.string()),
+    ("runner_up_speedup_vs_fastest_fp32", pa.float64()),
+    ("over_runner_up", pa.float64()),  # recommended speed / runner-up speed
+    ("over_runner_up_ci_low", pa.float64()),
+    ("over_runner_up_ci_high", pa.float64()),
+    ("told_apart", pa.bool_()),  # the interval of over_runner_up lies wholly above 1
+    ("runner_up_basis", pa.string()),  # paired | two paired runs | unpaired p50
+    ("closest_mode", pa.string()),  # set when no quantized variant meets the target
+    ("closest_accuracy_value", pa.float64()),
+    ("verdict", pa.string()),
+    ("env_fingerprint", pa.string()),
+    ("host", pa.string()),
+])
+
 SCHEMAS = {"latency": LATENCY, "models": MODELS, "layers": LAYERS, "samples": SAMPLES,
-           "class_metrics": CLASS_METRICS}
+           "class_metrics": CLASS_METRICS, "recommendations": RECOMMENDATIONS}
 
 
 def results_root() -> Path:

@@ -32,9 +32,18 @@ from worker.report.compare import (
 from worker.report.history import load_history, night_spread, step_regressions
 from worker.report.method import how_measured
 from worker.report.plots import plot_latency, plot_memory, plot_size_accuracy
-from worker.report.tables import latency_table, size_accuracy_table, summary_rows, unit_order
+from worker.report.recommend import Target, recommend
+from worker.report.tables import (
+    STABLE_LEGEND,
+    latency_table,
+    size_accuracy_table,
+    summary_rows,
+    unit_order,
+    without_empty_columns,
+)
 from worker.report.trend_plot import plot_trends
-from worker.results import read_table
+from worker.report.verdict import first_screen
+from worker.results import read_table, unit_file, write_rows
 
 __all__ = ["Report", "Thresholds", "build_report", "report_folder", "write_report"]
 
@@ -46,6 +55,7 @@ class Report:
     blocks: list[Block]
     rows: list[dict]
     comparison: Comparison | None
+    recommendations: list[dict]
 
     @property
     def markdown(self) -> str:
@@ -97,10 +107,13 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     classes = read_table(root, "class_metrics", job_id).to_pylist()
     folder = report_folder(root, job_id)
     folder.mkdir(parents=True, exist_ok=True)
-    threshold = threshold_pts(_max_map_drop(root, job_id))
+    target_spec = _target(root, job_id)
+    threshold = threshold_pts(target_spec.max_map_drop if target_spec else None)
     rows = summary_rows(models, latency)
     for row, m in _rows_with_units(rows, models):
         row.update(summary_columns(m, classes, threshold))
+    recs = recommend(models, latency, rows, Target.of(target_spec))
+    _mark_recommended(rows, recs)
     base = compare_with or previous_nightly(root, job_id)
     nights = load_history(root, job_id)  # empty unless job_id is a nightly with a history
     comparison = (compare_jobs(root, base, job_id, thresholds, night_spread(nights, job_id, base))
@@ -110,6 +123,9 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
         comparison.regressions += step_regressions(history, thresholds.latency_pct)
 
     blocks: list[Block] = [Heading(f"qbench report: {job_id}", 1)]
+    blocks += first_screen(job_id, models, latency, rows, recs,
+                           comparison.regressions if comparison else [], base,
+                           history if comparison else None)
     if comparison and comparison.regressions:
         blocks.append(Para(f"{len(comparison.regressions)} regression(s) against {base}:", alert=True))
         blocks.append(Bullets(comparison.regressions))
@@ -124,9 +140,10 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
             f"{r['model_id']} {r['mode']} batch {r['batch_size']}" for r in oom), alert=True))
     if not models:
         blocks.append(Para("No unit of this job has written a row yet."))
-    blocks += [Heading("Size and accuracy"), size_accuracy_table(models),
+    blocks += [Heading("Size and accuracy"), without_empty_columns(size_accuracy_table(models)),
                *class_blocks(models, classes, threshold),
-               Heading("Latency, throughput and memory"), latency_table(rows)]
+               Heading("Latency, throughput and memory"), without_empty_columns(latency_table(rows)),
+               Para(STABLE_LEGEND)]
     for plot, name, alt in ((plot_latency, "latency.png", "latency and throughput vs batch size"),
                             (plot_memory, "memory.png", "memory vs batch size")):
         if plot(rows, folder / name):
@@ -158,19 +175,42 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     method = how_measured(models, latency)
     if method:
         blocks += [Heading("How this was measured"), method]
-    return Report(job_id, folder, blocks, rows, comparison)
+    return Report(job_id, folder, blocks, rows, comparison, recs)
 
 
-def _max_map_drop(root: Path, job_id: str) -> float | None:
-    """The job's quantization.target.max_map_drop, from its saved plan (None: none, or no
-    plan here)."""
+def _target(root: Path, job_id: str):
+    """The job's quantization.target, from its saved plan (None: no plan here)."""
     from worker.orchestrate import load_plan
 
     try:
         units = load_plan(root, job_id).units
-    except Exception:  # a report of rows copied without their plan: the default threshold
+    except Exception:  # a report of rows copied without their plan: the default targets
         return None
-    return units[0].quantization.target.max_map_drop if units else None
+    return units[0].quantization.target if units else None
+
+
+def _mark_recommended(rows: list[dict], recs: list[dict]) -> None:
+    """summary.csv: which row is the recommendation at its batch size."""
+    chosen = {(r["model_id"], r["device"], r["batch_size"]): r.get("recommended_mode")
+              for r in recs}
+    for row in rows:
+        if row.get("batch_size") is None:
+            continue
+        row["recommended"] = chosen.get((row["model_id"], row["device"], row["batch_size"])) == row["mode"]
+
+
+def write_recommendations(root: Path, job_id: str, recs: list[dict]) -> Path | None:
+    """The job's `recommendations` rows, one file per job (rewritten by every report)."""
+    from worker.manifest import ManifestError, job_date_of
+
+    try:
+        day = job_date_of(job_id).isoformat()
+    except ManifestError:  # a job id without a date stamp: no partition to write into
+        return None
+    if not recs:
+        unit_file(root, "recommendations", day, job_id, "job").unlink(missing_ok=True)
+        return None
+    return write_rows(root, "recommendations", day, job_id, "job", recs)
 
 
 def _rows_with_units(rows: list[dict], models: list[dict]):
@@ -200,4 +240,5 @@ def write_report(root: Path, job_id: str, compare_with: str | None = None,
     write_text_atomic(report.folder / "report.html",
                   to_html(report.blocks, f"qbench report: {job_id}", report.folder))
     write_text_atomic(report.folder / "summary.csv", _csv(report.rows))
+    write_recommendations(root, job_id, report.recommendations)
     return report

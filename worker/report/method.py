@@ -39,6 +39,29 @@ def sampling_notes(latency: list[dict]) -> list[str]:
     return items
 
 
+def accuracy_notes(models: list[dict]) -> list[str]:
+    """What accuracy meant for the tasks this job measured, and nothing about the others."""
+    items = []
+    detectors = sorted({m["eval_images"] for m in models if m["eval_images"]
+                        and m.get("map") is not None})
+    if detectors:
+        items.append(f"Accuracy (detectors): COCO mAP by pycocotools on "
+                     f"{', '.join(map(str, detectors))} held-out images; agreement compares each "
+                     "mode's detections with fp32's on the same images (same label, IoU ≥ 0.5); "
+                     "count error is |n − n_fp32| / n_fp32 per image; the mAP drop's interval is "
+                     "a paired bootstrap over the images.")
+    classifiers = sorted({m["eval_images"] for m in models if m["eval_images"]
+                          and m.get("task") == "classification"})
+    if classifiers:
+        items.append(f"Accuracy (classifiers): top-1 against the labels and top-1 agreement with "
+                     f"fp32 on {', '.join(map(str, classifiers))} held-out images, each with its "
+                     "95% Wilson interval.")
+    if any(m.get("output_cosine") is not None for m in models):
+        items.append("Output agreement: cosine similarity and SQNR of each mode's raw outputs "
+                     "against fp32's on the same inputs.")
+    return items
+
+
 def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
     if not latency and not models:
         return None
@@ -67,11 +90,7 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
                      + ("; biases corrected for the int8 weights' mean output offset"
                         if corrected else "")
                      + "); calibration images are never evaluation images.")
-    evals = sorted({m["eval_images"] for m in models if m["eval_images"]})
-    if evals:
-        items.append(f"Accuracy: COCO mAP by pycocotools on {', '.join(map(str, evals))} held-out "
-                     "images; agreement compares each mode's detections with fp32's on the same "
-                     "images (same label, IoU ≥ 0.5); count error is |n − n_fp32| / n_fp32 per image.")
+    items += accuracy_notes(models)
     if any(m["trained_weights"] is False for m in models):
         items.append("Models with random weights have no accuracy columns: random weights are never "
                      "reported as an accuracy.")

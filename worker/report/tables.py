@@ -8,7 +8,8 @@ from typing import Any
 from worker.report.blocks import Table
 from worker.report.speedup import fastest_baseline, speedup_over
 
-MB = 1024 * 1024
+MIB = 1024 * 1024  # every size in the report is in MiB (the *_mb columns are MiB too)
+MB = MIB  # the summary columns' historical name
 
 
 def fmt(value: Any, spec: str, empty: str = "–") -> str:
@@ -119,6 +120,21 @@ def speedup_columns(r: dict, same_batch: list[dict]) -> dict[str, Any]:
     return out
 
 
+STABLE_LEGEND = ("stable: ✓ the row's latency CV is within the limit; ✗ it is not (its CV shown; "
+                 "the machine's load beside it is under Flags and in summary.csv).")
+
+
+def stability_mark(r: dict) -> str:
+    """A short mark for the table: ✓, or ✗ with the row's CV."""
+    stable = r.get("stable")
+    if stable is None:
+        return "–"
+    if stable:
+        return "✓"
+    cv = r.get("latency_cv")
+    return f"**✗** cv {100 * cv:.0f}%" if cv is not None else "**✗**"
+
+
 def stability_text(r: dict) -> str:
     """'yes', or why not: the row's CV and the machine's load beside it."""
     stable = r.get("stable")
@@ -165,10 +181,20 @@ def size_accuracy_table(models: list[dict]) -> Table:
             accuracy, fmt(m["map50"], ".3f"), drop_with_interval(m, drop), count,
             agreement, fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
         ])
-    return Table(["model", "mode", "device", "backend", "size MB", "reduction %", "int8 params %",
+    return Table(["model", "mode", "device", "backend", "size MiB", "reduction %", "int8 params %",
                   "mAP / top-1", "mAP@.5", "mAP drop pts", "count error",
                   "fp32 agreement (top-1 / recall)", "SQNR dB", "status"],
                  rows, align_right={4, 5, 6, 7, 8, 9, 10, 11, 12})
+
+
+def without_empty_columns(table: Table) -> Table:
+    """The table less the columns that are empty ("–" or blank) on every row."""
+    if not table.rows:
+        return table
+    keep = [i for i in range(len(table.headers))
+            if any(row[i] not in ("–", "") for row in table.rows)]
+    return Table([table.headers[i] for i in keep], [[row[i] for i in keep] for row in table.rows],
+                 {keep.index(i) for i in table.align_right if i in keep})
 
 
 def latency_table(rows: list[dict]) -> Table:
@@ -186,10 +212,10 @@ def latency_table(rows: list[dict]) -> Table:
              if r.get("speedup_vs_fastest_fp32_text") else "–"),
             fmt(r["throughput_ips"], ".1f"),
             fmt(r["rss_peak_mb"], ".0f"), fmt(r["cuda_max_allocated_mb"], ".0f"),
-            fmt(r.get("iterations_run"), "d"), stability_text(r),
+            fmt(r.get("iterations_run"), "d"), stability_mark(r),
             _status(r["status"], r["error"]),
         ])
     return Table(["model", "mode", "device", "batch", "p50 ms", "p90 ms", "speedup vs fp32",
-                  "p50 ratio (unpaired)", "vs fastest fp32", "images/s", "RSS peak MB",
-                  "CUDA peak MB", "samples", "stable", "status"],
+                  "p50 ratio (unpaired)", "vs fastest fp32", "images/s", "RSS peak MiB",
+                  "CUDA peak MiB", "samples", "stable", "status"],
                  out, align_right={3, 4, 5, 6, 7, 8, 9, 10, 11, 12})

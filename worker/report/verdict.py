@@ -1,0 +1,159 @@
+"""The report's first screen: the job, the nightly verdict, the recommendation, one line per
+variant and the flags, before any table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from worker.report.blocks import Block, Bullets, Heading, Para
+from worker.report.history import History
+from worker.report.speedup import FP32_BASELINES
+from worker.report.tables import MIB, stability_text, unit_order
+
+TREND_STEADY_PCT = 5.0  # a first-to-last change within this is "steady" in the nightly trend
+
+
+def job_line(models: list[dict], latency: list[dict], job_id: str) -> str:
+    """Job name and id, when, where (host, CPU and its int8 ISA, threads) and how long."""
+    rows = models or latency
+    if not rows:
+        return f"Job `{job_id}`: no rows yet."
+    first = rows[0]
+    started = [m["started_at"] for m in models if m.get("started_at")]
+    ended = [m["ended_at"] for m in models if m.get("ended_at")]
+    when = min(started).strftime("%Y-%m-%d %H:%M UTC") if started else "date unknown"
+    took = ""
+    if started and ended:
+        secs = (max(ended) - min(started)).total_seconds()
+        took = f", took {secs / 60:.1f} min" if secs >= 90 else f", took {secs:.0f} s"
+    isa = first.get("cpu_isa")
+    gpu = first.get("gpu_name")
+    return (f"Job **{first.get('job_name') or job_id}** (`{job_id}`), {when}{took}; host "
+            f"{first.get('host')}, CPU {first.get('cpu_model')} (int8 ISA: {isa or 'none'}), "
+            f"{first.get('threads')} thread(s)" + (f", GPU {gpu}" if gpu else "") + ".")
+
+
+def _speed_range(rows: list[dict]) -> str:
+    parts = []
+    for r in sorted(rows, key=lambda r: r["batch_size"]):
+        text = r.get("speedup_vs_fastest_fp32_text")
+        if text:
+            parts.append(f"batch {r['batch_size']} {text}")
+    return ", ".join(parts) if parts else "speed not measured"
+
+
+def variant_lines(models: list[dict], summary: list[dict], recs: list[dict]) -> list[str]:
+    """One line per quantized variant: size, speed with CI per batch, accuracy with CI, met."""
+    from worker.report.recommend import Target, accuracy_of
+
+    by_unit = defaultdict(list)
+    for s in summary:
+        if s.get("batch_size") is not None and s.get("status") == "ok":
+            by_unit[(s["model_id"], s["mode"], s["device"])].append(s)
+    targets = {(r["model_id"], r["device"]): (r["target_metric"], r["target"]) for r in recs}
+    lines = []
+    for m in sorted(models, key=unit_order):
+        if m["mode"] in FP32_BASELINES:
+            continue
+        name = f"**{m['model_id']} {m['mode']}** ({m['device']})"
+        if m["status"] != "ok":
+            lines.append(f"{name}: failed: {m['error']}")
+            continue
+        size = ""
+        if m.get("size_bytes") and m.get("fp32_size_bytes"):
+            size = (f"{m['fp32_size_bytes'] / m['size_bytes']:.1f}x smaller "
+                    f"({m['size_bytes'] / MIB:.1f} MiB); ")
+        metric, threshold = targets.get((m["model_id"], m["device"]), (None, None))
+        target = Target(*(
+            (threshold, 0.99, 0.999) if metric == "map_drop_pts" else
+            (1.0, threshold, 0.999) if metric == "agreement_top1" else
+            (1.0, 0.99, threshold) if metric == "output_cosine" and threshold else (1.0, 0.99, 0.999)))
+        acc = accuracy_of(m, {}, target)
+        met = "**meets the target**" if acc.meets else "**misses the target**"
+        lines.append(f"{name}: {size}speed over the fastest fp32: "
+                     f"{_speed_range(by_unit[(m['model_id'], m['mode'], m['device'])])}; "
+                     f"{acc.text()}: {met}.")
+    return lines
+
+
+def flag_lines(models: list[dict], summary: list[dict], regressions: list[str],
+               base: str | None) -> list[str]:
+    """Regressions, unstable rows, failures, and rows not doing what their name says."""
+    out = [f"regression against {base}: {r}" for r in regressions]
+    for m in sorted(models, key=unit_order):
+        if m["status"] != "ok":
+            out.append(f"{m['model_id']} {m['mode']} {m['device']} failed: {m['error']}")
+        elif (m["mode"] not in FP32_BASELINES and m["mode"].startswith(("int8", "ort_int8"))
+              and m.get("params_int8_fraction") == 0):
+            out.append(f"{m['model_id']} {m['mode']} {m['device']}: no int8 weights: it runs "
+                       "in float, whatever its name")
+        if m.get("mixed_target_met") is False:
+            out.append(f"{m['model_id']} {m['mode']} {m['device']}: the mixed-precision search "
+                       "did not reach its target")
+    unstable = [s for s in summary if s.get("stable") is False]
+    if unstable:
+        out.append(f"{len(unstable)} unstable row(s) (latency CV over the limit): "
+                   + ", ".join(f"{s['mode']} batch {s['batch_size']} {stability_text(s)}"
+                               for s in unstable[:8])
+                   + ("…" if len(unstable) > 8 else ""))
+    failed_pairs = [s for s in summary if str(s.get("pairing") or "").startswith("failed")]
+    if failed_pairs:
+        out.append("paired timing failed for: " + ", ".join(
+            f"{s['mode']} batch {s['batch_size']}" for s in failed_pairs))
+    for s in summary:
+        if s.get("status") == "oom":
+            out.append(f"out of memory: {s['model_id']} {s['mode']} batch {s['batch_size']}")
+    return out
+
+
+def nightly_lines(history: History | None, regressions: list[str], base: str | None) -> list[str]:
+    """The verdict against the previous night and the trend over the history, in words."""
+    if base is None:
+        return []
+    verdict = (f"**{len(regressions)} regression(s)** against the previous night ({base})."
+               if regressions else
+               f"**No regression** against the previous night ({base}): every change is within "
+               "the noise or below the thresholds.")
+    lines = [verdict]
+    if history is None or len(history.jobs) < 2:
+        return lines
+    moves = []
+    for (model, mode, device, batch), nights in sorted(history.series.items()):
+        if len(nights) < 2 or nights[-1].job_id != history.jobs[-1]:
+            continue
+        change = 100 * (nights[-1].p50 / nights[0].p50 - 1) if nights[0].p50 else 0.0
+        moves.append((abs(change), change, f"{model} {mode} {device} batch {batch}",
+                      nights[0].p50, nights[-1].p50, len(nights)))
+    if not moves:
+        return lines
+    moves.sort(reverse=True)
+    steady = [m for m in moves if m[0] <= TREND_STEADY_PCT]
+    text = (f"Trend over the last {len(history.jobs)} nights: {len(steady)} of {len(moves)} "
+            f"rows steady (median latency within ±{TREND_STEADY_PCT:.0f}% of the first night)")
+    moved = [m for m in moves if m[0] > TREND_STEADY_PCT][:3]
+    if moved:
+        text += "; moved most: " + "; ".join(
+            f"{what} {'slower' if c > 0 else 'faster'} by {abs(c):.0f}% ({a:.1f} → {b:.1f} ms)"
+            for _, c, what, a, b, _ in moved)
+    lines.append(text + ".")
+    return lines
+
+
+def first_screen(job_id: str, models: list[dict], latency: list[dict], summary: list[dict],
+                 recs: list[dict[str, Any]], regressions: list[str], base: str | None,
+                 history: History | None) -> list[Block]:
+    blocks: list[Block] = [Para(job_line(models, latency, job_id))]
+    nightly = nightly_lines(history, regressions, base)
+    if nightly:
+        blocks += [Heading("Tonight against the previous night"),
+                   Para(nightly[0], alert=bool(regressions)), *(Para(t) for t in nightly[1:])]
+    if recs:
+        blocks += [Heading("Recommendation"), Bullets([r["verdict"] for r in recs])]
+    variants = variant_lines(models, summary, recs)
+    if variants:
+        blocks += [Heading("Each variant"), Bullets(variants)]
+    flags = flag_lines(models, summary, [] if nightly else regressions, base)
+    if flags:
+        blocks += [Heading("Flags"), Bullets(flags)]
+    return blocks
