@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -107,6 +108,39 @@ def test_nightly_compares_with_previous_night(tmp_path):
     assert previous_nightly(tmp_path, "n-nightly-20261123-abcdef") is None
     report = build_report(tmp_path, "n-nightly-20261125-123456")
     assert report.comparison.base == "n-nightly-20261124-abcdef" and report.regressions
+    # the verdict and the trend open the report, before any table or picture
+    md = report.markdown
+    top = md.split("## Size and accuracy", 1)[0]
+    assert "## Tonight against the previous night" in top
+    assert f"**{len(report.regressions)} regression(s)** against the previous night " \
+           "(n-nightly-20261124-abcdef)" in top
+    assert "Trend over the last 3 nights: 0 of 1 rows steady" in top
+    assert "m fp32 cpu batch 1 slower by 50% (100.0 → 150.0 ms)" in top
+    assert md.index("Tonight against") < md.index("## Compared with")
+
+
+def test_quiet_night_says_no_regression_first(tmp_path):
+    _job(tmp_path, "n-nightly-20261124-abcdef", {"fp32": 100.0}, {"fp32": 0.8})
+    _job(tmp_path, "n-nightly-20261125-abcdef", {"fp32": 101.0}, {"fp32": 0.8})
+    top = build_report(tmp_path, "n-nightly-20261125-abcdef").markdown.split("## Size", 1)[0]
+    assert "**No regression** against the previous night (n-nightly-20261124-abcdef)" in top
+    assert "1 of 1 rows steady (median latency within ±5% of the first night)" in top
+
+
+def test_inspection_pictures_over_the_budget_are_linked_not_embedded(tmp_path):
+    from worker.report import INSPECT_BUDGET_BYTES, inspection_images, within_budget
+
+    folder = tmp_path / "inspect" / "m-int8-cpu"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("conv_grid_abs", "conv_grid_rel", "first_conv_diff", "sqnr_by_layer"):
+        # noise does not compress: each file is about 1.2 MB
+        Image.fromarray(rng.integers(0, 255, (640, 640, 3), dtype=np.uint8)).save(
+            folder / f"{name}.png")
+    shown, linked = within_budget(inspection_images(tmp_path), INSPECT_BUDGET_BYTES)
+    assert [p.stem for p in shown] == ["sqnr_by_layer"]  # the summary picture first
+    assert sorted(p.stem for p in linked) == ["conv_grid_abs", "conv_grid_rel", "first_conv_diff"]
+    assert sum(p.stat().st_size for p in shown) <= INSPECT_BUDGET_BYTES
 
 
 def test_cli_check_exit_code(tmp_path):
@@ -135,7 +169,7 @@ def test_html_renders_in_headless_chromium(real_job, tmp_path):
     proc = subprocess.run(
         [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
          f"--screenshot={shot}", (report.folder / "report.html").as_uri()],
         capture_output=True, text=True, timeout=120)
     assert shot.exists(), proc.stderr[-2000:]
@@ -143,4 +177,8 @@ def test_html_renders_in_headless_chromium(real_job, tmp_path):
         grey = im.convert("L")
         colours = len(set(grey.getdata()))
         dark = sum(1 for v in grey.getdata() if v < 128)
-    assert colours > 20 and dark > 1000, "the screenshot shows text and plots, not a blank page"
+    assert colours > 20 and dark > 1000, "the screenshot shows text, not a blank page"
+    # the first screen answers: the recommendation and the variants come before the tables
+    html = (report.folder / "report.html").read_text()
+    assert html.index("<h2>Recommendation</h2>") < html.index("<h2>Each variant</h2>") < \
+        html.index("<h2>Size and accuracy</h2>")

@@ -19,7 +19,8 @@ import worker.plotting  # noqa: F401 - Agg, quiet font fallbacks
 from worker.inspect.metrics import layer_metrics
 from worker.inspect.record import LayerComparison, LayerRecord
 
-GRID_CAP = 24  # panels in the all-conv grid
+GRID_CAP = 12  # panels in the all-conv grid: 4 a row, each large enough to read at 1400 px
+GRID_COLUMNS = 4
 DPI = 100
 _ALPHA = 0.65  # heat map over a grey copy of the image
 
@@ -54,24 +55,32 @@ def _stride(rec: LayerRecord, canvas: tuple[float, float]) -> float:
     return canvas[0] / rec.abs_map.shape[0]
 
 
+def clip_max(heats: list[np.ndarray]) -> float:
+    """The colour scale's top: the 99th percentile of the finite values of all `heats`."""
+    finite = np.concatenate([h[np.isfinite(h)].ravel() for h in heats]) if heats else np.zeros(0)
+    vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
+    return vmax if vmax > 0 else max(float(finite.max()) if finite.size else 0.0, 1e-12)
+
+
 def _overlay(fig: Figure, ax: Axes, comp: LayerComparison, heat: np.ndarray, cbar_label: str,
-             cmap: str, font: float = 9) -> None:
-    """Heat map (bilinear upsampled over the layer's canvas) on a grey copy of the image."""
+             cmap: str, font: float = 9, vmax: float | None = None, colorbar: bool = True):
+    """Heat map (bilinear upsampled over the layer's canvas) on a grey copy of the image;
+    `vmax` shares one colour scale between panels (default: this heat map's own)."""
     h, w = comp.image.shape[:2]
     ch, cw = comp.canvas
     ax.imshow(comp.image.mean(axis=2), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
-    finite = heat[np.isfinite(heat)]
-    vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
-    vmax = vmax if vmax > 0 else max(float(finite.max()) if finite.size else 0.0, 1e-12)
+    vmax = clip_max([heat]) if vmax is None else vmax
     im = ax.imshow(heat, cmap=cmap, alpha=_ALPHA, vmin=0, vmax=vmax, extent=(0, cw, ch, 0),
                    interpolation="bilinear")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_xticks([])
     ax.set_yticks([])
-    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend="max")
-    cb.set_label(cbar_label, fontsize=font)
-    cb.ax.tick_params(labelsize=font - 1)
+    if colorbar:
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend="max")
+        cb.set_label(cbar_label, fontsize=font)
+        cb.ax.tick_params(labelsize=font - 1)
+    return im
 
 
 def _conv_maps(comp: LayerComparison) -> list[LayerRecord]:
@@ -117,26 +126,33 @@ def plot_conv_grid(comp: LayerComparison, path: Path, label: str, relative: bool
     if not convs:
         return None
     chosen = evenly(convs, cap)
-    ncols = min(6, len(chosen))
+    ncols = min(GRID_COLUMNS, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
-    fig, axes = _figure(3.5 * ncols, 3.3 * nrows + 1.0, nrows, ncols, title_in=1.0,
-                        left_in=0.1, bottom_in=0.1)
+    fig, axes = _figure(3.4 * ncols + 1.0, 3.2 * nrows + 1.1, nrows, ncols, title_in=1.0,
+                        left_in=0.1, bottom_in=0.1, right_in=1.1)
     axes = axes.ravel()
     what = "relative" if relative else "absolute"
     unit = "% of |fp32|" if relative else "|Δ|"
-    for ax, rec in zip(axes, chosen, strict=False):
-        heat = 100 * rec.rel_map() if relative else rec.abs_map
-        _overlay(fig, ax, comp, heat, unit, "magma" if relative else "inferno", font=7)
+    heats = [100 * rec.rel_map() if relative else rec.abs_map for rec in chosen]
+    vmax = clip_max(heats)  # one scale for the grid: panels compare with each other
+    im = None
+    for ax, rec, heat in zip(axes, chosen, heats, strict=False):
+        im = _overlay(fig, ax, comp, heat, unit, "magma" if relative else "inferno", font=9,
+                      vmax=vmax, colorbar=False)
         sqnr = _db(rec.stats.result()["sqnr_db"])
         ax.set_title(f"#{rec.index} {_short(rec.name)}\nSQNR {sqnr} dB, stride "
-                     f"{_stride(rec, comp.canvas):g} px", fontsize=8)
+                     f"{_stride(rec, comp.canvas):g} px", fontsize=10)
     for ax in axes[len(chosen):]:
         ax.axis("off")
+    if im is not None:
+        cax = fig.add_axes((1 - 0.8 / fig.get_figwidth(), 0.1, 0.25 / fig.get_figwidth(), 0.7))
+        cb = fig.colorbar(im, cax=cax, extend="max")
+        cb.set_label(unit, fontsize=10)
     shown = (f"all {len(convs)} conv layers" if len(chosen) == len(convs) else
              f"{len(chosen)} of {len(convs)} conv layers, evenly spaced in network order")
     fig.suptitle(f"{what.capitalize()} difference fp32 vs {label} per conv layer, mean over "
-                 f"channels, image 1 — {shown}\neach panel has its own colour scale "
-                 "(clipped at its 99th percentile)", fontsize=12)
+                 f"channels, image 1 — {shown}\none colour scale for every panel "
+                 "(clipped at the grid's 99th percentile)", fontsize=12)
     _save(fig, path)
     return path
 

@@ -16,6 +16,7 @@ from worker.report.blocks import (
     Bullets,
     Heading,
     Image,
+    Links,
     Para,
     Table,
     to_html,
@@ -31,7 +32,7 @@ from worker.report.compare import (
 )
 from worker.report.history import load_history, night_spread, step_regressions
 from worker.report.method import how_measured
-from worker.report.plots import plot_latency, plot_memory, plot_size_accuracy
+from worker.report.plots import plot_latency, plot_memory, plot_size_accuracy, plot_speedup
 from worker.report.recommend import Target, recommend
 from worker.report.tables import (
     STABLE_LEGEND,
@@ -75,6 +76,14 @@ def report_folder(root: Path, job_id: str) -> Path:
     return root / "reports" / check_job_id(job_id)  # a name, never a path
 
 
+# PNG bytes of inspection pictures embedded in report.html (base64 adds a third): with the
+# report's own plots the quickstart's page stays under 3 MB.
+INSPECT_BUDGET_BYTES = 1_600_000
+# Summary pictures first: per-layer SQNR and the hexbins read at a glance; the grids last.
+PICTURE_ORDER = ("sqnr_by_layer", "hexbin_outputs", "hexbin_layers", "mixed_precision_tradeoff",
+                 "first_conv_diff", "conv_grid_abs", "conv_grid_rel")
+
+
 def inspection_images(folder: Path) -> list[Path]:
     """Pictures the inspection step left under <report>/inspect/, in a stable order: regular
     files really inside it only, so a symlink planted there never puts another file's bytes
@@ -98,6 +107,25 @@ def inspection_images(folder: Path) -> list[Path]:
             continue
         pictures.append(path)
     return sorted(pictures)
+
+
+def within_budget(pictures: list[Path], budget: int) -> tuple[list[Path], list[Path]]:
+    """(embedded, linked): summary pictures first, each unit's in turn, until the budget."""
+    def rank(p: Path) -> tuple:
+        kind = next((i for i, k in enumerate(PICTURE_ORDER) if p.stem.startswith(k)),
+                    len(PICTURE_ORDER))
+        return (kind, str(p))
+
+    shown, linked, used = [], [], 0
+    for p in sorted(pictures, key=rank):
+        size = p.stat().st_size
+        if used + size <= budget:
+            shown.append(p)
+            used += size
+        else:
+            linked.append(p)
+    order = {p: i for i, p in enumerate(pictures)}
+    return sorted(shown, key=order.get), sorted(linked, key=order.get)
 
 
 def build_report(root: Path, job_id: str, compare_with: str | None = None,
@@ -144,7 +172,8 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
                *class_blocks(models, classes, threshold),
                Heading("Latency, throughput and memory"), without_empty_columns(latency_table(rows)),
                Para(STABLE_LEGEND)]
-    for plot, name, alt in ((plot_latency, "latency.png", "latency and throughput vs batch size"),
+    for plot, name, alt in ((plot_speedup, "speedup.png", "speedup vs batch size, 95% intervals"),
+                            (plot_latency, "latency.png", "latency and throughput vs batch size"),
                             (plot_memory, "memory.png", "memory vs batch size")):
         if plot(rows, folder / name):
             blocks.append(Image(Path(name), alt))
@@ -164,8 +193,13 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
                         "with a JSON card each, after checking their sha256.")]
     pictures = inspection_images(folder)
     if pictures:
+        shown, linked = within_budget(pictures, INSPECT_BUDGET_BYTES)
         blocks.append(Heading("Where quantization hurts"))
-        blocks += [Image(p.relative_to(folder), p.stem.replace("_", " ")) for p in pictures]
+        blocks += [Image(p.relative_to(folder), p.stem.replace("_", " ")) for p in shown]
+        if linked:
+            blocks.append(Links(f"{len(linked)} more picture(s), beside the report (left out of "
+                                "the page to keep it small):",
+                                [p.relative_to(folder) for p in linked]))
     if comparison:
         blocks += comparison_blocks(comparison, thresholds)
     trends = plot_trends(history, folder) if history and len(history.jobs) >= 2 else []

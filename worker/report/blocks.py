@@ -42,7 +42,16 @@ class Image:
     alt: str
 
 
-Block = Heading | Para | Bullets | Table | Image
+@dataclass
+class Links:
+    """Pictures left out of the page (its size budget) and linked instead: files beside the
+    report, a click away."""
+
+    intro: str
+    paths: list[Path]  # relative to the report folder
+
+
+Block = Heading | Para | Bullets | Table | Image | Links
 
 
 def to_markdown(blocks: list[Block], folder: Path) -> str:
@@ -62,6 +71,8 @@ def to_markdown(blocks: list[Block], folder: Path) -> str:
             out.append("")
         elif isinstance(b, Image):
             out += [f"![{b.alt}]({b.path.relative_to(folder) if b.path.is_absolute() else b.path})", ""]
+        elif isinstance(b, Links):
+            out += [b.intro, ""] + [f"- [{p.as_posix()}]({p.as_posix()})" for p in b.paths] + [""]
     return "\n".join(out)
 
 
@@ -111,5 +122,9 @@ def to_html(blocks: list[Block], title: str, folder: Path) -> str:
             path = b.path if b.path.is_absolute() else folder / b.path
             data = base64.b64encode(path.read_bytes()).decode()
             out.append(f"<img alt=\"{html.escape(b.alt)}\" src=\"data:image/png;base64,{data}\">")
+        elif isinstance(b, Links):
+            items = "".join(f"<li><a href=\"{html.escape(p.as_posix())}\">{html.escape(p.as_posix())}"
+                            "</a></li>" for p in b.paths)
+            out.append(f"<details><summary>{_inline(b.intro)}</summary><ul>{items}</ul></details>")
     out.append("</body></html>")
     return "\n".join(out)

@@ -137,7 +137,8 @@ def recommend(models: list[dict], latency: list[dict], summary: list[dict],
     for r in latency:
         groups[(r["model_id"], r["device"], r["batch_size"])].append(r)
     out = []
-    for (model_id, device, batch), rows in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (model_id, device, batch), rows in sorted(groups.items(),
+                                                          key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
         ok = [r for r in rows if r["status"] == "ok" and r["unit_id"] in by_unit
               and by_unit[r["unit_id"]]["status"] == "ok"]
         if not ok:

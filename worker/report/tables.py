@@ -204,11 +204,14 @@ def latency_table(rows: list[dict]) -> Table:
             continue
         speed = r["speedup_vs_fp32"]
         fastest = r.get("fastest_fp32_mode")
+        eager = r["mode"] == "fp32"  # fp32 eager against itself: "ref", not three 1.00x
         out.append([
             r["model_id"], r["mode"], r["device"], str(r["batch_size"]),
             fmt(r["latency_ms_p50"], ".1f"), fmt(r["latency_ms_p90"], ".1f"),
-            r.get("speedup_vs_fp32_text") or "–", f"{speed:.2f}x" if speed else "–",
-            (f"{r['speedup_vs_fastest_fp32_text']} ({fastest})"
+            "ref" if eager else r.get("speedup_vs_fp32_text") or "–",
+            "–" if eager else f"{speed:.2f}x" if speed else "–",
+            ("ref" if r["mode"] == fastest else
+             f"{r['speedup_vs_fastest_fp32_text']} ({fastest})"
              if r.get("speedup_vs_fastest_fp32_text") else "–"),
             fmt(r["throughput_ips"], ".1f"),
             fmt(r["rss_peak_mb"], ".0f"), fmt(r["cuda_max_allocated_mb"], ".0f"),

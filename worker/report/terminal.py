@@ -14,7 +14,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from worker.printable import printable
-from worker.report.blocks import Block, Bullets, Heading, Image, Para, Table
+from worker.report.blocks import Block, Bullets, Heading, Image, Links, Para, Table
 
 PIPE_WIDTH = 250  # columns used when stdout is not a terminal
 
@@ -61,6 +61,11 @@ def print_report(blocks: list[Block], folder: Path, files: list[Path],
             path = b.path if b.path.is_absolute() else folder / b.path
             console.print(Text(printable(f"picture ({b.alt}): ")) + Text(printable(path), style="cyan"),
                           soft_wrap=True)
+        elif isinstance(b, Links):
+            console.print(Text(_plain(b.intro)))
+            for p in b.paths:
+                console.print(Text("• ") + Text(printable(folder / p), style="cyan"),
+                              soft_wrap=True)
     console.print()
     console.print(Text("files written", style="bold underline"))
     for path in files:

@@ -140,6 +140,45 @@ def nightly_lines(history: History | None, regressions: list[str], base: str | N
     return lines
 
 
+def recommendation_lines(recs: list[dict]) -> list[str]:
+    """One line per model x device when every batch size has the same answer, else one per
+    batch size (each row's own verdict)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in recs:
+        groups[(r["model_id"], r["device"])].append(r)
+    lines = []
+    for (model, device), rows in groups.items():
+        modes = {r["recommended_mode"] for r in rows}
+        if len(rows) == 1 or len(modes) != 1 or None in modes or any(r["closest_mode"] for r in rows):
+            lines += [r["verdict"] for r in rows]
+            continue
+        mode = modes.pop()
+        speeds = ", ".join(
+            f"batch {r['batch_size']} "
+            + (f"{r['speedup_vs_fastest_fp32']:.2f}x" if r["speedup_vs_fastest_fp32"] else "–")
+            + (f" [{r['speedup_ci_low']:.2f}–{r['speedup_ci_high']:.2f}]"
+               if r["speedup_ci_low"] and r["speedup_ci_high"] else "") for r in rows)
+        first = rows[0]
+        line = (f"{model} on {device}: use **{mode}** at every batch size measured; speedup over "
+                f"{first['fastest_fp32_mode']}: {speeds}")
+        if first["accuracy_metric"] != "baseline":
+            from worker.report.recommend import Accuracy
+
+            acc = Accuracy(first["accuracy_metric"], first["accuracy_value"],
+                           first["accuracy_ci_low"], first["accuracy_ci_high"], first["target"])
+            clears = acc.interval_clears
+            line += "; " + acc.text() + (
+                ", its whole interval clears the target" if clears else
+                ", its interval reaches past the target" if clears is False else "")
+        ups = {r["runner_up_mode"] for r in rows if r["runner_up_mode"]}
+        if ups:
+            apart = sum(bool(r["told_apart"]) for r in rows if r["runner_up_mode"])
+            line += (f"; runner-up {'/'.join(sorted(ups))}, told apart by its measured interval "
+                     f"at {apart} of {sum(1 for r in rows if r['runner_up_mode'])} batch sizes")
+        lines.append(line + ".")
+    return lines
+
+
 def first_screen(job_id: str, models: list[dict], latency: list[dict], summary: list[dict],
                  recs: list[dict[str, Any]], regressions: list[str], base: str | None,
                  history: History | None) -> list[Block]:
@@ -149,7 +188,7 @@ def first_screen(job_id: str, models: list[dict], latency: list[dict], summary: 
         blocks += [Heading("Tonight against the previous night"),
                    Para(nightly[0], alert=bool(regressions)), *(Para(t) for t in nightly[1:])]
     if recs:
-        blocks += [Heading("Recommendation"), Bullets([r["verdict"] for r in recs])]
+        blocks += [Heading("Recommendation"), Bullets(recommendation_lines(recs))]
     variants = variant_lines(models, summary, recs)
     if variants:
         blocks += [Heading("Each variant"), Bullets(variants)]
