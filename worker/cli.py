@@ -160,7 +160,8 @@ def _check_writable(results: Path) -> None:
     import tempfile
 
     for folder in [results] + [results / t for t in ("jobs", "models", "latency", "layers",
-                                                     "class_metrics", "reports", "artifacts")]:
+                                                     "class_metrics", "recommendations", "reports",
+                                                     "artifacts")]:
         if folder == results or folder.exists():
             try:
                 folder.mkdir(parents=True, exist_ok=True)

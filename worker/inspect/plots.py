@@ -128,8 +128,8 @@ def plot_conv_grid(comp: LayerComparison, path: Path, label: str, relative: bool
     chosen = evenly(convs, cap)
     ncols = min(GRID_COLUMNS, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
-    fig, axes = _figure(3.4 * ncols + 1.0, 3.2 * nrows + 1.1, nrows, ncols, title_in=1.0,
-                        left_in=0.1, bottom_in=0.1, right_in=1.1)
+    fig, axes = _figure(3.3 * ncols + 1.2, 3.4 * nrows + 1.1, nrows, ncols, title_in=1.0,
+                        left_in=0.1, bottom_in=0.1, right_in=1.3, wspace=0.12)
     axes = axes.ravel()
     what = "relative" if relative else "absolute"
     unit = "% of |fp32|" if relative else "|Δ|"
@@ -145,7 +145,7 @@ def plot_conv_grid(comp: LayerComparison, path: Path, label: str, relative: bool
     for ax in axes[len(chosen):]:
         ax.axis("off")
     if im is not None:
-        cax = fig.add_axes((1 - 0.8 / fig.get_figwidth(), 0.1, 0.25 / fig.get_figwidth(), 0.7))
+        cax = fig.add_axes((1 - 1.05 / fig.get_figwidth(), 0.1, 0.25 / fig.get_figwidth(), 0.7))
         cb = fig.colorbar(im, cax=cax, extend="max")
         cb.set_label(unit, fontsize=10)
     shown = (f"all {len(convs)} conv layers" if len(chosen) == len(convs) else
