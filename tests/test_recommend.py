@@ -68,6 +68,10 @@ def test_fastest_variant_meeting_the_target_is_recommended(tmp_path):
     assert r["interval_clears_target"] is True
     assert r["speedup_ci_low"] < r["speedup_vs_fastest_fp32"] < r["speedup_ci_high"]
     assert 2.2 < r["speedup_vs_fastest_fp32"] < 2.8 and r["fastest_fp32_mode"] == "fp32"
+    # over the reference itself: the measured paired interval, as the latency row has it
+    static = next(x for x in latency if x["mode"] == "int8_static" and x["batch_size"] == 1)
+    assert (r["speedup_ci_low"], r["speedup_ci_high"]) == (static["speedup_ci_low"],
+                                                          static["speedup_ci_high"])
     assert r["runner_up_mode"] == "int8_mixed" and r["told_apart"] is True
     assert r["over_runner_up_ci_low"] > 1.0 and r["runner_up_basis"] == "two paired runs"
     assert r["quantized_qualifying"] == 2 and r["closest_mode"] is None

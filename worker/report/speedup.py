@@ -5,8 +5,9 @@ Every non-reference unit was timed interleaved with the same reference R (fp32 e
 the manifest names another), so its paired speedup S_u = median(R) / median(u). The speedup of
 a unit over another baseline B of the job is S_u / S_B (R cancels); its 95% interval combines
 the two intervals on a log scale, half-widths added in quadrature (the two paired runs are
-independent). S_R is exactly 1. A row without paired figures (pairing off, or a Parquet file
-written before pairing existed) falls back to the ratio of unpaired p50s, marked as such.
+independent); over R itself it is S_u's own measured interval. S_R is exactly 1. A row without
+paired figures (pairing off, or a Parquet file written before pairing existed) falls back to
+the ratio of unpaired p50s, marked as such.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def _paired(row: dict) -> Speedup | None:
 
 
 def _divide(a: Speedup, b: Speedup) -> Speedup:
+    if b == ONE:  # over the reference itself: the measured interval as it is (not symmetrised)
+        return a
     value = a.value / b.value
     if a.low is None or b.low is None or a.high is None or b.high is None:
         return Speedup(value, None, None, False)
