@@ -182,3 +182,14 @@ def test_html_renders_in_headless_chromium(real_job, tmp_path):
     html = (report.folder / "report.html").read_text()
     assert html.index("<h2>Recommendation</h2>") < html.index("<h2>Each variant</h2>") < \
         html.index("<h2>Size and accuracy</h2>")
+
+
+def test_method_describes_the_tasks_this_job_measured():
+    from worker.report.method import accuracy_notes
+
+    classifier = [{"eval_images": 50, "map": None, "task": "classification", "output_cosine": None}]
+    text = " ".join(accuracy_notes(classifier))
+    assert "top-1" in text and "Wilson" in text and "COCO" not in text and "IoU" not in text
+    detector = [{"eval_images": 24, "map": 0.8, "task": "detection", "output_cosine": None}]
+    text = " ".join(accuracy_notes(detector))
+    assert "COCO mAP by pycocotools on 24 held-out images" in text and "Wilson" not in text
