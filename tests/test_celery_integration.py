@@ -60,9 +60,14 @@ def test_submit_wait_gives_same_rows_as_run(tmp_path, stack):
 def test_bad_unit_does_not_take_the_worker_down(tmp_path, stack):
     redis, worker, results = stack
     env = worker_env(redis.url, results)
-    # An unknown arch is refused at submit; what still reaches a worker and fails there is a
-    # checkpoint that is no checkpoint (staged with the job, then refused by the safe loader).
-    (tmp_path / "weights.pt").write_bytes(b"")
+    # An unknown arch, or a file that is no torch archive, is refused at submit; what still
+    # reaches a worker and fails there is a torch archive holding a pickled Python object
+    # (staged with the job, then refused by the safe loader).
+    import fractions
+
+    import torch
+
+    torch.save({"state_dict": {}, "ratio": fractions.Fraction(1, 3)}, tmp_path / "weights.pt")
     bad = small_manifest(tmp_path, name="bad", models=[
         {"id": "broken", "arch": "resnet18", "checkpoint": "weights.pt", "input_size": [64, 64]}])
     proc = qbench("submit", str(bad), "--wait", "--timeout", "120", env=env)

@@ -659,6 +659,9 @@ def check_files(manifest: Manifest, base: Path, source: str) -> None:
         if kind == "folder" and not path.is_dir():
             raise ManifestError(f"{source}: {field}: {path} is a file, not a folder")
         resolved[field] = path
+    from worker.file_checks import check_model_files
+
+    check_model_files(manifest, resolved, source)  # a torch archive, an ONNX graph: no torch
     if manifest.dataset:
         check_dataset(manifest, resolved, source, tuple(roots))
 
