@@ -1,4 +1,4 @@
-"""The Celery app: Redis broker, queues cpu/gpu, JSON only, late acks, one task per child."""
+"""The Celery app: Redis broker, queues cpu/gpu, JSON only, late acks, a fresh process per unit."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    # One unit per child process: memory peaks of one unit never leak into the next.
-    worker_max_tasks_per_child=1,
+    # The pool child lives on; each unit runs in a process forked from it for that unit alone
+    # (worker/isolate.py), so memory peaks of one unit never leak into the next and the next
+    # unit starts without waiting for Celery to replace a child.
     task_track_started=True,
     result_extended=True,
     result_expires=env_int("QBENCH_RESULT_EXPIRES", 7 * 24 * 3600),

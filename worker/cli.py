@@ -109,10 +109,13 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
     _check_writable(results)
     plan = digest_plan(plan)
     from worker.isolate import run_unit_isolated  # torch: only once the job is sound
+    from worker.orchestrate import now_stamp
     from worker.report import write_report
     from worker.report.terminal import print_report
 
+    plan.submitted_at = now_stamp()  # the job's units are queued now, in this process
     plan = claim_plan(plan, results, fresh=job_id is None)
+    queued_at = plan.submitted
     console.print(f"job {plan.job_id}: {len(plan.units)} unit(s), results in "
                   f"{printable(results)}/")
     failures = []
@@ -120,7 +123,7 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
         for n, unit in enumerate(plan.units, 1):
             label = f"[{n}/{len(plan.units)}] {unit.model.id} {unit.mode} {unit.device}"
             try:
-                outcome = run_unit_isolated(unit, results, display.unit(label))
+                outcome = run_unit_isolated(unit, results, display.unit(label), queued_at)
             except KeyboardInterrupt:
                 _interrupted(plan, results, n)
             display.finish(label, outcome.status)
@@ -246,21 +249,32 @@ def _wait(job_id: str, results: Path, timeout: float) -> None:
         raise typer.Exit(1)
 
 
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
 def _show_status(states) -> None:
     """Plain columns, errors in full: people read it and scripts grep it."""
-    rows = [("unit", "model", "mode", "device", "state", "error")]
-    rows += [(u.unit_id, u.model_id, u.mode, u.device, u.state, printable(u.error or ""))
+    rows = [("unit", "model", "mode", "device", "state", "elapsed", "phase", "error")]
+    rows += [(u.unit_id, u.model_id, u.mode, u.device, u.state, _elapsed(u.elapsed),
+              printable(" ".join((u.phase or "").split())[:40]), printable(u.error or ""))
              for u in states.units]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(7)]
     print(f"job {states.job_id}: {states.describe()}")
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:7], widths, strict=True)) + "  " + r[7])
     print(f"report: {states.report_state}", flush=True)
 
 
 @app.command()
-def status(job_id: str, results: ResultsOpt = Path("results")) -> None:
-    """Show each unit of a job: queued, running, ok or error (with the error)."""
+def status(job_id: str, results: ResultsOpt = Path("results"),
+           wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends.")] = False,
+           timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+           ) -> None:
+    """Show each unit of a job: queued, running (elapsed, phase), ok, error or timeout."""
     from worker.orchestrate import load_plan
 
     load_plan(results, job_id)  # an unknown or ill-formed id fails here, before the broker
@@ -268,6 +282,10 @@ def status(job_id: str, results: ResultsOpt = Path("results")) -> None:
 
     if not (results / "reports" / job_id / "report.md").exists():
         _check_broker(broker_url())  # states of units without a row come from the broker
+    if wait:
+        _check_broker(broker_url())
+        _wait(job_id, results, timeout)
+        return
     from worker.submit import job_states
 
     states = job_states(results, job_id)

@@ -1,63 +1,154 @@
-"""Run a unit in a fresh child process, as a Celery worker does with one task per child.
+"""Run a unit in a fresh child process, under a wall-clock limit.
 
-Without it, `qbench run` would measure the second unit's memory on top of everything the
-first unit allocated (the allocator rarely gives memory back), and the two front doors would
-disagree. The child is forked from a parent that has imported torch but never run a model.
+Both front doors run every unit this way: `qbench run` from the CLI's process, a Celery worker
+from its long-lived pool process. A fresh process per unit keeps one unit's memory peaks out
+of the next (the allocator rarely gives memory back); forking it from a parent that has
+imported torch but never run a model costs milliseconds, where replacing a Celery pool child
+costs seconds.
+
+The parent only waits: for progress, for the child's word that it finished, and for the
+unit's limit (max_unit_seconds, or QBENCH_MAX_UNIT_SECONDS if lower). A child past it (stuck
+in C code, stopped, deadlocked) is killed and the unit gets a `models` row with status
+`timeout` and how long it ran; the parent goes on to the next unit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import datetime as dt
+import errno
 import multiprocessing as mp
+import os
 import queue
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
+from worker.artifacts.save import discard_artifact
 from worker.manifest import Unit
+from worker.phases import LABELS, phase_of
 from worker.pipeline import Progress, UnitOutcome, failed_row, run_unit, write_outcome
 
+LIMIT_ENV = "QBENCH_MAX_UNIT_SECONDS"
+_PR_SET_PDEATHSIG = 1
 
-def _child(unit_json: str, root: str, messages: mp.Queue) -> None:
+
+def worker_ceiling() -> float | None:
+    """QBENCH_MAX_UNIT_SECONDS, the most any unit may run on this worker; None when unset."""
+    raw = os.environ.get(LIMIT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+        if not value > 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{LIMIT_ENV}={raw!r}: expected a number of seconds above 0") from None
+    return value
+
+
+def unit_limit(unit: Unit) -> float:
+    """The unit's wall-clock limit: its manifest's max_unit_seconds or the worker's ceiling,
+    whichever is lower."""
+    ceiling = worker_ceiling()
+    limit = float(unit.benchmark.max_unit_seconds)
+    return min(limit, ceiling) if ceiling is not None else limit
+
+
+def _die_with_parent() -> None:
+    # A parent killed outright (OOM killer) must not leave its unit running unsupervised.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _child(unit_json: str, root: str, timing: dict[str, Any], messages: mp.Queue) -> None:
+    _die_with_parent()
     # Ctrl-C reaches the whole foreground group: the parent ends this child and records the
     # unit, so the child leaves it to the parent instead of dying mid-write with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     unit = Unit.model_validate_json(unit_json)
-    outcome = run_unit(unit, Path(root), lambda step, done, total: messages.put(
-        ("progress", step, done, total)))
+    try:
+        outcome = run_unit(unit, Path(root), lambda step, done, total: messages.put(
+            ("progress", step, done, total)), timing)
+    except OSError as exc:  # the results store itself failed: the parent says where
+        messages.put(("oserror", exc.errno, exc.strerror, exc.filename))
+        return
     messages.put(("done", outcome.status, outcome.error, outcome.files))
 
 
-def run_unit_isolated(unit: Unit, root: Path, progress: Progress | None = None) -> UnitOutcome:
+def run_unit_isolated(unit: Unit, root: Path, progress: Progress | None = None,
+                      queued_at: dt.datetime | None = None) -> UnitOutcome:
+    """Run the unit in a forked child; its outcome, or a timeout/died row written for it."""
+    limit = unit_limit(unit)
+    timing = {"queued_at": queued_at, "max_unit_seconds": limit}
     ctx = mp.get_context("fork")
     messages: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(unit.model_dump_json(), str(root), messages),
+    started_at = dt.datetime.now(dt.UTC)
+    began = time.monotonic()
+    proc = ctx.Process(target=_child, args=(unit.model_dump_json(), str(root), timing, messages),
                        name=f"qbench-unit-{unit.unit_id}")
-    proc.start()
+    _start(proc)
+    step = "starting"
     try:
-        return _follow(unit, root, proc, messages, progress)
-    except KeyboardInterrupt:  # Ctrl-C: the child is ended too, never left running alone
-        proc.terminate()
-        proc.join(10)
-        if proc.is_alive():
+        while True:
+            left = limit - (time.monotonic() - began)
+            if left <= 0:
+                return _timed_out(unit, root, proc, limit, time.monotonic() - began, step,
+                                  {**timing, "started_at": started_at})
+            try:
+                msg = messages.get(timeout=min(0.5, left))
+            except queue.Empty:
+                if proc.is_alive():
+                    continue
+                # Died without a word (killed by the OOM killer, a segfault): record it.
+                proc.join()
+                error = f"unit process died with exit code {proc.exitcode}"
+                row = failed_row(unit, error)
+                row.update(timing, started_at=started_at,
+                           run_seconds=round(time.monotonic() - began, 3))
+                return write_outcome(unit, root, [], row)
+            if msg[0] == "progress":
+                step = msg[1]
+                if progress:
+                    progress(*msg[1:])
+            elif msg[0] == "oserror":
+                proc.join()
+                raise OSError(msg[1] or errno.EIO, msg[2], msg[3])
+            elif msg[0] == "done":
+                proc.join()
+                _, status, error, files = msg
+                return UnitOutcome(unit.unit_id, status, error, files=files)
+    finally:
+        if proc.is_alive():  # the parent itself is being stopped: take the child along
             proc.kill()
             proc.join()
-        raise
+        messages.close()
 
 
-def _follow(unit: Unit, root: Path, proc, messages: mp.Queue,
-            progress: Progress | None) -> UnitOutcome:
-    while True:
-        try:
-            msg = messages.get(timeout=0.5)
-        except queue.Empty:
-            if proc.is_alive():
-                continue
-            # Died without a word (killed by the OOM killer, a segfault): record it.
-            proc.join()
-            error = f"unit process died with exit code {proc.exitcode}"
-            return write_outcome(unit, root, [], failed_row(unit, error))
-        if msg[0] == "progress" and progress:
-            progress(*msg[1:])
-        elif msg[0] == "done":
-            proc.join()
-            _, status, error, files = msg
-            return UnitOutcome(unit.unit_id, status, error, files=files)
+def _start(proc: Any) -> None:
+    """Start the child, also from a Celery pool process: billiard marks those daemonic, and
+    multiprocessing refuses children to a daemon lest they outlive it. This child cannot: it
+    dies with its parent (PR_SET_PDEATHSIG) and the parent kills it on its way out."""
+    config = mp.current_process()._config
+    daemon = config.pop("daemon", None)
+    try:
+        proc.start()
+    finally:
+        if daemon is not None:
+            config["daemon"] = daemon
+
+
+def _timed_out(unit: Unit, root: Path, proc: Any, limit: float, ran: float, step: str,
+               timing: dict[str, Any]) -> UnitOutcome:
+    proc.kill()  # SIGKILL: ends a stopped or stuck child too
+    proc.join()
+    phase = phase_of(step)
+    where = LABELS[phase] if phase else step
+    error = (f"timeout: ran {ran:.1f} s, past its limit of {limit:g} s (max_unit_seconds or "
+             f"{LIMIT_ENV}), in {where}; its process was killed")
+    discard_artifact(unit, root)  # a half-saved artifact of the killed run is not kept
+    row = failed_row(unit, error)
+    row.update(timing, status="timeout", run_seconds=round(ran, 3))
+    return write_outcome(unit, root, [], row)

@@ -65,6 +65,8 @@ MAX_ITERATIONS = 100_000
 MAX_WARMUP = 10_000
 MAX_ROUNDS = 20
 MAX_SECONDS = 24 * 3600  # min_seconds / max_seconds per batch size
+DEFAULT_UNIT_SECONDS = 6 * 3600  # benchmark.max_unit_seconds
+MAX_UNIT_SECONDS = 7 * 24 * 3600
 MAX_THREADS = 1024
 MAX_KEEP_FLOAT = 256
 MAX_PATTERN_CHARS = 200
@@ -213,6 +215,9 @@ class BenchmarkSpec(Strict):
     reference: Literal["fp32", "fp32_compiled", "ort_fp32"] = "fp32"
     # The paired pass in rounds over the batch sizes; its CI resamples rounds, then pairs.
     rounds: StrictInt = Field(default=3, ge=1, le=MAX_ROUNDS)
+    # Wall-clock limit per unit (docs/operations.md): a unit past it is killed and recorded
+    # with status timeout; QBENCH_MAX_UNIT_SECONDS on a worker caps it (the lower wins).
+    max_unit_seconds: StrictFloat = Field(default=DEFAULT_UNIT_SECONDS, gt=0, le=MAX_UNIT_SECONDS)
 
     @field_validator("batch_sizes")
     @classmethod

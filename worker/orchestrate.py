@@ -34,10 +34,14 @@ class JobPlan:
     name: str
     manifest_path: str
     units: list[Unit]
+    # When this run of the job was queued (ISO 8601, UTC, to the millisecond); a rerun of the
+    # same job id (a forced night) gets a new one, so rows of the earlier run are told apart.
+    submitted_at: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({
             "job_id": self.job_id, "name": self.name, "manifest_path": self.manifest_path,
+            "submitted_at": self.submitted_at,
             "units": [u.model_dump(mode="json") for u in self.units],
         }, indent=1)
 
@@ -45,7 +49,16 @@ class JobPlan:
     def from_json(cls, text: str) -> JobPlan:
         data = json.loads(text)
         return cls(data["job_id"], data["name"], data["manifest_path"],
-                   [Unit.model_validate(u) for u in data["units"]])
+                   [Unit.model_validate(u) for u in data["units"]], data.get("submitted_at"))
+
+    @property
+    def submitted(self) -> dt.datetime | None:
+        return dt.datetime.fromisoformat(self.submitted_at) if self.submitted_at else None
+
+
+def now_stamp() -> str:
+    """Now, UTC, to the millisecond (what a Parquet timestamp column keeps)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def plan_job(manifest_path: str | Path, *, nightly: bool = False, job_id: str | None = None,

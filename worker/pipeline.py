@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from worker.model_row import (
     join_notes,
 )
 from worker.models import LoadedModel, load_model
+from worker.phases import PhaseClock
 from worker.preprocess.defaults import for_model
 from worker.preprocess.transform import unit_to_input
 from worker.quantize.common import serialized_size_bytes
@@ -58,7 +60,7 @@ INSPECT_SEED = 13
 @dataclass
 class UnitOutcome:
     unit_id: str
-    status: str  # ok | error
+    status: str  # ok | error | timeout
     error: str | None
     latency_rows: list[dict[str, Any]] = field(default_factory=list)
     model_row: dict[str, Any] = field(default_factory=dict)
@@ -109,7 +111,8 @@ def calibration_source(unit: Unit, loaded: LoadedModel) -> Callable[[], list[tor
     return batches
 
 
-def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
+def initial_model_row(unit: Unit, env: dict[str, Any],
+                      timing: dict[str, Any] | None = None) -> dict[str, Any]:
     calibrated = get_mode(unit.mode).needs_calibration
     calib = unit.quantization.calibration
     return {
@@ -122,6 +125,7 @@ def initial_model_row(unit: Unit, env: dict[str, Any]) -> dict[str, Any]:
                                         if calibrated else None),
         "keep_float": list(unit.quantization.keep_float), "started_at": _now(),
         "checkpoint_sha256": unit.checkpoint_sha256, "dataset_sha256": unit.dataset_sha256,
+        **(timing or {}),
     }
 
 
@@ -148,19 +152,26 @@ def measure_step(q: Quantized, loaded: LoadedModel, unit: Unit, base: dict[str, 
     return measured.rows, measured.samples
 
 
-def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -> UnitOutcome:
-    """Run one unit end to end and write its rows; errors become a `models` row, never raise."""
+def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
+             timing: dict[str, Any] | None = None) -> UnitOutcome:
+    """Run one unit end to end and write its rows; errors become a `models` row, never raise.
+
+    `timing`: start columns the caller knows (queued_at, max_unit_seconds)."""
     total_steps = len(unit.benchmark.batch_sizes) + 4
     report = progress or (lambda step, done, total: None)
+    clock = PhaseClock()
+    clock.enter("load")  # from the unit's start: the environment fingerprint, then the model
+    began = time.monotonic()
 
     def say(step: str, done: int) -> None:
+        clock.step(step)
         report(step, done, total_steps)
 
     if unit.benchmark.threads:
         torch.set_num_threads(unit.benchmark.threads)
     env = environment_fingerprint()
     calib = unit.quantization.calibration
-    start = initial_model_row(unit, env)
+    start = initial_model_row(unit, env, timing)
     parts: list[RowPart] = []  # each step's result, in order; the row is assembled at the end
     notes: list[str] | None = None  # None until quantized: an earlier failure keeps its trace
     status, error = "ok", None
@@ -207,6 +218,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
                 notes.append(note)
             # After measuring (scripting a copy must not inflate the RSS peaks) and before
             # work_dir (where an ORT mode's .onnx file lives) is deleted. Never raises.
+            clock.enter("write")
             saved = save_artifact(unit, loaded, q, results_root)
         parts.append(saved)  # artifact columns; why there is none goes to notes or error
         notes.append(saved.note)
@@ -219,8 +231,12 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None) -
     model_row = assemble(start, parts, status=status, error=error,
                          notes=None if notes is None else join_notes(notes), ended_at=_now())
     say("write results", total_steps)
+
+    def timed(row: dict[str, Any]) -> None:  # the last thing before the models row is written
+        row.update(clock.columns(), run_seconds=round(time.monotonic() - began, 3))
+
     return write_outcome(unit, results_root, latency_rows, model_row, layer_rows, sample_rows,
-                         class_rows)
+                         class_rows, before_models=timed)
 
 
 def inspect_folder(root: Path, unit: Unit) -> Path:
@@ -253,7 +269,8 @@ def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],
                   model_row: dict[str, Any],
                   layer_rows: list[dict[str, Any]] | None = None,
                   sample_rows: list[dict[str, Any]] | None = None,
-                  class_rows: list[dict[str, Any]] | None = None) -> UnitOutcome:
+                  class_rows: list[dict[str, Any]] | None = None,
+                  before_models: Callable[[dict[str, Any]], None] | None = None) -> UnitOutcome:
     """Models last: a models row means the unit's other files are complete.
 
     A table with no rows removes that unit's earlier file, so a retry that failed early leaves
@@ -266,6 +283,8 @@ def write_outcome(unit: Unit, root: Path, latency_rows: list[dict[str, Any]],
             files.append(str(write_rows(root, table, unit.job_date, unit.job_id, unit.unit_id, rows)))
         else:
             unit_file(root, table, unit.job_date, unit.job_id, unit.unit_id).unlink(missing_ok=True)
+    if before_models is not None:
+        before_models(model_row)
     files.append(str(write_rows(root, "models", unit.job_date, unit.job_id, unit.unit_id,
                                 [model_row])))
     return UnitOutcome(unit.unit_id, model_row["status"], model_row.get("error"), latency_rows,

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from worker.atomic import atomic_path
+from worker.phases import COLUMNS as PHASE_COLUMNS
 
 log = logging.getLogger(__name__)
 # Unit files read_table could not read in this process, with why: the CLI names them.
@@ -195,11 +196,17 @@ MODELS = pa.schema(IDENTITY + [
     ("artifact_path", pa.string()),  # relative to the results folder
     ("artifact_sha256", pa.string()),
     ("artifact_format", pa.string()),  # torchscript | onnx
-    ("status", pa.string()),  # ok | error
+    ("status", pa.string()),  # ok | error | timeout (ran past max_unit_seconds)
     ("error", pa.string()),
     ("started_at", pa.timestamp("ms", tz="UTC")),
     ("ended_at", pa.timestamp("ms", tz="UTC")),
-] + ENVIRONMENT)
+    # Where the unit's time went (docs/operations.md): when it was queued (submit, or the
+    # start of `qbench run`), its wall-clock seconds from start to its row, the limit it ran
+    # under, and seconds per phase (worker/phases.py; null for a phase it never entered).
+    ("queued_at", pa.timestamp("ms", tz="UTC")),
+    ("run_seconds", pa.float64()),
+    ("max_unit_seconds", pa.float64()),
+] + [(c, pa.float64()) for c in PHASE_COLUMNS] + ENVIRONMENT)
 
 LAYERS = pa.schema(IDENTITY + [
     ("layer", pa.string()),

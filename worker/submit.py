@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +14,24 @@ from celery.result import AsyncResult
 from worker import lease
 from worker.app import app
 from worker.cancel import cancel_job, is_cancelled
-from worker.orchestrate import JobPlan, load_plan
+from worker.orchestrate import JobPlan, load_plan, now_stamp
 from worker.results import read_table
 
 
 def report_task_id(job_id: str) -> str:
     return f"report-{job_id}"
+
+
+def stamped(plan: JobPlan) -> JobPlan:
+    """The plan with the time this run of it is queued (save this one, then submit it)."""
+    return dataclasses.replace(plan, submitted_at=now_stamp())
+
+
+def forget_previous_run(plan: JobPlan) -> None:
+    """A rerun of a job id: the broker forgets the earlier run's unit and report results, so
+    states read 'queued' until this run's units start, not the earlier run's 'done'."""
+    for task_id in [*(u.unit_id for u in plan.units), report_task_id(plan.job_id)]:
+        AsyncResult(task_id, app=app).forget()
 
 
 def submit_plan(plan: JobPlan) -> None:
@@ -27,9 +42,10 @@ def submit_plan(plan: JobPlan) -> None:
 
     Task ids are the unit ids, so a unit's state can be looked up from the job plan alone.
     """
+    queued_at = plan.submitted_at or now_stamp()
     header = [
-        app.signature("qbench.run_unit", (u.model_dump(mode="json"),), queue=u.queue,
-                      task_id=u.unit_id)
+        app.signature("qbench.run_unit", (u.model_dump(mode="json"),), {"queued_at": queued_at},
+                      queue=u.queue, task_id=u.unit_id)
         for u in plan.units
     ]
     body = app.signature("qbench.report_job", (plan.job_id,), queue="cpu",
@@ -64,8 +80,10 @@ class UnitState:
     model_id: str
     mode: str
     device: str
-    state: str  # queued | running | lost | requeued | ok | error | cancelled
+    state: str  # queued | running | lost | requeued | ok | error | timeout | cancelled
     error: str | None
+    elapsed: float | None = None  # seconds it ran (its row), or has been running
+    phase: str | None = None  # a running unit's current step
 
 
 @dataclass
@@ -76,11 +94,11 @@ class JobStates:
 
     @property
     def finished(self) -> int:
-        return sum(u.state in {"ok", "error", "cancelled"} for u in self.units)
+        return sum(u.state in {"ok", "error", "timeout", "cancelled"} for u in self.units)
 
     @property
     def failed(self) -> list[UnitState]:
-        return [u for u in self.units if u.state == "error"]
+        return [u for u in self.units if u.state in {"error", "timeout"}]
 
     @property
     def done(self) -> bool:
@@ -98,40 +116,68 @@ _CELERY_STATE = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running"
 _NOT_STARTED = {"PENDING", "RECEIVED", "RETRY"}
 
 
-def _broker_state(unit_id: str) -> tuple[str, str | None]:
+def _broker_state(unit_id: str) -> tuple[str, str | None, float | None, str | None]:
+    """(state, error, seconds running, current step) of a unit without a row."""
     result = AsyncResult(unit_id, app=app)
     if result.state == "SUCCESS" and isinstance(result.result, dict):
-        return ("cancelled" if result.result.get("status") == "cancelled" else "running"), None
+        return ("cancelled" if result.result.get("status") == "cancelled" else "running"), None, \
+            None, None
     if result.state == "FAILURE":
-        return "error", str(result.result)[:300]
+        return "error", str(result.result)[:300], None, None
     state = _CELERY_STATE.get(result.state, "queued")
     if state == "running" and lease.holder(unit_id) is None:
         # Started, but nobody renews its lease: its worker vanished. The reaper puts it back
         # on the queue (then "requeued") until a worker takes it up again.
         if lease.requeue_count(unit_id):
-            return "requeued", "its worker vanished; queued again"
-        return "lost", "its worker vanished; it is queued again within a minute"
-    return state, None
+            return "requeued", "its worker vanished; queued again", None, None
+        return "lost", "its worker vanished; it is queued again within a minute", None, None
+    meta = result.info if result.state == "PROGRESS" and isinstance(result.info, dict) else {}
+    started = meta.get("started")
+    elapsed = time.time() - started if isinstance(started, (int, float)) else None
+    step = meta.get("step") if isinstance(meta.get("step"), str) else None
+    return state, None, elapsed, step
+
+
+def _of_this_run(row: dict, plan: JobPlan) -> bool:
+    """A row written by the plan's current run, not by an earlier run of the same job id."""
+    submitted = plan.submitted
+    if submitted is None:
+        return True
+    if row.get("queued_at") is not None:
+        return row["queued_at"] >= submitted
+    # Rows without queued_at (a refused unit's, or written before it existed): by start time,
+    # allowing for clocks of other hosts a little behind.
+    return row["started_at"] is None or row["started_at"] >= submitted - dt.timedelta(seconds=5)
+
+
+def _report_state(results_root: Path, plan: JobPlan) -> str:
+    report = results_root / "reports" / plan.job_id / "report.md"
+    submitted = plan.submitted
+    if report.exists() and (submitted is None or report.stat().st_mtime >= submitted.timestamp()):
+        return "done"
+    result = AsyncResult(report_task_id(plan.job_id), app=app)
+    if submitted is not None and result.date_done is not None:
+        done = result.date_done if result.date_done.tzinfo else result.date_done.replace(tzinfo=dt.UTC)
+        if done < submitted:
+            return "pending"  # the earlier run's report task
+    return {"SUCCESS": "done", "FAILURE": "failed"}.get(result.state, "pending")
 
 
 def job_states(results_root: Path, job_id: str) -> JobStates:
     """Rows written win over broker states: a models row is the unit's final word."""
     plan = load_plan(results_root, job_id)
-    rows = {r["unit_id"]: r for r in read_table(results_root, "models", job_id).to_pylist()}
+    rows = {r["unit_id"]: r for r in read_table(results_root, "models", job_id).to_pylist()
+            if _of_this_run(r, plan)}
     cancelled = len(rows) < len(plan.units) and is_cancelled(job_id)
     units = []
     for u in plan.units:
         row = rows.get(u.unit_id)
         if row is not None:
-            state, error = row["status"], row["error"]
+            state, error, elapsed, phase = row["status"], row["error"], row.get("run_seconds"), None
         else:
-            state, error = _broker_state(u.unit_id)
+            state, error, elapsed, phase = _broker_state(u.unit_id)
             if state == "queued" and cancelled:
                 state = "cancelled"
-        units.append(UnitState(u.unit_id, u.model.id, u.mode, u.device, state, error))
-    if (results_root / "reports" / job_id / "report.md").exists():
-        report_state = "done"
-    else:
-        report = AsyncResult(report_task_id(job_id), app=app).state
-        report_state = {"SUCCESS": "done", "FAILURE": "failed"}.get(report, "pending")
-    return JobStates(job_id, units, report_state)
+        units.append(UnitState(u.unit_id, u.model.id, u.mode, u.device, state, error,
+                               elapsed, phase))
+    return JobStates(job_id, units, _report_state(results_root, plan))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
@@ -13,17 +16,32 @@ from worker.app import app
 from worker.cancel import is_cancelled
 from worker.confine import receive_unit
 from worker.errors import ManifestError
+from worker.isolate import run_unit_isolated, worker_ceiling
 from worker.lease import ensure_sole_run, settle
 from worker.manifest import Unit
-from worker.pipeline import failed_row, run_unit, write_outcome
+from worker.pipeline import failed_row, write_outcome
 from worker.report import write_report
 from worker.results import results_root
 
 log = logging.getLogger(__name__)
+worker_ceiling()  # a bad QBENCH_MAX_UNIT_SECONDS stops the worker at start
+
+
+def queued_time(value: Any) -> dt.datetime | None:
+    """The sender's queued_at (ISO 8601, UTC), or None when absent or not a sane time."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if when.tzinfo is None or abs(time.time() - when.timestamp()) > 366 * 24 * 3600:
+        return None
+    return when.astimezone(dt.UTC)
 
 
 @app.task(name="qbench.run_unit", bind=True)
-def run_unit_task(self, unit_json: dict) -> dict:
+def run_unit_task(self, unit_json: dict, queued_at: str | None = None) -> dict:
     # A copy Redis redelivered while a live worker runs the unit is dropped here.
     ensure_sole_run(self.request.id, self.request.hostname)
     unit = receive_unit(unit_json, results_root())  # never trusts the sender (worker/confine.py)
@@ -34,17 +52,21 @@ def run_unit_task(self, unit_json: dict) -> dict:
         log.info("unit %s skipped: job %s was cancelled", unit.unit_id, unit.job_id)
         return {"unit_id": unit.unit_id, "status": "cancelled", "error": None, "files": []}
 
+    started = time.time()
+
     def progress(step: str, done: int, total: int) -> None:
         log.info("unit %s [%d/%d] %s", unit.unit_id, done, total, step)
         try:
-            self.update_state(state="PROGRESS", meta={"step": step, "done": done, "total": total})
+            self.update_state(state="PROGRESS", meta={"step": step, "done": done, "total": total,
+                                                      "started": started})
         except (RedisError, OperationalError, OSError) as exc:
             # Progress is advisory: a broker restart mid-unit must not end the unit itself.
             log.warning("unit %s: progress not recorded (%s)", unit.unit_id, exc)
 
     root = results_root()
     try:
-        summary = run_unit(unit, root, progress).summary()
+        # A fresh process per unit, under the unit's time limit (worker/isolate.py).
+        summary = run_unit_isolated(unit, root, progress, queued_time(queued_at)).summary()
     except OSError as exc:  # the results store itself failed: say where, as one line
         summary = unwritable_results(unit, root, exc)
     # A run requeued while it was cut off from Redis ends ignored: the unit counts once.
@@ -87,7 +109,8 @@ def plan_of_report(root: Path, job_id: object) -> None:
 
 @app.task(name="qbench.nightly")
 def nightly_task(*args, **kwargs) -> list[str]:
-    """Submit every manifest in QBENCH_NIGHTLY_DIR with tonight's date in its job id. It takes
+    """Submit every manifest in QBENCH_NIGHTLY_DIR for tonight (the date in QBENCH_TIMEZONE),
+    unless that night's job is already queued, running or done (worker/nightly.py). It takes
     nothing from the message: a sender cannot name another folder."""
     from worker.nightly import submit_nightly
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from worker.phases import LABELS, job_time_by_phase
 from worker.report.blocks import Bullets
 
 
@@ -94,6 +95,9 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
     if any(m["trained_weights"] is False for m in models):
         items.append("Models with random weights have no accuracy columns: random weights are never "
                      "reported as an accuracy.")
+    timing = time_by_phase(models)
+    if timing:
+        items.append(timing)
     envs = {(r["env_fingerprint"], r["torch_version"], r["torchvision_version"], r["cpu_model"],
              r["threads"], r["gpu_name"], r["host"], r["qbench_version"], r.get("cpu_isa"),
              r.get("cpu_family"), r.get("cpu_model_number"))
@@ -105,3 +109,18 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
                      f"{isa_text} with {threads} threads, GPU {gpu or 'none'}, host {host}, "
                      f"qbench {qb}.")
     return Bullets(items)
+
+
+def time_by_phase(models: list[dict]) -> str | None:
+    """The job's unit time summed by phase (wall clock, each unit in its own process)."""
+    timed = [m for m in models if m.get("run_seconds") is not None]
+    if not timed:
+        return None
+    totals = job_time_by_phase(timed)
+    run = sum(m["run_seconds"] for m in timed)
+    parts = [f"{LABELS[p]} {s:.1f} s ({s / run:.0%})" for p, s in totals.items() if s and run]
+    other = run - sum(totals.values())
+    if other > 0.05:
+        parts.append(f"other {other:.1f} s")
+    return (f"Time by phase, summed over {len(timed)} unit(s) ({run:.1f} s of unit time): "
+            + ", ".join(parts) + ".")
