@@ -330,42 +330,6 @@ def test_cancel_skips_units_that_have_not_started(tmp_path):
         redis.stop()
 
 
-def test_nightly_task_submits_with_the_date_and_reruns_rewrite(tmp_path):
-    redis = RedisServer(tmp_path / "redis").start()
-    results = tmp_path / "results"
-    nightly = tmp_path / "nightly"
-    nightly.mkdir()
-    small_manifest(nightly, name="night", artifacts=False)
-    (nightly / "broken.yaml").write_text("name: broken\nmodels: [\n")
-    env = {**worker_env(redis.url, results), "QBENCH_NIGHTLY_DIR": str(nightly)}
-    worker = CeleryWorker(redis.url, results, tmp_path / "w.log")
-    worker.env.update(env)
-    worker.start()
-    trigger = ("from worker.tasks import nightly_task; "
-               "print(nightly_task.apply_async(queue='cpu').get(timeout=120))")
-    try:
-        for _ in range(2):  # two triggers on the same night
-            triggered = time.time()
-            proc = subprocess.run([sys.executable, "-c", trigger], env=env, cwd=REPO,
-                                  capture_output=True, text=True, timeout=200)
-            assert proc.returncode == 0, proc.stderr[-2000:]
-            assert "night-nightly-" in proc.stdout
-            job_id = proc.stdout.strip().split("'")[1]
-            def finished(job_id=job_id, since=triggered):
-                rows = read_table(results, "models", job_id).to_pylist()
-                return len(rows) == 2 and all(r["ended_at"].timestamp() >= since for r in rows)
-
-            wait_for(finished, 300, "the nightly job's units")
-        assert job_id.split("-nightly-")[1].startswith(time.strftime("%Y%m%d"))
-        models = read_table(results, "models").to_pylist()
-        assert len(models) == 2, "the second trigger rewrote the night's rows"
-        assert len(read_table(results, "latency").to_pylist()) == 4
-        assert "broken.yaml" in worker.log.read_text(), "a bad manifest is logged, not fatal"
-    finally:
-        worker.stop()
-        redis.stop()
-
-
 def test_submit_with_redis_down_fails_in_one_line_and_leaves_no_job(tmp_path):
     results = tmp_path / "results"
     env = worker_env(f"redis://127.0.0.1:{free_port()}/0", results)  # nothing listens there

@@ -189,25 +189,35 @@ def _check_broker(url: str) -> None:
 @app.command()
 def submit(manifest: Path, results: ResultsOpt = Path("results"),
            wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends.")] = False,
-           nightly: Annotated[bool, typer.Option(help="Stamp the job id with today's date only.")] = False,
+           nightly: Annotated[bool, typer.Option(
+               help="Run as a night's job (the date in QBENCH_TIMEZONE): once per night.")] = False,
+           date: Annotated[str | None, typer.Option(
+               "--date", help="With --nightly: the night to run, YYYY-MM-DD.")] = None,
+           force: Annotated[bool, typer.Option(
+               "--force", help="With --nightly: run the night again even if it ran.")] = False,
            timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
            ) -> None:
     """Queue the job's units on Redis (QBENCH_BROKER_URL); a report runs when the last ends."""
     from worker.orchestrate import plan_job
 
     _finite("--timeout", timeout, positive=True)
-    plan = plan_job(manifest, nightly=nightly)  # torch-free: a bad manifest is refused at once
+    if (date or force) and not nightly:
+        raise CliError(f"{'--date' if date else '--force'} needs --nightly")
+    if nightly:
+        _submit_night(manifest, results, date, force, wait, timeout)
+        return
+    plan = plan_job(manifest)  # torch-free: a bad manifest is refused at once
     from worker.app import broker_url
 
     _check_broker(broker_url())
     from worker.orchestrate import claim_plan, plan_file, save_plan
     from worker.staging import stage_plan
-    from worker.submit import submit_plan
+    from worker.submit import stamped, submit_plan
 
-    plan = claim_plan(plan, results, fresh=not nightly)
+    plan = claim_plan(plan, results, fresh=True)
     saved = plan_file(results, plan.job_id)
     try:
-        plan = stage_plan(plan, results)
+        plan = stamped(stage_plan(plan, results))
         save_plan(plan, results)
     except BaseException:
         saved.unlink(missing_ok=True)  # the claim: no plan names a job that was never queued
@@ -223,6 +233,31 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
     out.print(plan.job_id)
     if wait:
         _wait(plan.job_id, results, timeout)
+
+
+def _submit_night(manifest: Path, results: Path, date: str | None, force: bool, wait: bool,
+                  timeout: float) -> None:
+    from worker.nightly import parse_night, tonight
+
+    night = parse_night(date) if date else tonight()
+    from worker.orchestrate import plan_job
+
+    plan_job(manifest)  # a bad manifest is refused before the broker is asked
+    from worker.app import broker_url
+
+    _check_broker(broker_url())
+    from worker.nightly import submit_night
+
+    outcome = submit_night(manifest, results, night, force=force)
+    if outcome.submitted:
+        out.print(f"submitted job {outcome.job_id}: {outcome.units} unit(s) (night {night})",
+                  soft_wrap=True)
+    else:
+        out.print(f"night {night}: job {outcome.job_id} is already {outcome.state}; nothing "
+                  "queued (--force runs it again)", soft_wrap=True)
+    out.print(outcome.job_id)
+    if wait:
+        _wait(outcome.job_id, results, timeout)
 
 
 def _wait(job_id: str, results: Path, timeout: float) -> None:
