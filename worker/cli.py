@@ -410,6 +410,44 @@ def export(job_id: Annotated[str, typer.Argument(help="Job id.")],
     out.print(f"exported {len(done.files)} artifact(s) of job {job_id} to {printable(to)}")
 
 
+@app.command()
+def gc(results: ResultsOpt = Path("results"),
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
+       grace: Annotated[float | None, typer.Option(
+           help="Keep inputs staged or reused less than this many seconds ago "
+                "(default QBENCH_GC_GRACE or 3600).")] = None,
+       ) -> None:
+    """Remove staged inputs (results/inputs/) that no models row and no queued or running unit uses."""
+    from worker.app import broker_url
+
+    _check_broker(broker_url())  # the queues say which inputs queued units still need
+    from worker.gc import collect
+    from worker.lease import client
+
+    try:
+        done = collect(results, client(), dry_run=dry_run, grace=grace)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    verb = "would remove" if dry_run else "removed"
+    for entry in done.removed:
+        shown = ", ".join(entry.files[:3]) + (f", … ({len(entry.files)} files)"
+                                               if len(entry.files) > 3 else "")
+        print(f"{verb} {results / 'inputs' / entry.name}  {_bytes(entry.bytes)}  {shown}")
+    for name in done.restored:
+        print(f"kept {results / 'inputs' / name}: a submit used it while gc ran")
+    out.print(f"{verb} {len(done.removed)} input(s), {done.freed} bytes ({_bytes(done.freed)}) "
+              f"freed; kept "
+              f"{done.kept_in_use} in use, {done.kept_recent} staged lately")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 @data_app.command("synth")
 def data_synth(out_text: Annotated[str, typer.Option("--out", help="Folder to create.")],
                seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,

@@ -105,7 +105,11 @@ def put(source: Path, sha: str, root: Path, files: list[tuple[str, Path]] | None
     relative = store_path(sha, source)
     target = root / relative
     if target.exists():
-        return relative
+        try:
+            os.utime(target)  # reused now: `qbench gc` spares what was staged lately
+            return relative
+        except FileNotFoundError:
+            pass  # gc took it a moment ago: copy it again
     target.parent.mkdir(parents=True, exist_ok=True)
     if files is not None:
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
