@@ -57,6 +57,15 @@ def unit_limit(unit: Unit) -> float:
     return min(limit, ceiling) if ceiling is not None else limit
 
 
+def prepare_parent() -> None:
+    """Import, once in the parent, what every unit imports first: the mode registry pulls in
+    each backend (onnx, onnxruntime, ...), half a second a unit would otherwise pay after its
+    fork. Imports only: no model runs here, so no unit's memory peak is inherited."""
+    from worker.quantize.registry import modes
+
+    modes()
+
+
 def _die_with_parent() -> None:
     # A parent killed outright (OOM killer) must not leave its unit running unsupervised.
     with contextlib.suppress(OSError, AttributeError):
@@ -81,6 +90,7 @@ def _child(unit_json: str, root: str, timing: dict[str, Any], messages: mp.Queue
 def run_unit_isolated(unit: Unit, root: Path, progress: Progress | None = None,
                       queued_at: dt.datetime | None = None) -> UnitOutcome:
     """Run the unit in a forked child; its outcome, or a timeout/died row written for it."""
+    prepare_parent()
     limit = unit_limit(unit)
     timing = {"queued_at": queued_at, "max_unit_seconds": limit}
     ctx = mp.get_context("fork")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
@@ -16,7 +17,7 @@ from worker.app import app
 from worker.cancel import is_cancelled
 from worker.confine import receive_unit
 from worker.errors import ManifestError
-from worker.isolate import run_unit_isolated, worker_ceiling
+from worker.isolate import prepare_parent, run_unit_isolated, worker_ceiling
 from worker.lease import ensure_sole_run, settle
 from worker.manifest import Unit
 from worker.pipeline import failed_row, write_outcome
@@ -38,6 +39,12 @@ def queued_time(value: Any) -> dt.datetime | None:
     if when.tzinfo is None or abs(time.time() - when.timestamp()) > 366 * 24 * 3600:
         return None
     return when.astimezone(dt.UTC)
+
+
+@worker_process_init.connect
+def _prepare_pool_process(**_) -> None:
+    """A pool process pays for the imports every unit needs once, when it starts."""
+    prepare_parent()
 
 
 @app.task(name="qbench.run_unit", bind=True)
