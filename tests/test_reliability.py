@@ -243,15 +243,20 @@ def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path, monkeypatch):
     worker = CeleryWorker(redis.url, results, tmp_path / "w.log", queues="cpu,gpu").start()
     weights = tmp_path / "weights"
     weights.mkdir()
-    (weights / "corrupt.pt").write_bytes(b"\x80\x04not really a checkpoint")
+    # Files that are no torch archive at all are refused at submit (tests/test_file_checks.py);
+    # these are torch archives that only loading can find wrong: a corrupt pickle inside the
+    # zip torch writes, and a pickled payload that weights_only=True must refuse.
+    import zipfile
+
+    with zipfile.ZipFile(weights / "corrupt.pt", "w") as archive:
+        archive.writestr("corrupt/data.pkl", b"\x80\x04not really a checkpoint")
+        archive.writestr("corrupt/version", "3\n")
 
     class Payload:
         def __reduce__(self):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
-    import pickle
-
-    (weights / "pickled.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
+    torch.save({"state_dict": Payload()}, weights / "pickled.pt")
     gone = weights / "gone.pt"
     torch.save({}, gone)
     base = {"arch": "resnet18", "num_classes": 10, "input_size": [64, 64]}
