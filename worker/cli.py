@@ -420,6 +420,8 @@ def gc(results: ResultsOpt = Path("results"),
     """Remove staged inputs (results/inputs/) that no models row and no queued or running unit uses."""
     from worker.app import broker_url
 
+    if grace is not None:
+        _finite("--grace", grace)  # nan would make every input look old enough to go
     _check_broker(broker_url())  # the queues say which inputs queued units still need
     from worker.gc import collect
     from worker.lease import client

@@ -36,11 +36,9 @@ DEFAULT_GRACE_S = 3600.0
 
 
 def grace_seconds() -> float:
-    raw = os.environ.get("QBENCH_GC_GRACE", "").strip()
-    try:
-        return float(raw) if raw else DEFAULT_GRACE_S
-    except ValueError:
-        raise ValueError(f"QBENCH_GC_GRACE={raw!r}: expected seconds") from None
+    from worker.env import env_seconds
+
+    return env_seconds("QBENCH_GC_GRACE", DEFAULT_GRACE_S)
 
 
 @dataclass

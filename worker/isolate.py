@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.artifacts.save import discard_artifact
+from worker.env import env_seconds
 from worker.manifest import Unit
 from worker.phases import LABELS, phase_of
 from worker.pipeline import Progress, UnitOutcome, failed_row, run_unit, write_outcome
@@ -37,16 +38,9 @@ _PR_SET_PDEATHSIG = 1
 
 def worker_ceiling() -> float | None:
     """QBENCH_MAX_UNIT_SECONDS, the most any unit may run on this worker; None when unset."""
-    raw = os.environ.get(LIMIT_ENV, "").strip()
-    if not raw:
+    if not os.environ.get(LIMIT_ENV, "").strip():
         return None
-    try:
-        value = float(raw)
-        if not value > 0:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"{LIMIT_ENV}={raw!r}: expected a number of seconds above 0") from None
-    return value
+    return env_seconds(LIMIT_ENV, 0.0)  # ConfigError, naming it, unless a positive number
 
 
 def unit_limit(unit: Unit) -> float:
