@@ -254,8 +254,16 @@ def test_escape_sequences_in_a_manifest_are_shown_not_obeyed(tmp_path):
 
 
 def test_validate_listing_escapes_an_onnx_path(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
     name = "m\x1b]0;owned\x07.onnx"
-    (tmp_path / name).write_bytes(b"read at run time")
+    # a real ONNX model: a file that is none is refused at validate (tests/test_file_checks.py)
+    shape = [1, 3, 32, 32]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    onnx.save(helper.make_model(graph), str(tmp_path / name))
     doc = _manifest(tmp_path, [{"id": "o", "source": "onnx", "path": name}],
                     quantization={"modes": ["ort_fp32"]})
     proc = qbench("validate", _write(tmp_path, doc))
