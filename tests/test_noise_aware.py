@@ -125,7 +125,7 @@ def test_unstable_rows_are_marked_with_their_load(tmp_path):
     row.update(stable=False, latency_cv=0.31, load_avg_1m=3.2, busy_processes_max=4)
     write_rows(tmp_path, "latency", "2026-11-25", "a", "a-fp32", [row])
     md = build_report(tmp_path, "a").markdown
-    assert "**✗** cv 31%" in md  # the table's short mark; the load beside it is a flag
+    assert "**✗**\u00a0cv\u00a031%" in md  # the table's short mark, one line; the load is a flag
     flags = md.split("## Flags", 1)[1].split("\n## ", 1)[0]
     assert "fp32 batch 1 **no** (cv 31%, load 3.2, 4 busy)" in flags
 

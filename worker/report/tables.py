@@ -132,7 +132,8 @@ def stability_mark(r: dict) -> str:
     if stable:
         return "✓"
     cv = r.get("latency_cv")
-    return f"**✗** cv {100 * cv:.0f}%" if cv is not None else "**✗**"
+    # non-breaking spaces: the mark stays on one line in a narrow HTML cell
+    return f"**✗**\u00a0cv\u00a0{100 * cv:.0f}%" if cv is not None else "**✗**"
 
 
 def stability_text(r: dict) -> str:
