@@ -22,7 +22,7 @@ import torch
 from tests.helpers import qbench, small_manifest
 from worker.artifacts.save import SavedArtifact, discard_artifact, save_artifact
 from worker.artifacts.store import sha256_file
-from worker.artifacts.torchscript import max_difference
+from worker.backends.torch.torchscript import max_difference
 from worker.evaluate.synth import synth_images
 from worker.manifest import Manifest, expand
 from worker.measure import environment_fingerprint

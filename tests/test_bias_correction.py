@@ -67,7 +67,7 @@ def test_offsets_are_the_mean_output_shift_of_the_int8_weights(small, tmp_path):
     loaded = load_onnx("net", path, (32, 32))
     prep = prepare_ort_int8(loaded, _request(tmp_path, images, True))
     q = quantize(loaded, "ort_int8", _request(tmp_path / "q", images, True))
-    int8 = onnx.load(q.onnx_paths[1])
+    int8 = onnx.load(q.runtime.model_path)
     dq = {k: torch.from_numpy(v).float() for k, v in _dequantized_weights(int8).items()}
     conv, dw, fc = _node(int8, "Conv").name, _node(int8, "Conv", 1).name, _node(int8, "Gemm").name
     assert set(prep.offsets) == {conv, dw, fc}
@@ -102,9 +102,9 @@ def test_int8_nodes_get_corrected_biases_and_float_nodes_keep_theirs(small, tmp_
     float_graph = onnx.load(str(path))
     conv_name = _node(float_graph, "Conv").name
     plain = onnx.load(quantize(loaded, "ort_int8", _request(tmp_path / "a", images, False,
-                                                            [conv_name])).onnx_paths[1])
+                                                            [conv_name])).runtime.model_path)
     q = quantize(loaded, "ort_int8", _request(tmp_path / "b", images, True, [conv_name]))
-    corrected = onnx.load(q.onnx_paths[1])
+    corrected = onnx.load(q.runtime.model_path)
     assert "bias correction: 2 conv/gemm biases" in q.notes, q.notes
     # the conv kept float keeps its float bias: nothing to correct
     np.testing.assert_array_equal(_bias(corrected, _node(corrected, "Conv")),

@@ -1,4 +1,4 @@
-"""The torch-free catalogue agrees with what the registry and torchvision really provide."""
+"""The torch-free mode table and arch catalogue agree with the handlers, backends and torchvision."""
 
 from __future__ import annotations
 
@@ -8,19 +8,24 @@ import sys
 import torchvision
 
 from tests.helpers import REPO
-from worker import catalogue
+from worker import backends, catalogue, modes
 from worker.quantize import registry
 
 
-def test_catalogue_modes_match_the_registry():
-    registered = registry.modes()
-    assert sorted(registered) == catalogue.mode_names()
-    for name, info in registered.items():
-        entry = catalogue.MODES[name]
-        assert entry.devices == info.devices, name
-        assert entry.sources == info.sources, name
-        assert entry.needs_calibration == info.needs_calibration, name
-    assert {n for n, e in catalogue.MODES.items() if e.reference} == {"fp32", "fp32_compiled", "ort_fp32"}
+def test_every_mode_of_the_table_has_exactly_one_handler():
+    assert sorted(registry.handlers()) == modes.mode_names()
+    assert {n for n, e in modes.MODES.items() if e.reference} == {"fp32", "fp32_compiled", "ort_fp32"}
+    assert modes.reference_modes() == ["fp32", "fp32_compiled", "ort_fp32"]
+
+
+def test_each_mode_runs_where_its_backend_runs():
+    for name, mode in modes.MODES.items():
+        backend = backends.backend_class(mode.backend)
+        assert mode.devices and mode.devices <= set(backend.devices()), name
+        assert mode.sources == frozenset(backend.config.SOURCES), name
+    assert modes.MODES["fp16"].devices == {"cuda"}
+    assert modes.MODES["int8_static"].devices == {"cpu"}
+    assert {n for n, e in modes.MODES.items() if e.bias_correction} == {"ort_int8", "ort_int8_mixed"}
 
 
 def test_catalogue_archs_match_torchvision():

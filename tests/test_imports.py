@@ -1,8 +1,10 @@
-"""worker/ has no import cycles among module-level imports.
+"""worker/ has no import cycles, at import time or at run time.
 
-A cycle makes import order matter (a half-initialised module raises ImportError or
-AttributeError depending on which side a caller imports first). Imports inside functions and
-under `if TYPE_CHECKING:` run late or never, so they cannot form such a cycle and are ignored.
+A cycle at import time makes import order matter (a half-initialised module raises ImportError
+or AttributeError depending on which side a caller imports first). A cycle through imports
+placed inside functions runs later, yet it still ties the two modules into one: neither can be
+understood, tested or moved without the other. Both count; only `if TYPE_CHECKING:` imports
+(never run) are left out.
 """
 
 from __future__ import annotations
@@ -44,13 +46,31 @@ def _top_level_imports(body: list[ast.stmt]):
             yield from _top_level_imports(node.body)
 
 
-def imports_of(path: Path, known: set[str]) -> set[str]:
-    """worker modules `path` imports at module level (a package's __init__ included)."""
+def _run_time_imports(body: list[ast.stmt]):
+    """Every import statement that can run: module level and inside functions and methods;
+    not `if TYPE_CHECKING:`."""
+    for node in body:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from _run_time_imports(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                yield from _run_time_imports(block)
+
+
+def imports_of(path: Path, known: set[str], run_time: bool = False) -> set[str]:
+    """worker modules `path` imports at module level (a package's __init__ included); with
+    run_time, also those imported inside its functions."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(), str(path))
     found: set[str] = set()
-    for node in _top_level_imports(tree.body):
+    walk = _run_time_imports if run_time else _top_level_imports
+    for node in walk(tree.body):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         else:
@@ -62,6 +82,12 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
                        for a in node.names]
         for target in targets:
+            if run_time:
+                # The module itself; the package __init__s an import runs on the way are left
+                # out (their re-exports would tie every submodule of a package to all the rest).
+                if target in known and target != name:
+                    found.add(target)
+                continue
             # Importing a.b.c runs a/__init__ and a/b/__init__ first, except packages that
             # hold the importer: those are already being initialised when it runs.
             pieces = target.split(".")
@@ -73,10 +99,10 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(run_time: bool = False) -> dict[str, set[str]]:
     paths = sorted(PACKAGE.rglob("*.py"))
     known = {module_name(p) for p in paths}
-    return {module_name(p): imports_of(p, known) for p in paths}
+    return {module_name(p): imports_of(p, known, run_time) for p in paths}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -123,7 +149,7 @@ def test_graph_sees_module_level_imports_only():
     graph = import_graph()
     assert "worker.app" in graph["worker.submit"]
     # `from worker.models.base import X` also runs worker/models/__init__.py.
-    assert {"worker.models", "worker.models.base"} <= graph["worker.quantize.common"]
+    assert {"worker.models", "worker.models.base"} <= graph["worker.quantize.torch_result"]
     # registry imports LoadedModel under TYPE_CHECKING and ModelError inside a function.
     assert "worker.models.base" not in graph["worker.quantize.registry"]
 
@@ -131,6 +157,21 @@ def test_graph_sees_module_level_imports_only():
 def test_no_import_cycles_in_worker():
     found = cycles(import_graph())
     assert not found, "import cycles in worker/: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_graph_at_run_time_sees_imports_inside_functions():
+    graph = import_graph(run_time=True)
+    # pipeline imports the evaluation entry point inside run_unit.
+    assert "worker.evaluate.run" in graph["worker.pipeline"]
+    assert "worker.evaluate.run" not in import_graph()["worker.pipeline"]
+    # TYPE_CHECKING imports never run.
+    assert "worker.models.base" not in graph["worker.quantize.registry"]
+
+
+def test_no_import_cycles_at_run_time():
+    found = cycles(import_graph(run_time=True))
+    assert not found, ("import cycles in worker/ through imports inside functions: "
+                       + "; ".join(" <-> ".join(c) for c in found))
 
 
 def _all_imports(path: Path) -> set[str]:

@@ -16,6 +16,9 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantiz
 from PIL import Image
 from torch import nn
 
+from worker.backends.onnxruntime.backend import OnnxRuntimeBackend
+from worker.backends.torch.backend import TorchBackend
+from worker.backends.torch.runtime import make_predict
 from worker.evaluate.scores import detection_quality
 from worker.evaluate.synth import synth_images
 from worker.inspect import inspect_onnx, inspect_unit
@@ -26,7 +29,7 @@ from worker.manifest import CalibrationSpec
 from worker.models.base import LoadedModel
 from worker.models.fixture import WEIGHTS, build_fixture
 from worker.quantize.bf16 import quantize_bf16
-from worker.quantize.common import make_predict, serialized_size_bytes
+from worker.quantize.common import serialized_size_bytes
 from worker.quantize.fp32 import quantize_fp32
 from worker.quantize.int8_dynamic import quantize_int8_dynamic
 from worker.quantize.int8_static import quantize_int8_static
@@ -53,7 +56,8 @@ def request(batches: list[torch.Tensor], keep_float=()) -> QuantizeRequest:
 def as_quantized(module: nn.Module, task: str = "classification") -> Quantized:
     """A float module presented as a 'quantized' model, for known-answer cases."""
     return Quantized(predict=make_predict(task, module, "cpu"), backend="test",
-                     size_bytes=serialized_size_bytes(module), params_by_dtype={}, module=module)
+                     size_bytes=serialized_size_bytes(module), params_by_dtype={},
+                     runtime=TorchBackend(module, "test"))
 
 
 def assert_valid_png(path: Path, min_bytes: int = 15_000) -> None:
@@ -259,12 +263,14 @@ def test_onnx_qdq_end_to_end(tmp_path):
     # inspect_unit takes the ONNX route for an ORT session: rows named as the torch modules
     # the nodes were exported from, final outputs from the fp32 torch model vs the session.
     sess = ort.InferenceSession(str(quant))
-    session = Quantized(predict=lambda b: torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]),
-                        backend="onnxruntime", size_bytes=0, params_by_dtype={}, module=sess)
+    run = lambda b: torch.from_numpy(sess.run(None, {"input": b.numpy()})[0])  # noqa: E731
+    session = Quantized(predict=run, backend="onnxruntime", size_bytes=0, params_by_dtype={},
+                        runtime=OnnxRuntimeBackend(quant))
     loaded = LoadedModel("m", "m", "classification", net, (48, 48), 5)
-    with pytest.raises(ValueError, match="onnx_paths"):
+    with pytest.raises(ValueError, match="reference_path"):
         inspect_unit(loaded, session, images, "conv", tmp_path / "x")
-    rows, _ = inspect_unit(loaded, session, images, "all", tmp_path / "route", onnx_paths=(fp32, quant))
+    session.runtime = OnnxRuntimeBackend(quant, reference_path=fp32)
+    rows, _ = inspect_unit(loaded, session, images, "all", tmp_path / "route")
     assert [r["layer"] for r in rows] == ["0", "3", "5", "8"]
 
 

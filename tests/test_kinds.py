@@ -10,16 +10,16 @@ from torch import nn
 
 from worker.models.base import LoadedModel
 from worker.models.kinds import KINDS, kind_named
+from worker.modes import MIXED_COLUMNS, MODES
 from worker.quantize.common import keep_float_inside
 from worker.quantize.mixed_search import (
-    MIXED_COLUMNS,
     Evaluator,
     MixedPrecision,
     MixedSearch,
     SensitivityResult,
     Trial,
 )
-from worker.quantize.registry import SearchTarget, modes
+from worker.quantize.registry import SearchTarget
 from worker.results import MODELS
 
 WORKER = Path(__file__).resolve().parents[1] / "worker"
@@ -69,7 +69,7 @@ def test_keep_float_inside_lists_outermost_matches_once():
 
 
 def test_registry_says_which_modes_are_references_and_their_extra_columns():
-    all_modes = modes()
+    all_modes = MODES
     assert {m for m, i in all_modes.items() if i.reference} == {"fp32", "fp32_compiled", "ort_fp32"}
     extra = {m: i.extra_columns for m, i in all_modes.items() if i.extra_columns}
     assert extra == {"int8_mixed": MIXED_COLUMNS, "ort_int8_mixed": MIXED_COLUMNS}

@@ -16,6 +16,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from tests.test_quantize import recalibrate_bn, structured_images
+from worker.backends.onnxruntime.export import export_onnx
 from worker.manifest import CalibrationSpec, ManifestError, expand, parse_manifest
 from worker.models import ModelError
 from worker.models.base import LoadedModel
@@ -23,7 +24,6 @@ from worker.models.onnx_models import load_onnx
 from worker.models.torchvision_models import build_torchvision, check_arch
 from worker.pipeline import run_unit
 from worker.quantize.common import serialized_size_bytes
-from worker.quantize.onnx_export import export_onnx
 from worker.quantize.registry import QuantizeRequest, quantize
 
 
@@ -82,7 +82,7 @@ def test_ort_int8_calibrates_once_and_reuses_the_ranges(onnx_file, tmp_path):
     assert prep.ranges_file.stat().st_mtime_ns == stamp
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     fresh = quantize(loaded, "ort_int8", req)
-    assert Path(fresh.onnx_paths[1]).read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    assert Path(fresh.runtime.model_path).read_bytes() == (tmp_path / "a.onnx").read_bytes()
     assert torch.equal(first.predict(x)[0], again.predict(x)[0])
 
 
@@ -90,7 +90,7 @@ def test_a_conv_kept_float_stays_float_in_the_session_ort_runs(onnx_file, tmp_pa
     """ONNX Runtime would give a float conv between Q/DQ nodes int8 weights when it loads the
     file (its WeightBiasQuantization transformer), undoing keep_float: qbench's sessions keep
     it off, so the graph ORT runs still has that conv in float."""
-    from worker.quantize.ort_runtime import session
+    from worker.backends.onnxruntime.runtime import session
 
     path, *_ = onnx_file
     loaded = load_onnx("r18", path, (64, 64))
@@ -98,7 +98,7 @@ def test_a_conv_kept_float_stays_float_in_the_session_ort_runs(onnx_file, tmp_pa
     req.keep_float = ["/layer1/layer1.0/conv2/Conv"]
     q = quantize(loaded, "ort_int8", req)
     assert "/layer1/layer1.0/conv2/Conv" in q.float_modules
-    session(q.onnx_paths[1], "cpu", optimized_to=tmp_path / "runs.onnx")
+    session(q.runtime.model_path, "cpu", optimized_to=tmp_path / "runs.onnx")
     runs = onnx.load(str(tmp_path / "runs.onnx")).graph.node
     kept = [n.op_type for n in runs if n.name.startswith("/layer1/layer1.0/conv2/Conv")]
     assert {"Conv", "FusedConv"} & set(kept) and "QLinearConv" not in kept, kept

@@ -99,7 +99,7 @@ def test_ort_int8_keeps_the_tail_of_a_kept_node_float(tmp_path):
                               work_dir=str(tmp_path))
     q = quantize(loaded, "ort_int8", request)
     assert "4 nodes of their activations and output layout kept float with them" in q.notes
-    graph = onnx.load(q.onnx_paths[1]).graph
+    graph = onnx.load(q.runtime.model_path).graph
     made = {o: n for n in graph.node for o in n.output}
     # the kept conv and its hardswish read float tensors: no DequantizeLinear in front of them
     for name in ("conv_a", "hs_add", "hs_clip", "hs_mul", "hs_div"):

@@ -8,15 +8,15 @@ import torch.nn.functional as F
 import torchvision
 
 from tests.test_quantize import recalibrate_bn, structured_images
+from worker import modes
+from worker.backends.onnxruntime.config import devices as ort_devices
+from worker.backends.onnxruntime.export import node_module
 from worker.evaluate.agreement import detection_agreement
 from worker.evaluate.synth import synth_images
 from worker.manifest import CalibrationSpec
 from worker.models import ModelError
 from worker.models.base import LoadedModel
 from worker.models.torchvision_models import load_torchvision
-from worker.quantize import registry
-from worker.quantize.onnx_export import node_module
-from worker.quantize.ort_runtime import ort_devices
 from worker.quantize.registry import QuantizeRequest, quantize
 
 
@@ -113,12 +113,12 @@ def test_ort_refuses_retinanet(tmp_path):
 def test_ort_registry_entries():
     assert ort_devices() in (("cpu",), ("cpu", "cuda"))
     for mode in ("ort_fp32", "ort_int8"):
-        info = registry.get_mode(mode)
+        info = modes.get_mode(mode)
         assert info.devices == frozenset(ort_devices())
         assert "onnx" in info.sources and "torchvision" in info.sources
-    assert registry.get_mode("ort_int8").needs_calibration
-    assert registry.validate_mode_source("int8_static", "onnx") is not None
-    assert registry.validate_mode_source("ort_int8", "onnx") is None
+    assert modes.get_mode("ort_int8").needs_calibration
+    assert modes.mode_source_problem("int8_static", "onnx") is not None
+    assert modes.mode_source_problem("ort_int8", "onnx") is None
 
 
 def test_node_names_map_to_modules():

@@ -10,7 +10,7 @@ import torch
 from worker.measure.machine import LoadSampler, parse_cpuinfo, read_load
 from worker.measure.paired import REFERENCE, UNIT, measure_paired
 from worker.measure.sampling import SamplingPlan
-from worker.measure.unit_latency import measure_unit_latency
+from worker.measure.unit_latency import LatencyJob, measure_unit_latency
 from worker.quantize.ort_int8 import reduce_range_for
 
 CPUINFO_AVX2 = """processor\t: 0
@@ -123,8 +123,8 @@ def test_unit_rows_memory_pass_before_reference_is_built():
     events: list[str] = []
     pool = torch.rand(2, 3, 8, 8)
     unit, build = recording_pair(events)
-    out = measure_unit_latency(unit, build, pool, "int8_static", "cpu", _bench(), (8, 8),
-                               {"mode": "int8_static"})
+    out = measure_unit_latency(unit, build, pool, LatencyJob("int8_static", "cpu", _bench(), (8, 8),
+                                                                {"mode": "int8_static"}))
     built = events.index("build reference")
     assert events[:built] == ["unit:1"] * 4 + ["unit:2"] * 4, "both unpaired passes come first"
     assert "ref:1" in events[built:] and events.count("build reference") == 1
@@ -144,9 +144,9 @@ def test_pairing_off_and_the_reference_itself_build_nothing():
     def never():
         raise AssertionError("no reference may be built")
 
-    off = measure_unit_latency(lambda b: b, never, pool, "int8_static", "cpu", _bench(pairing="off"),
-                               (8, 8), {})
-    ref = measure_unit_latency(lambda b: b, never, pool, "fp32", "cpu", _bench(), (8, 8), {})
+    off = measure_unit_latency(lambda b: b, never, pool,
+                               LatencyJob("int8_static", "cpu", _bench(pairing="off"), (8, 8), {}))
+    ref = measure_unit_latency(lambda b: b, never, pool, LatencyJob("fp32", "cpu", _bench(), (8, 8), {}))
     assert {r["pairing"] for r in off.rows} == {"off"} and off.rows[0].get("speedup") is None
     assert {r["pairing"] for r in ref.rows} == {"reference"}
 
@@ -155,8 +155,8 @@ def test_reference_that_fails_is_a_note_not_a_failed_row():
     def broken():
         raise RuntimeError("no compiler")
 
-    out = measure_unit_latency(lambda b: b, broken, torch.rand(1, 3, 8, 8), "int8_static", "cpu",
-                               _bench(batch_sizes=[1]), (8, 8), {})
+    out = measure_unit_latency(lambda b: b, broken, torch.rand(1, 3, 8, 8),
+                               LatencyJob("int8_static", "cpu", _bench(batch_sizes=[1]), (8, 8), {}))
     row = out.rows[0]
     assert row["status"] == "ok" and row["pairing"].startswith("failed: reference fp32: RuntimeError")
 
@@ -165,8 +165,8 @@ def test_rounds_rotate_over_the_batch_sizes_and_label_their_pairs():
     events: list[str] = []
     pool = torch.rand(2, 3, 8, 8)
     unit, build = recording_pair(events)
-    out = measure_unit_latency(unit, build, pool, "int8_static", "cpu",
-                               _bench(rounds=3, iterations=6), (8, 8), {"mode": "int8_static"})
+    out = measure_unit_latency(unit, build, pool, LatencyJob("int8_static", "cpu",
+                               _bench(rounds=3, iterations=6), (8, 8), {"mode": "int8_static"}))
     after = events[events.index("build reference") + 1:]
     # the batch size changes between consecutive stretches: 1, 2, 1, 2, 1, 2
     stretches = [after[0].split(":")[1]]

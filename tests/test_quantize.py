@@ -11,6 +11,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from worker import modes
 from worker.manifest import CalibrationSpec
 from worker.models.base import LoadedModel
 from worker.quantize import registry
@@ -250,14 +251,15 @@ def test_keep_float_patterns_and_counts():
 
 
 def test_registry_modes_and_devices():
-    names = registry.mode_names()
+    names = modes.mode_names()
     assert {"fp32", "fp16", "bf16", "int8_dynamic", "int8_static"} <= set(names)
-    assert registry.validate_mode_device("fp16", "cpu") is not None
-    assert registry.validate_mode_device("fp16", "cuda") is None
-    assert registry.validate_mode_device("int8_static", "cuda") is not None
-    assert registry.validate_mode_device("bf16", "cpu") is None
-    assert registry.get_mode("int8_static").needs_calibration
-    assert not registry.get_mode("fp32").needs_calibration
+    assert set(registry.handlers()) == set(names)
+    assert modes.mode_device_problem("fp16", "cpu") is not None
+    assert modes.mode_device_problem("fp16", "cuda") is None
+    assert modes.mode_device_problem("int8_static", "cuda") is not None
+    assert modes.mode_device_problem("bf16", "cpu") is None
+    assert modes.get_mode("int8_static").needs_calibration
+    assert not modes.get_mode("fp32").needs_calibration
 
 
 @pytest.mark.parametrize("aligned", [False, True])

@@ -98,8 +98,8 @@ def test_unlabelled_folder_calibrates_and_says_no_labels(classifier):
 
 @pytest.fixture(scope="module")
 def detector_data(tmp_path_factory):
+    from worker.backends.onnxruntime.export import export_onnx
     from worker.models.torchvision_models import load_fixture
-    from worker.quantize.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("det")
     generate_dataset(root / "data", seed=5, images=14, size=(256, 256))
@@ -240,8 +240,8 @@ def test_max_map_drop_is_refused_for_a_model_without_detections(classifier):
 def test_onnx_classifier_without_decoder_gets_its_accuracy_and_agreement_intervals(classifier):
     """A given ONNX classifier (one [N, C] output, no decoder) is scored as the torch one is:
     top-1 against the folder labels mapped by outputs.labels, or a note saying why not."""
+    from worker.backends.onnxruntime.export import export_onnx
     from worker.models.torchvision_models import load_torchvision
-    from worker.quantize.onnx_export import export_onnx
 
     loaded = load_torchvision("grey", "resnet18", 3, SIZE, classifier / "models" / "grey.pt")
     export_onnx(loaded, classifier / "models" / "grey.onnx")
@@ -285,8 +285,8 @@ def outlier_classifier(classifier):
 
 @pytest.fixture(scope="module")
 def onnx_classifier(outlier_classifier):
+    from worker.backends.onnxruntime.export import export_onnx
     from worker.models.torchvision_models import load_torchvision
-    from worker.quantize.onnx_export import export_onnx
 
     root = outlier_classifier
     loaded = load_torchvision("grey", "resnet18", 3, SIZE, root / "models" / "grey-outlier.pt")

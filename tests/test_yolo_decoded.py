@@ -23,8 +23,8 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
+    from worker.backends.onnxruntime.export import export_onnx
     from worker.models.yolo import build_yolo, load_yolo
-    from worker.quantize.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("yolo")
     generate_dataset(root / "data", seed=3, images=8, size=(160, 120))  # letterboxed to 128

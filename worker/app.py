@@ -9,14 +9,9 @@ from celery.schedules import crontab
 from celery.signals import worker_ready
 from kombu import Queue
 
+from worker.broker import broker_url
 from worker.env import env_int
 from worker.errors import ConfigError
-
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
-
-
-def broker_url() -> str:
-    return os.environ.get("QBENCH_BROKER_URL", DEFAULT_BROKER)
 
 
 def nightly_schedule() -> crontab:

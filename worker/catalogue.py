@@ -1,85 +1,16 @@
-"""What qbench accepts, as plain data: modes (devices, sources, calibration) and arch names.
+"""The model architectures qbench accepts, as plain data (the modes are in worker/modes.py).
 
-Manifest validation reads this table instead of importing torch, torchvision or the mode
-registry, so `qbench validate`, `status` and `submit` start fast. Tests hold it against
-`worker.quantize.registry.modes()` and `torchvision.models.list_models()`; adding a mode or a
-torchvision version with new builders means adding a row here too.
+Manifest validation reads this list instead of importing torch, torchvision or ultralytics, so
+`qbench validate`, `status` and `submit` start fast. Tests hold it against
+`torchvision.models.list_models()`; a torchvision version with new builders means new names here.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-SOURCES = ("torchvision", "yolo", "onnx")
-TORCH_SOURCES = ("torchvision", "yolo")  # loaders that yield a torch module
-
-
-def ort_devices() -> tuple[str, ...]:
-    """cuda only where the onnxruntime-gpu distribution is installed (checked without importing)."""
-    try:
-        importlib.metadata.distribution("onnxruntime-gpu")
-    except importlib.metadata.PackageNotFoundError:
-        return ("cpu",)
-    return ("cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class ModeEntry:
-    name: str
-    devices: frozenset[str]
-    sources: frozenset[str] = frozenset(TORCH_SOURCES)
-    needs_calibration: bool = False
-    reference: bool = False  # the fp32 model every other mode is compared with
-    bias_correction: bool = False  # takes calibration.bias_correction
-
-
-def _modes() -> dict[str, ModeEntry]:
-    ort = frozenset(ort_devices())
-    entries = [
-        ModeEntry("fp32", frozenset({"cpu", "cuda"}), reference=True),
-        ModeEntry("fp32_compiled", frozenset({"cpu", "cuda"}), reference=True),
-        ModeEntry("fp16", frozenset({"cuda"})),
-        ModeEntry("bf16", frozenset({"cpu", "cuda"})),
-        ModeEntry("int8_dynamic", frozenset({"cpu"})),
-        ModeEntry("int8_static", frozenset({"cpu"}), needs_calibration=True),
-        ModeEntry("int8_mixed", frozenset({"cpu"}), needs_calibration=True),
-        ModeEntry("ort_fp32", ort, frozenset(SOURCES), reference=True),
-        ModeEntry("ort_int8", ort, frozenset(SOURCES), needs_calibration=True,
-                  bias_correction=True),
-        ModeEntry("ort_int8_mixed", ort, frozenset(SOURCES), needs_calibration=True,
-                  bias_correction=True),
-    ]
-    return {e.name: e for e in entries}
-
-
-MODES: dict[str, ModeEntry] = _modes()
-
-
-def mode_names() -> list[str]:
-    return sorted(MODES)
-
-
-def mode_device_problem(mode: str, device: str) -> str | None:
-    """None when the mode runs on the device, else a one-line reason."""
-    entry = MODES[mode]
-    if device not in entry.devices:
-        return f"mode {mode} does not run on {device} (it runs on: {', '.join(sorted(entry.devices))})"
-    return None
-
-
-def mode_source_problem(mode: str, source: str) -> str | None:
-    """None when the mode can take a model of this source, else a one-line reason."""
-    if source in MODES[mode].sources:
-        return None
-    runs = ", ".join(sorted(m for m, e in MODES.items() if source in e.sources))
-    why = " (an ONNX file has no torch module)" if source == "onnx" else ""
-    return f"mode {mode} cannot run models of source {source}{why}; use {runs}"
-
 
 # torchvision builders, called with weights=None (torchvision 0.29's list_models()).
 DETECTION_ARCHS = (

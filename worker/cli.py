@@ -207,7 +207,7 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
         _submit_night(manifest, results, date, force, wait, timeout)
         return
     plan = plan_job(manifest)  # torch-free: a bad manifest is refused at once
-    from worker.app import broker_url
+    from worker.broker import broker_url
 
     _check_broker(broker_url())
     from worker.orchestrate import claim_plan, plan_file, save_plan
@@ -243,7 +243,7 @@ def _submit_night(manifest: Path, results: Path, date: str | None, force: bool, 
     from worker.orchestrate import plan_job
 
     plan_job(manifest)  # a bad manifest is refused before the broker is asked
-    from worker.app import broker_url
+    from worker.broker import broker_url
 
     _check_broker(broker_url())
     from worker.nightly import submit_night
@@ -313,7 +313,7 @@ def status(job_id: str, results: ResultsOpt = Path("results"),
     from worker.orchestrate import load_plan
 
     load_plan(results, job_id)  # an unknown or ill-formed id fails here, before the broker
-    from worker.app import broker_url
+    from worker.broker import broker_url
 
     if not (results / "reports" / job_id / "report.md").exists():
         _check_broker(broker_url())  # states of units without a row come from the broker
@@ -334,7 +334,7 @@ def cancel(job_id: str, results: ResultsOpt = Path("results")) -> None:
     from worker.submit import cancel_plan
 
     plan = load_plan(results, job_id)
-    from worker.app import broker_url
+    from worker.broker import broker_url
 
     _check_broker(broker_url())
     pending = cancel_plan(plan, results)
@@ -418,7 +418,7 @@ def gc(results: ResultsOpt = Path("results"),
                 "(default QBENCH_GC_GRACE or 3600).")] = None,
        ) -> None:
     """Remove staged inputs (results/inputs/) that no models row and no queued or running unit uses."""
-    from worker.app import broker_url
+    from worker.broker import broker_url
 
     if grace is not None:
         _finite("--grace", grace)  # nan would make every input look old enough to go

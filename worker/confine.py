@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.catalogue import MODES, mode_device_problem
 from worker.errors import ManifestError
 from worker.manifest import Unit, first_error, job_date_of, unit_id_for
+from worker.modes import MODES, mode_device_problem
 
 log = logging.getLogger(__name__)
 

@@ -55,9 +55,9 @@ def prepare_parent() -> None:
     """Import, once in the parent, what every unit imports first: the mode registry pulls in
     each backend (onnx, onnxruntime, ...), half a second a unit would otherwise pay after its
     fork. Imports only: no model runs here, so no unit's memory peak is inherited."""
-    from worker.quantize.registry import modes
+    from worker.quantize.registry import handlers
 
-    modes()
+    handlers()
 
 
 def _die_with_parent() -> None:

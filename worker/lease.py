@@ -39,6 +39,7 @@ from collections.abc import Callable
 import redis
 from celery.exceptions import Ignore
 
+from worker.broker import broker_url
 from worker.env import env_seconds
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ def lease_grace() -> float:
 
 
 def client() -> redis.Redis:
-    from worker.app import broker_url
-
     return redis.Redis.from_url(broker_url(), socket_connect_timeout=5, socket_timeout=5)
 
 

@@ -29,9 +29,16 @@ from pydantic import (
     model_validator,
 )
 
-from worker.catalogue import MODES, arch_problem, mode_device_problem, mode_names, torchvision_task
+from worker.catalogue import arch_problem, torchvision_task
 from worker.env import env_int
 from worker.errors import ManifestError
+from worker.modes import (
+    MODES,
+    mode_device_problem,
+    mode_names,
+    mode_source_problem,
+    reference_modes,
+)
 
 __all__ = ["ManifestError", "Manifest", "Unit", "load_manifest", "parse_manifest"]
 from worker.decode.spec import OutputsSpec
@@ -212,7 +219,7 @@ class BenchmarkSpec(Strict):
     max_seconds: StrictFloat | None = Field(default=None, gt=0, le=MAX_SECONDS)
     # Paired speedup: the reference timed in the same process, interleaved with the unit.
     pairing: Literal["interleaved", "off"] = "interleaved"
-    reference: Literal["fp32", "fp32_compiled", "ort_fp32"] = "fp32"
+    reference: Literal[tuple(reference_modes())] = "fp32"  # the float modes of worker/modes.py
     # The paired pass in rounds over the batch sizes; its CI resamples rounds, then pairs.
     rounds: StrictInt = Field(default=3, ge=1, le=MAX_ROUNDS)
     # Wall-clock limit per unit (docs/operations.md): a unit past it is killed and recorded
@@ -370,11 +377,9 @@ class Manifest(Strict):
                     raise ValueError(f"quantization.modes: {problem}")
         for i, model in enumerate(self.models):
             for mode in self.quantization.modes:
-                if model.source not in MODES[mode].sources:
-                    runs = ", ".join(m for m in mode_names() if model.source in MODES[m].sources)
-                    why = " (an ONNX file has no torch module)" if model.source == "onnx" else ""
-                    raise ValueError(f"models[{i}]: mode {mode} cannot run models of source "
-                                     f"{model.source}{why}; use {runs}")
+                problem = mode_source_problem(mode, model.source)
+                if problem:
+                    raise ValueError(f"models[{i}]: {problem}")
         return self
 
 

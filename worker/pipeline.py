@@ -20,12 +20,11 @@ from typing import Any
 import torch
 
 from worker.artifacts.save import discard_artifact, save_artifact
-from worker.catalogue import MODES
 from worker.evaluate.synth import synth_images
 from worker.evaluate.targets import search_target
 from worker.manifest import Unit
 from worker.measure import environment_fingerprint
-from worker.measure.unit_latency import choose_reference, measure_unit_latency
+from worker.measure.unit_latency import LatencyJob, choose_reference, measure_unit_latency
 from worker.model_row import (
     Backend,
     InputFacts,
@@ -37,11 +36,12 @@ from worker.model_row import (
     join_notes,
 )
 from worker.models import LoadedModel, load_model
+from worker.modes import MODES, get_mode
 from worker.phases import PhaseClock
 from worker.preprocess.defaults import for_model
 from worker.preprocess.transform import unit_to_input
 from worker.quantize.common import serialized_size_bytes
-from worker.quantize.registry import Quantized, QuantizeRequest, get_mode, quantize
+from worker.quantize.registry import Quantized, QuantizeRequest, quantize
 from worker.results import unit_file, write_rows
 
 # torch.ao's eager/FX quantization warns about its own deprecation on every observer and
@@ -55,6 +55,12 @@ Progress = Callable[[str, int, int], None]
 CALIBRATION_SEED = 20_240_601  # synthetic calibration scenes when a job names no dataset
 BENCH_SEED = 7
 INSPECT_SEED = 13
+# Progress steps of a unit: load, quantize, one per batch size, evaluate, inspect, write.
+MEASURE_FIRST_STEP = 2
+
+
+def unit_steps(unit: Unit) -> int:
+    return len(unit.benchmark.batch_sizes) + 4
 
 
 @dataclass
@@ -143,10 +149,11 @@ def measure_step(q: Quantized, loaded: LoadedModel, unit: Unit, base: dict[str, 
     pool = unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
                                       BENCH_SEED), for_model(unit.model.preprocess, loaded).spec)
     ref_mode = choose_reference(unit.benchmark.reference, loaded.source)
+    job = LatencyJob(unit.mode, unit.device, unit.benchmark, loaded.input_size, base, ref_mode,
+                     progress=lambda step, done, total: say(step, done),
+                     first_step=MEASURE_FIRST_STEP, total_steps=unit_steps(unit))
     measured = measure_unit_latency(
-        q.predict, lambda: quantize(loaded, ref_mode, request).predict, pool, unit.mode,
-        unit.device, unit.benchmark, loaded.input_size, base, ref_mode,
-        lambda step, done, total: say(step, done), 2, len(unit.benchmark.batch_sizes) + 4)
+        q.predict, lambda: quantize(loaded, ref_mode, request).predict, pool, job)
     if all(r["status"] == "error" for r in measured.rows):
         raise RuntimeError(f"every batch size failed: {measured.rows[0]['error']}")
     return measured.rows, measured.samples
@@ -157,7 +164,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
     """Run one unit end to end and write its rows; errors become a `models` row, never raise.
 
     `timing`: start columns the caller knows (queued_at, max_unit_seconds)."""
-    total_steps = len(unit.benchmark.batch_sizes) + 4
+    total_steps = unit_steps(unit)
     report = progress or (lambda step, done, total: None)
     clock = PhaseClock()
     clock.enter("load")  # from the unit's start: the environment fingerprint, then the model

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
+from worker.tensors import tensors_of
+
 Detections = dict[str, torch.Tensor]  # torchvision output: boxes (N,4 xyxy), scores, labels
 
 
@@ -109,8 +111,6 @@ def classification_agreement(fp32_logits: torch.Tensor, quant_logits: torch.Tens
 def outputs_cosine(fp32: Any, quant: Any) -> float:
     """Mean over images of the cosine similarity of all of an image's outputs flattened
     together: `fp32` and `quant` a [N, ...] tensor or a nest of them (an ONNX file's outputs)."""
-    from worker.models.kinds.base import tensors_of
-
     def rows(value: Any) -> torch.Tensor:
         return torch.cat([t.detach().float().flatten(1) for t in tensors_of(value)], 1)
 

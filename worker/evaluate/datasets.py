@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from worker.evaluate.coco import CocoDataset, DatasetError, confined_file, load_coco, split
+from worker.evaluate.evalset import BATCH, EvalSet
 from worker.evaluate.formats import BOX_FORMATS
 from worker.evaluate.kitti_ap import kitti_thresholds
 from worker.manifest import Unit, input_roots
@@ -19,24 +19,6 @@ from worker.preprocess.spec import PreprocessSpec
 from worker.preprocess.transform import Geometry, ImageReadError, load_images
 
 SPLIT_SEED = 0  # fixed: every mode of a job calibrates and evaluates on the same images
-BATCH = 4
-
-
-@dataclass
-class EvalSet:
-    images: torch.Tensor  # NCHW at the model's input size
-    image_ids: list[int]  # COCO ids (detection) or indices (classification)
-    scales: list[tuple[float, float]]  # resize factors back to the original images
-    labels: torch.Tensor | None  # classification labels
-    gt: dict | None  # the COCO instances document (detection)
-    geometries: list[Geometry] = field(default_factory=list)  # model input -> original pixels
-    labels_note: str | None = None  # why an image folder has no labels
-    # model label -> dataset category id (outputs.category_map; None: the label is the id)
-    category_map: dict[int, int] | None = None
-    # format kitti: KITTI AP's IoU threshold per class name (None: not a KITTI dataset)
-    kitti_iou: dict[str, float] | None = None
-
-
 def _read(paths, spec: PreprocessSpec, size: tuple[int, int]) -> tuple[torch.Tensor, list[Geometry]]:
     try:
         return load_images(list(paths), spec, size)

@@ -17,7 +17,7 @@ from worker.decode.coco_results import check_categories, to_coco_results
 from worker.decode.decoders import decode
 from worker.evaluate.agreement import detection_agreement
 from worker.evaluate.class_metrics import detector_accuracy
-from worker.evaluate.datasets import BATCH, EvalSet
+from worker.evaluate.evalset import BATCH, EvalSet
 from worker.evaluate.scores import wilson_columns
 from worker.inspect.metrics import sqnr_db
 from worker.models.kinds.onnx import logits_of
@@ -51,7 +51,7 @@ def output_agreement(ref: list[list[torch.Tensor]], cand: list[list[torch.Tensor
 
 
 def _output_names(loaded) -> list[str] | None:
-    if not getattr(loaded, "onnx_path", None):
+    if loaded.onnx_path is None:
         return None
     from worker.decode.layout import onnx_output_shapes
 

@@ -34,6 +34,7 @@ from worker.measure.paired import (
 )
 from worker.measure.sampling import SamplingPlan
 from worker.measure.stats import coefficient_of_variation, is_stable
+from worker.modes import mode_source_problem
 
 # (step description, done, total)
 Progress = Callable[[str, int, int], None]
@@ -137,26 +138,39 @@ def apply_paired(row: dict[str, Any], paired: PairedResult) -> None:
 
 def choose_reference(requested: str, source: str) -> str:
     """The manifest's reference, or ort_fp32 for a model only ONNX Runtime can run."""
-    from worker.quantize.registry import validate_mode_source
-
-    if validate_mode_source(requested, source) and not validate_mode_source("ort_fp32", source):
+    if mode_source_problem(requested, source) and not mode_source_problem("ort_fp32", source):
         return "ort_fp32"
     return requested
 
 
+@dataclass(frozen=True)
+class LatencyJob:
+    """What a unit's latency measurement needs besides its model and the reference."""
+
+    mode: str
+    device: str
+    benchmark: Any  # the manifest's benchmark block (worker.manifest.BenchmarkSpec)
+    input_size: tuple[int, int]
+    base: dict[str, Any]  # identity and environment columns of every row
+    reference_mode: str | None = None  # None: benchmark.reference
+    progress: Progress | None = None
+    first_step: int = 0  # progress steps: where this part starts, and the unit's total
+    total_steps: int = 0
+
+
 def measure_unit_latency(predict: Callable[[torch.Tensor], Any],
                          build_reference: Callable[[], Callable[[torch.Tensor], Any]] | None,
-                         pool: torch.Tensor, mode: str, device: str, benchmark: Any,
-                         input_size: tuple[int, int], base: dict[str, Any],
-                         reference_mode: str | None = None,
-                         progress: Progress | None = None, step0: int = 0,
-                         total_steps: int = 0) -> LatencyOutcome:
+                         pool: torch.Tensor, job: LatencyJob) -> LatencyOutcome:
     """Rows and samples for every batch size of one unit (see the module docstring).
 
     `build_reference()` returns the reference's predict; it is called only when pairing is on
     and this unit is not the reference itself. A reference that fails to build or run is a
     note in `pairing`, never a failed unit.
     """
+    mode, device, benchmark, input_size, base = (job.mode, job.device, job.benchmark,
+                                                 job.input_size, job.base)
+    progress, step0, total_steps = job.progress, job.first_step, job.total_steps
+    reference_mode = job.reference_mode
     say = progress or (lambda step, done, total: None)
     ref_mode = reference_mode or benchmark.reference
     out = LatencyOutcome()

@@ -24,6 +24,7 @@ class LoadedModel:
     category_names: list[str] = field(default_factory=list)
     trained: bool = False  # False: random weights, never reported as an accuracy
     source: str = "torchvision"
+    onnx_path: str | None = None  # source onnx: the file ORT modes read instead of exporting
     kind: TaskKind = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

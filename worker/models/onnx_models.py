@@ -7,7 +7,6 @@ compared with) and weighs its file size; torch modes refuse it (registry.validat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        from worker.quantize.ort_runtime import file_size
+        from worker.backends.onnxruntime.runtime import file_size
 
         self.path = str(path)
         self.file_size_bytes = file_size(path)  # what common.serialized_size_bytes reports
@@ -32,20 +31,15 @@ class OnnxModule(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> Any:
         if self._predict is None:  # the session is built on first use, not at load
-            from worker.quantize.ort_runtime import input_info, make_ort_predict, session
+            from worker.backends.onnxruntime.runtime import input_info, make_ort_predict, session
 
             path = Path(self.path)
             self._predict = make_ort_predict(session(path, "cpu"), input_info(path), ONNX)
         return self._predict(batch)
 
 
-@dataclass
-class OnnxLoadedModel(LoadedModel):
-    onnx_path: str = ""  # the ORT modes read this file instead of exporting the module
-
-
 def load_onnx(model_id: str, path: Path, input_size: tuple[int, int]) -> LoadedModel:
-    from worker.quantize.ort_runtime import input_info
+    from worker.backends.onnxruntime.runtime import input_info
 
     if path.suffix.lower() != ".onnx":
         raise ModelError(f"models[{model_id}].path: {path.name} is not an .onnx file")
@@ -63,7 +57,7 @@ def load_onnx(model_id: str, path: Path, input_size: tuple[int, int]) -> LoadedM
         shown = "x".join("?" if d is None else str(d) for d in info.chw)
         raise ModelError(f"models[{model_id}].input_size: {path.name} takes {shown} images, "
                          f"the manifest gives 3x{input_size[0]}x{input_size[1]}")
-    return OnnxLoadedModel(
+    return LoadedModel(
         model_id=model_id, arch=path.name, task=ONNX.name, module=OnnxModule(path),
         input_size=input_size, num_classes=0, source="onnx", onnx_path=str(path),
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from worker.models.base import LoadedModel
-from worker.quantize.common import low_precision
 from worker.quantize.registry import Quantized, QuantizeRequest, register
+from worker.quantize.torch_result import low_precision
 
 
-@register("fp16", devices=("cuda",), description="float16 weights and activations (CUDA)")
+@register("fp16")
 def quantize_fp16(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     return low_precision(model, request.device, torch.float16)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from worker.models.base import LoadedModel
 from worker.quantize.common import (
     copy_to,
-    torch_quantized,
     weight_modules,
 )
 from worker.quantize.registry import Quantized, QuantizeRequest, register
+from worker.quantize.torch_result import torch_quantized
 
 
-@register("fp32", devices=("cpu", "cuda"), reference=True,
-          description="float32 eager PyTorch (the reference)")
+@register("fp32")
 def quantize_fp32(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     # On the CPU the loader's module is used as is; elsewhere a copy, so the CPU reference stays.
     module = model.module if request.device == "cpu" else copy_to(model.module, request.device)

@@ -19,10 +19,11 @@ import shutil
 import torch
 from torch import nn
 
+from worker.backends.torch.backend import TorchBackend
+from worker.backends.torch.runtime import make_predict
 from worker.models.base import LoadedModel
 from worker.quantize.common import (
     copy_to,
-    make_predict,
     params_by_dtype,
     serialized_size_bytes,
     weight_modules,
@@ -77,8 +78,7 @@ def _compiled_parts(model: LoadedModel, base: nn.Module, part_paths: tuple[str, 
     return module, compiled, eager
 
 
-@register("fp32_compiled", devices=("cpu", "cuda"), reference=True,
-          description="float32, torch.compile (inductor); a detector's parts that compile")
+@register("fp32_compiled")
 def quantize_fp32_compiled(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     if request.device == "cpu" and not (shutil.which("g++") or shutil.which("clang++")
                                         or shutil.which("c++")):
@@ -108,5 +108,5 @@ def quantize_fp32_compiled(model: LoadedModel, request: QuantizeRequest) -> Quan
         params_by_dtype=params_by_dtype(base),
         float_modules=floats,
         notes="; ".join(notes),
-        module=base,
+        runtime=TorchBackend(base, "torch-inductor"),
     )

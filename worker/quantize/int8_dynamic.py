@@ -13,14 +13,13 @@ from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 from worker.models.base import LoadedModel
 from worker.quantize.common import (
     matches_keep_float,
-    torch_quantized,
     weight_modules,
 )
 from worker.quantize.registry import Quantized, QuantizeRequest, register
+from worker.quantize.torch_result import torch_quantized
 
 
-@register("int8_dynamic", devices=("cpu",),
-          description="dynamic int8 of nn.Linear layers (torch.ao, x86 engine)")
+@register("int8_dynamic")
 def quantize_int8_dynamic(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     torch.backends.quantized.engine = "x86"
     linears = [n for n, m in model.module.named_modules() if isinstance(m, nn.Linear)]

@@ -14,7 +14,6 @@ from dataclasses import replace
 
 from worker.models.base import LoadedModel
 from worker.quantize.mixed_search import (
-    MIXED_COLUMNS,
     layer_children,
     mode_quantizer,
     required_target,
@@ -23,9 +22,7 @@ from worker.quantize.mixed_search import (
 from worker.quantize.registry import Quantized, QuantizeRequest, register
 
 
-@register("int8_mixed", devices={"cpu"}, needs_calibration=True, extra_columns=MIXED_COLUMNS,
-          description="int8_static, keeping the most sensitive layer groups float until "
-                      "quantization.target holds")
+@register("int8_mixed")
 def quantize_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
     target = required_target(request, "int8_mixed")
     quantize_fn = mode_quantizer(loaded, "int8_static", replace(request, search_target=None))

@@ -23,9 +23,9 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from worker.models.base import LoadedModel
-from worker.quantize.common import torch_quantized
 from worker.quantize.parts import quantize_parts
 from worker.quantize.registry import Quantized, QuantizeRequest, register
+from worker.quantize.torch_result import torch_quantized
 
 if TYPE_CHECKING:
     from worker.manifest import CalibrationSpec
@@ -92,8 +92,7 @@ def _convert(observed: nn.Module) -> nn.Module:
     return convert_fx(observed).eval()
 
 
-@register("int8_static", devices=("cpu",), needs_calibration=True,
-          description="post-training static int8 (torch.ao FX, x86 backend)")
+@register("int8_static")
 def quantize_int8_static(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     torch.backends.quantized.engine = BACKEND  # packed weights are built for this engine
     res = quantize_parts(model.module, model.kind, model.input_size,

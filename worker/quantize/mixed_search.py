@@ -246,11 +246,6 @@ def _score(value: float) -> str:
     return f"{value:.3f}" if abs(value - round(value, 3)) < 5e-7 else f"{value:.6g}"
 
 
-# The `models` columns int8_mixed fills (ModeInfo.extra_columns); null for other modes.
-MIXED_COLUMNS = ("mixed_target_metric", "mixed_target", "mixed_score", "mixed_target_met",
-                 "mixed_float_groups", "mixed_heldout_score", "mixed_heldout_target",
-                 "mixed_heldout_met", "mixed_refined_from")
-
 
 @dataclass
 class MixedSearch:

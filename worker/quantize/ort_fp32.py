@@ -6,27 +6,22 @@ from pathlib import Path
 
 import onnx
 
-from worker.models.base import LoadedModel
-from worker.models.torchvision_models import ORT_UNSUPPORTED, ModelError
-from worker.quantize.onnx_export import export_onnx, module_names, node_module
-from worker.quantize.ort_runtime import (
+from worker.backends.onnxruntime.backend import OnnxRuntimeBackend
+from worker.backends.onnxruntime.export import export_onnx, module_names, node_module
+from worker.backends.onnxruntime.runtime import (
     file_size,
     initializer_counts,
-    input_info,
-    make_ort_predict,
-    ort_devices,
-    session,
     unique,
     weight_nodes,
 )
+from worker.models.base import LoadedModel
+from worker.models.torchvision_models import ORT_UNSUPPORTED, ModelError
 from worker.quantize.registry import Quantized, QuantizeRequest, register
-
-ALL_SOURCES = ("torchvision", "yolo", "onnx")
 
 
 def fp32_onnx(model: LoadedModel, request: QuantizeRequest) -> tuple[Path, list[str]]:
     """The float ONNX file of the model: the manifest's file, or a fresh export in work_dir."""
-    path = getattr(model, "onnx_path", None)
+    path = model.onnx_path
     if path:
         return Path(path), [f"ONNX file {Path(path).name} as given"]
     if model.arch in ORT_UNSUPPORTED:
@@ -46,7 +41,7 @@ def fp32_onnx(model: LoadedModel, request: QuantizeRequest) -> tuple[Path, list[
 def module_lists(model: LoadedModel, onnx_model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(int8, float) weight layers, named as torch modules where the ONNX came from torch."""
     int8, floats = weight_nodes(onnx_model)
-    if getattr(model, "onnx_path", None):
+    if model.onnx_path is not None:
         return unique(int8), unique(floats)
     names = module_names(model.module)
     to_module = lambda n: node_module(n, names) or n  # noqa: E731
@@ -56,24 +51,22 @@ def module_lists(model: LoadedModel, onnx_model: onnx.ModelProto) -> tuple[list[
 
 def ort_quantized(model: LoadedModel, path: Path, device: str, notes: list[str],
                   fp32_path: Path | None = None) -> Quantized:
-    sess = session(path, device)
+    runtime = OnnxRuntimeBackend(path, device, reference_path=fp32_path or path)
     graph = onnx.load(str(path))
     int8, floats = module_lists(model, graph)
     return Quantized(
-        predict=make_ort_predict(sess, input_info(path), model.kind),
-        backend="onnxruntime",
+        predict=runtime.predict(model.kind),
+        backend=runtime.label,
         size_bytes=file_size(path),
         params_by_dtype=initializer_counts(graph),
         int8_modules=int8,
         float_modules=floats,
         notes="; ".join(notes),
-        module=sess,
-        onnx_paths=(str(fp32_path or path), str(path)),
+        runtime=runtime,
     )
 
 
-@register("ort_fp32", devices=ort_devices(), sources=ALL_SOURCES, reference=True,
-          description="ONNX Runtime float32 of the exported model")
+@register("ort_fp32")
 def quantize_ort_fp32(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     path, notes = fp32_onnx(model, request)
     return ort_quantized(model, path, request.device, notes)

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from worker.backends.onnxruntime.export import module_names, node_module
+from worker.backends.onnxruntime.runtime import feeds, input_info
 from worker.measure.machine import cpu_isa
 from worker.models.base import LoadedModel
 from worker.quantize.common import matches_keep_float
-from worker.quantize.onnx_export import module_names, node_module
 from worker.quantize.onnx_tails import activation_tails
 from worker.quantize.ort_bias_correction import bias_offsets, corrected_model
-from worker.quantize.ort_fp32 import ALL_SOURCES, fp32_onnx, ort_quantized
-from worker.quantize.ort_runtime import feeds, input_info, ort_devices
+from worker.quantize.ort_fp32 import fp32_onnx, ort_quantized
 from worker.quantize.registry import Quantized, QuantizeRequest, register
 
 MIN_OPSET = 13
@@ -99,7 +99,7 @@ def excluded_nodes(model: LoadedModel, graph: onnx.ModelProto,
     to an output: nodes that only transform its output) stays float with it, as a torch
     module's activation does.
     """
-    from_torch = not getattr(model, "onnx_path", None)
+    from_torch = model.onnx_path is None
     names = module_names(model.module) if from_torch else None
     scope = model.kind.ort_int8_scope(model.module) if from_torch else None
     exclude: list[str] = []
@@ -241,7 +241,7 @@ def quantize_prepared(model: LoadedModel, request: QuantizeRequest, prep: Prepar
     if source is not None:
         source.unlink()
     notes = list(prep.notes)
-    scope = None if getattr(model, "onnx_path", None) else model.kind.ort_int8_scope(model.module)
+    scope = None if model.onnx_path is not None else model.kind.ort_int8_scope(model.module)
     if scope is not None:
         notes.append(scope[1])
     notes += kept
@@ -257,8 +257,7 @@ def quantize_prepared(model: LoadedModel, request: QuantizeRequest, prep: Prepar
     return ort_quantized(model, out, request.device, notes, fp32_path=prep.path)
 
 
-@register("ort_int8", devices=ort_devices(), needs_calibration=True, sources=ALL_SOURCES,
-          description="ONNX Runtime static int8 (QDQ, u8 activations, s8 weights)")
+@register("ort_int8")
 def quantize_ort_int8(model: LoadedModel, request: QuantizeRequest) -> Quantized:
     prep = prepare_ort_int8(model, request)
     return quantize_prepared(model, request, prep, Path(request.work_dir) / "model_int8.onnx")

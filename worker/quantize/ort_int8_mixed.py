@@ -17,29 +17,23 @@ from pathlib import Path
 
 from worker.models.base import LoadedModel
 from worker.quantize.mixed_search import (
-    MIXED_COLUMNS,
     candidate_groups,
     layer_children,
     required_target,
     search_and_quantize,
 )
 from worker.quantize.onnx_groups import node_groups
-from worker.quantize.ort_fp32 import ALL_SOURCES
 from worker.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
-from worker.quantize.ort_runtime import ort_devices
 from worker.quantize.registry import Quantized, QuantizeRequest, register
 
 
-@register("ort_int8_mixed", devices=ort_devices(), needs_calibration=True, sources=ALL_SOURCES,
-          extra_columns=MIXED_COLUMNS,
-          description="ort_int8, keeping the most sensitive layers (ONNX nodes) float until "
-                      "quantization.target holds")
+@register("ort_int8_mixed")
 def quantize_ort_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
     target = required_target(request, "ort_int8_mixed")
     base = replace(request, search_target=None)
     prep = prepare_ort_int8(loaded, base)
     work = Path(request.work_dir)
-    if getattr(loaded, "onnx_path", None):
+    if loaded.onnx_path is not None:
         groups = node_groups(prep.path)
         candidates, children, patterns = groups.top(), groups.children, groups.patterns
         if not candidates:

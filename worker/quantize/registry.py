@@ -1,10 +1,9 @@
-"""Registry of quantization modes keyed by name (torchao's config -> handler shape).
+"""The handlers that build each mode, and what they return (Quantized).
 
-Each mode lives in its own module under worker/quantize/ and registers one handler with
-@register(...); adding a mode is a one-file change. The registry imports every module of the
-package once, so mode names are known to manifest validation without naming them here.
-A mode also says whether it is a reference (the model as given: fp32, ort_fp32) and which
-`models` columns only it fills (int8_mixed's search outcome).
+What a mode is (backend, precision, devices, sources, calibration, reference, options) is the
+torch-free mode table, worker/modes.py; each mode's module here (worker/quantize/<mode>.py)
+binds its handler to that row with @register(name). The registry imports those modules once,
+on first use.
 """
 
 from __future__ import annotations
@@ -15,14 +14,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from worker.catalogue import TORCH_SOURCES
 from worker.errors import ModelError
+from worker.modes import MODES, get_mode, mode_source_problem
 
 if TYPE_CHECKING:
     import torch
 
+    from worker.backends.base import Backend
     from worker.manifest import CalibrationSpec
     from worker.models.base import LoadedModel
+    from worker.quantize.mixed_search import MixedSearch
 
 
 @dataclass
@@ -68,41 +69,30 @@ class Quantized:
     int8_modules: list[str] = field(default_factory=list)
     float_modules: list[str] = field(default_factory=list)
     notes: str = ""  # what stayed float and why, shown in the report
-    module: Any = None  # the torch module or ORT session, for inspection
-    # ORT modes: (fp32, quantized) ONNX files with matching node names; a session cannot be
-    # hooked, so inspection compares these. They live in the request's work_dir.
-    onnx_paths: tuple[str, str] | None = None
-    search: Any = None  # int8_mixed: its MixedSearch (columns(), write_plot())
+    # What it runs on (worker/backends): saving, inspection and executed precision ask it.
+    runtime: Backend | None = None
+    search: MixedSearch | None = None  # a searching mode's outcome (columns(), write_plot())
+
+    @property
+    def module(self) -> Any:
+        """The torch module that runs (torch backends), else None."""
+        return None if self.runtime is None else self.runtime.module
 
 
 Handler = Callable[["LoadedModel", QuantizeRequest], Quantized]
 
-
-@dataclass(frozen=True)
-class ModeInfo:
-    name: str
-    handler: Handler
-    devices: frozenset[str]
-    needs_calibration: bool
-    description: str
-    sources: frozenset[str] = frozenset(TORCH_SOURCES)
-    reference: bool = False  # the model as given (fp32, ort_fp32): nothing to inspect
-    extra_columns: tuple[str, ...] = ()  # `models` columns only this mode fills
-
-
-_MODES: dict[str, ModeInfo] = {}
+_HANDLERS: dict[str, Handler] = {}
 _loaded = False
 
 
-def register(name: str, *, devices: Iterable[str], needs_calibration: bool = False,
-             description: str = "", sources: Iterable[str] = TORCH_SOURCES,
-             reference: bool = False,
-             extra_columns: Iterable[str] = ()) -> Callable[[Handler], Handler]:
+def register(name: str) -> Callable[[Handler], Handler]:
+    """Bind a handler to its row of the mode table (worker/modes.py)."""
     def wrap(handler: Handler) -> Handler:
-        if name in _MODES:
+        if name not in MODES:
+            raise RuntimeError(f"mode {name!r} has no row in the mode table (worker/modes.py)")
+        if name in _HANDLERS:
             raise RuntimeError(f"mode {name!r} registered twice")
-        _MODES[name] = ModeInfo(name, handler, frozenset(devices), needs_calibration, description,
-                                frozenset(sources), reference, tuple(extra_columns))
+        _HANDLERS[name] = handler
         return handler
     return wrap
 
@@ -114,50 +104,27 @@ def _load_modes() -> None:
     import worker.quantize as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in {"registry", "common", "parts", "mixed_search"}:
-            importlib.import_module(f"worker.quantize.{info.name}")
+        if info.name in MODES:
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
     _loaded = True
 
 
-def modes() -> dict[str, ModeInfo]:
+def handlers() -> dict[str, Handler]:
+    """Every registered handler by mode name (imports the mode modules once)."""
     _load_modes()
-    return dict(_MODES)
+    return dict(_HANDLERS)
 
 
-def mode_names() -> list[str]:
-    return sorted(modes())
-
-
-def get_mode(name: str) -> ModeInfo:
-    all_modes = modes()
-    if name not in all_modes:
-        raise KeyError(f"unknown mode {name!r}; known: {', '.join(sorted(all_modes))}")
-    return all_modes[name]
-
-
-def validate_mode_device(mode: str, device: str) -> str | None:
-    """None when the mode runs on the device, else a one-line reason."""
-    info = get_mode(mode)
-    if device not in info.devices:
-        return f"mode {mode} does not run on {device} (it runs on: {', '.join(sorted(info.devices))})"
-    return None
-
-
-def validate_mode_source(mode: str, source: str) -> str | None:
-    """None when the mode can take a model of this source, else a one-line reason."""
-    info = get_mode(mode)
-    if source not in info.sources:
-        runs = ", ".join(sorted(m for m, i in modes().items() if source in i.sources))
-        why = " (an ONNX file has no torch module)" if source == "onnx" else ""
-        return f"mode {mode} cannot run models of source {source}{why}; use {runs}"
-    return None
+def handler(name: str) -> Handler:
+    get_mode(name)  # an unknown name: KeyError naming the known ones
+    return handlers()[name]
 
 
 def quantize(model: LoadedModel, mode: str, request: QuantizeRequest) -> Quantized:
-    problem = validate_mode_source(mode, model.source)
+    problem = mode_source_problem(mode, model.source)
     if problem:
         raise ModelError(problem)
-    q = get_mode(mode).handler(model, request)
+    q = handler(mode)(model, request)
     loader_notes = getattr(model, "notes", "")  # e.g. what a YOLO benchmark leaves out
     if loader_notes:
         q.notes = "; ".join(n for n in (loader_notes, q.notes) if n)

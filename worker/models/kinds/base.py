@@ -9,7 +9,8 @@ the object of that task, and every step asks it rather than comparing task names
                one CPU float item per image for evaluation.
 - export:      `example_call` / `program_outputs` (TorchScript artifacts), `onnx_per_image` and
                `ort_outputs` (ONNX export and ORT sessions returning torch's structure),
-               `load_snippet` (the export card's "how to load it without qbench").
+               `torchscript_usage` / `onnx_usage` (the task's part of the export card's "how
+               to load it without qbench"; the backend writes the rest).
 - pairing:     `output_pairs` (fp32 vs quantized values for the hexbins),
                `agreement_score` (int8_mixed's score without a dataset).
 - quantizing:  `static_parts` (which submodules int8_static quantizes as separate graphs,
@@ -37,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from worker.tensors import tensors_of
 
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -67,15 +70,6 @@ class PartPlan:
 
 def _flat_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().reshape(-1).numpy()
-
-
-def tensors_of(value: Any) -> list[torch.Tensor]:
-    """Every tensor in a nest of tensors, lists, tuples and dicts, in order."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    return [t for v in value for t in tensors_of(v)] if isinstance(value, (list, tuple)) else []
 
 
 class TaskKind:
@@ -124,19 +118,14 @@ class TaskKind:
                 for parts in zip(*runs, strict=True)]
         return outs[0]
 
-    def load_snippet(self, fmt: str, file: str, onnx_input: str | None) -> str:
-        """A Python snippet that loads and runs the artifact without qbench."""
-        if fmt == "torchscript":
-            return (f"import torch\nmodel = torch.jit.load({file!r})\n"
-                    "outputs = model(batch)  # batch: float32 [N, 3, H, W] in [0, 1]")
-        from worker.quantize.ort_runtime import DISABLED_OPTIMIZERS
+    def torchscript_usage(self, file: str) -> str:
+        """How to load and call a saved TorchScript program of this task (the card's snippet)."""
+        return (f"import torch\nmodel = torch.jit.load({file!r})\n"
+                "outputs = model(batch)  # batch: float32 [N, 3, H, W] in [0, 1]")
 
-        name = onnx_input or "input"
-        # without it ORT re-quantizes the layers kept float when it loads the file
-        return ("import onnxruntime as ort\n"
-                f"session = ort.InferenceSession({file!r}, "
-                f"disabled_optimizers={DISABLED_OPTIMIZERS!r})\n"
-                f"outputs = session.run(None, {{{name!r}: batch}})  "
+    def onnx_usage(self, input_name: str) -> str:
+        """The line that runs an ONNX session of this task (after the backend opened it)."""
+        return (f"outputs = session.run(None, {{{input_name!r}: batch}})  "
                 "# float32 numpy [N, 3, H, W] in [0, 1]")
 
     # -- pairing ---------------------------------------------------------------------------

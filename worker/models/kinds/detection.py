@@ -160,20 +160,14 @@ class Detection(TaskKind):
                     has_batch_dim: bool) -> Any:
         return [{k: torch.from_numpy(out[names.index(k)]) for k in OUTPUTS} for out in runs]
 
-    def load_snippet(self, fmt: str, file: str, onnx_input: str | None) -> str:
-        if fmt == "torchscript":
-            return (f"import torch, torchvision  # torchvision registers nms/roi_align\n"
-                    f"model = torch.jit.load({file!r})\n"
-                    "losses, detections = model([image])  # image: float32 [3, H, W] in [0, 1]; "
-                    "detections: [{'boxes', 'labels', 'scores'}]")
-        from worker.quantize.ort_runtime import DISABLED_OPTIMIZERS
+    def torchscript_usage(self, file: str) -> str:
+        return (f"import torch, torchvision  # torchvision registers nms/roi_align\n"
+                f"model = torch.jit.load({file!r})\n"
+                "losses, detections = model([image])  # image: float32 [3, H, W] in [0, 1]; "
+                "detections: [{'boxes', 'labels', 'scores'}]")
 
-        name = onnx_input or "input"
-        # without it ORT re-quantizes the layers kept float when it loads the file
-        return ("import onnxruntime as ort\n"
-                f"session = ort.InferenceSession({file!r}, "
-                f"disabled_optimizers={DISABLED_OPTIMIZERS!r})\n"
-                f"boxes, labels, scores = session.run(None, {{{name!r}: image}})  "
+    def onnx_usage(self, input_name: str) -> str:
+        return (f"boxes, labels, scores = session.run(None, {{{input_name!r}: image}})  "
                 "# one image: float32 numpy [3, H, W] in [0, 1]")
 
     def output_pairs(self, fp32: Any, quant: Any, iou_threshold: float = 0.5) -> Pairs:

@@ -12,7 +12,7 @@ import onnx
 import torch
 from onnx import helper
 
-from worker.catalogue import ort_devices  # noqa: F401 - re-exported: modes register with it
+from worker.backends.onnxruntime.config import DISABLED_OPTIMIZERS
 from worker.models.kinds import TaskKind, as_kind
 
 
@@ -47,15 +47,6 @@ def input_info(path: str | Path) -> InputInfo:
                          "export it with a dynamic batch or batch 1")
     return InputInfo(inputs[0].name, per_image=dims[0] == 1, has_batch_dim=True,
                      chw=tuple(dims[1:]))
-
-
-# ONNX Runtime's WeightBiasQuantization transformer (graph level 1) gives a float Conv or Gemm
-# that sits between a DequantizeLinear and a QuantizeLinear int8 weights, one scale per tensor,
-# when a session is created: it silently undoes keep_float. Measured on EfficientNet-Lite0, its
-# stem conv kept float: 28.9 dB SQNR at the conv's activation with the transformer, 53.0 dB
-# without, 32.6 dB with the conv int8 per channel. Every session qbench runs, and the load
-# snippet of an ONNX artifact, leave it off.
-DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 
 
 def session(path: str | Path, device: str, optimized_to: Path | None = None):
