@@ -30,11 +30,11 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.manifest import CalibrationSpec  # noqa: E402
-from worker.measure.latency import Latency  # noqa: E402
-from worker.models.base import LoadedModel, run_task  # noqa: E402
-from worker.quantize.common import serialized_size_bytes  # noqa: E402
-from worker.quantize.registry import QuantizeRequest, quantize  # noqa: E402
+from qbench.manifest import CalibrationSpec  # noqa: E402
+from qbench.measure.latency import Latency  # noqa: E402
+from qbench.models.base import LoadedModel, run_task  # noqa: E402
+from qbench.quantize.common import serialized_size_bytes  # noqa: E402
+from qbench.quantize.registry import QuantizeRequest, quantize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profile_parts import op_table, print_parts, profile_parts  # noqa: E402
@@ -47,9 +47,9 @@ def log(msg: str) -> None:
 
 
 def images(n: int, size: int, seed: int) -> torch.Tensor:
-    """Synthetic scenes from worker.evaluate.synth, else seeded smooth fields with rectangles."""
+    """Synthetic scenes from qbench.evaluate.synth, else seeded smooth fields with rectangles."""
     try:
-        from worker.evaluate.synth import synth_images
+        from qbench.evaluate.synth import synth_images
         return synth_images(n, (size, size), seed)
     except ImportError:
         g = torch.Generator().manual_seed(seed)
@@ -135,7 +135,7 @@ def variants(args, fp32: nn.Module, loaded: LoadedModel, request: QuantizeReques
         compiled.backbone = torch.compile(compiled.backbone)
         out["fp32_compiled"] = lambda b: run_task("detection", compiled, b)
     if args.fp32_fast_roi:
-        from worker.quantize.fast_roi_align import install_fast_roi_pool
+        from qbench.quantize.fast_roi_align import install_fast_roi_pool
 
         fast = copy.deepcopy(fp32)
         install_fast_roi_pool(fast)

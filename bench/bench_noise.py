@@ -1,7 +1,7 @@
 """Are qbench's speedups and regression flags numbers you can bet on? Measured, not assumed.
 
 One small job (a resnet18 classifier at 224 px unless --input-size, fp32 and int8_static,
-batch 1, one thread; random weights: latency only), run through the real pipeline (worker.pipeline.run_unit) as nightly
+batch 1, one thread; random weights: latency only), run through the real pipeline (qbench.pipeline.run_unit) as nightly
 jobs of consecutive dates into a scratch results folder:
 
 (a) runs 1 and 2: do the paired speedups of two runs of the same job agree within their CIs?
@@ -48,12 +48,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.measure.machine import read_load  # noqa: E402
-from worker.orchestrate import plan_job  # noqa: E402
-from worker.pipeline import run_unit  # noqa: E402
-from worker.report.compare import Thresholds, compare_jobs  # noqa: E402
-from worker.report.history import load_history, night_spread, step_regressions  # noqa: E402
-from worker.results import read_table, write_rows  # noqa: E402
+from qbench.measure.machine import read_load  # noqa: E402
+from qbench.orchestrate import plan_job  # noqa: E402
+from qbench.pipeline import run_unit  # noqa: E402
+from qbench.report.compare import Thresholds, compare_jobs  # noqa: E402
+from qbench.report.history import load_history, night_spread, step_regressions  # noqa: E402
+from qbench.results import read_table, write_rows  # noqa: E402
 
 T0 = time.perf_counter()
 MODE = "int8_static"
@@ -142,9 +142,9 @@ def instance_spread(path: Path, bursts: int, iterations: int) -> None:
     import numpy as np
     import torch
 
-    from worker.models import load_model
-    from worker.pipeline import calibration_source
-    from worker.quantize.registry import QuantizeRequest, quantize
+    from qbench.models import load_model
+    from qbench.pipeline import calibration_source
+    from qbench.quantize.registry import QuantizeRequest, quantize
 
     unit = next(u for u in plan_job(path).units if u.mode == MODE)
     torch.set_num_threads(unit.benchmark.threads)

@@ -154,7 +154,7 @@ def main() -> None:
     from pipeline_run import run_manifest
     from real_photos import write_labelled, write_photos
 
-    from worker.report.tables import with_interval
+    from qbench.report.tables import with_interval
 
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="qbench-real-"))

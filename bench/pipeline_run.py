@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from worker.orchestrate import plan_job
-from worker.pipeline import run_unit
-from worker.results import read_table
+from qbench.orchestrate import plan_job
+from qbench.pipeline import run_unit
+from qbench.results import read_table
 
 
 @dataclass

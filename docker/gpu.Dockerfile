@@ -72,7 +72,7 @@ RUN set -eu; \
 COPY pyproject.toml README.md /opt/qbench/src/
 COPY worker /opt/qbench/src/worker
 RUN pip install --no-deps /opt/qbench/src && rm -rf /opt/qbench/src \
-    && python -c "import worker.app, worker.tasks" \
+    && python -c "import qbench.service.app, qbench.service.tasks" \
     && qbench --help >/dev/null
 
 ENV HOME=/home/qbench \
@@ -89,6 +89,6 @@ USER qbench
 # Alive = the worker on this host answers a control ping (node name <queue>@<hostname>). It runs
 # in the worker's cpuset: lowest priority and rare, to stay out of the measurements.
 HEALTHCHECK --interval=300s --timeout=30s --start-period=60s --retries=3 \
-    CMD nice -n 19 celery -A worker.app inspect ping --timeout 10 -d "$QBENCH_QUEUE@$(cat /proc/sys/kernel/hostname)" >/dev/null || exit 1
+    CMD nice -n 19 celery -A qbench.service.app inspect ping --timeout 10 -d "$QBENCH_QUEUE@$(cat /proc/sys/kernel/hostname)" >/dev/null || exit 1
 
-CMD ["sh", "-c", "exec celery -A worker.app worker -Q \"$QBENCH_QUEUE\" -c 1 -n \"$QBENCH_QUEUE@%h\" --loglevel INFO"]
+CMD ["sh", "-c", "exec celery -A qbench.service.app worker -Q \"$QBENCH_QUEUE\" -c 1 -n \"$QBENCH_QUEUE@%h\" --loglevel INFO"]

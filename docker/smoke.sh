@@ -442,7 +442,7 @@ QBENCH_RESULTS_DIR=$smoke_dir/results run_logged "$restart_log" timeout "$job_ti
     || { docker logs "$worker" >>"$restart_log" 2>&1; fail "job $job2 did not complete after the restart" "$restart_log"; }
 import os, sys, time
 from pathlib import Path
-from worker.submit import job_states
+from qbench.service.submit import job_states
 job, root = sys.argv[1], Path(os.environ["QBENCH_RESULTS_DIR"])
 while True:
     states = job_states(root, job)

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.evaluate import coco, synth  # noqa: E402
-from worker.models import fixture  # noqa: E402
+from qbench.evaluate import coco, synth  # noqa: E402
+from qbench.models import fixture  # noqa: E402
 
 
 def held_out_map(model: torch.nn.Module, seed: int, images: int) -> dict[str, float]:

@@ -19,9 +19,9 @@ def small_job(tmp_path_factory):
     """Two cheap units run in this process, with their artifacts: fp32 and int8_dynamic."""
     import datetime as dt
 
-    from worker.manifest import Manifest
-    from worker.orchestrate import plan_from, save_plan
-    from worker.pipeline import run_unit
+    from qbench.manifest import Manifest
+    from qbench.orchestrate import plan_from, save_plan
+    from qbench.pipeline import run_unit
 
     tmp = tmp_path_factory.mktemp("small_job")
     manifest = Manifest.model_validate({

@@ -104,7 +104,7 @@ class CeleryWorker:
 
     def __init__(self, broker: str, results: Path, log: Path, queues: str = "cpu",
                  name: str = "w1", concurrency: int = 1):
-        self.args = [str(VENV_BIN / "celery"), "-A", "worker.app", "worker", "-Q", queues,
+        self.args = [str(VENV_BIN / "celery"), "-A", "qbench.service.app", "worker", "-Q", queues,
                      "-c", str(concurrency), "-n", f"{name}@127.0.0.1", "--loglevel", "INFO",
                      "--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.env = worker_env(broker, results)

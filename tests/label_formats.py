@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-from worker.evaluate.formats.kitti import write_kitti
-from worker.evaluate.formats.voc import write_voc
-from worker.evaluate.formats.yolo import write_yolo
+from qbench.evaluate.formats.kitti import write_kitti
+from qbench.evaluate.formats.voc import write_voc
+from qbench.evaluate.formats.yolo import write_yolo
 
 
 def write_formats(images: Path, annotations: Path, out: Path, base: Path) -> dict[str, dict]:

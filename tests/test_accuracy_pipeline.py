@@ -6,13 +6,13 @@ import json
 
 import pytest
 
+from qbench.errors import ManifestError
+from qbench.evaluate.synth import generate_dataset
+from qbench.orchestrate import plan_job
+from qbench.pipeline import run_unit
+from qbench.report.tables import drop_with_interval, size_accuracy_table
+from qbench.results import read_table
 from tests.helpers import small_manifest
-from worker.errors import ManifestError
-from worker.evaluate.synth import generate_dataset
-from worker.orchestrate import plan_job
-from worker.pipeline import run_unit
-from worker.report.tables import drop_with_interval, size_accuracy_table
-from worker.results import read_table
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_mixed_precision_reaches_a_map_target(synth):
 
 
 def test_mixed_precision_target_needs_a_dataset_for_map(tmp_path):
-    from worker.manifest import ManifestError
+    from qbench.manifest import ManifestError
 
     with pytest.raises(ManifestError, match="max_map_drop needs a dataset"):
         plan_job(small_manifest(tmp_path, quantization={"modes": ["int8_mixed"],

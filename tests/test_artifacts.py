@@ -19,22 +19,22 @@ import numpy as np
 import pytest
 import torch
 
+from qbench.artifacts.save import SavedArtifact, discard_artifact, save_artifact
+from qbench.artifacts.store import sha256_file
+from qbench.backends.torch.torchscript import max_difference
+from qbench.evaluate.synth import synth_images
+from qbench.manifest import Manifest, expand
+from qbench.measure import environment_fingerprint
+from qbench.measure.machine import LoadSampler
+from qbench.measure.unit_latency import latency_row_of, measure_unpaired
+from qbench.model_row import ParamsResult, SizeResult
+from qbench.models import load_model
+from qbench.orchestrate import plan_job
+from qbench.pipeline import calibration_source, initial_model_row, run_unit
+from qbench.quantize.common import serialized_size_bytes
+from qbench.quantize.registry import QuantizeRequest, quantize
+from qbench.results import read_table, write_rows
 from tests.helpers import qbench, small_manifest
-from worker.artifacts.save import SavedArtifact, discard_artifact, save_artifact
-from worker.artifacts.store import sha256_file
-from worker.backends.torch.torchscript import max_difference
-from worker.evaluate.synth import synth_images
-from worker.manifest import Manifest, expand
-from worker.measure import environment_fingerprint
-from worker.measure.machine import LoadSampler
-from worker.measure.unit_latency import latency_row_of, measure_unpaired
-from worker.model_row import ParamsResult, SizeResult
-from worker.models import load_model
-from worker.orchestrate import plan_job
-from worker.pipeline import calibration_source, initial_model_row, run_unit
-from worker.quantize.common import serialized_size_bytes
-from worker.quantize.registry import QuantizeRequest, quantize
-from worker.results import read_table, write_rows
 
 JOB = "art-20260101T000000-abcdef"
 MODES = ["fp32", "int8_static", "ort_fp32", "ort_int8"]
@@ -93,7 +93,7 @@ def job(tmp_path_factory) -> tuple[Path, dict[tuple[str, str], Saved]]:
 
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """`qbench ARGS` in this process (main() and its exit codes); returns (status, stderr)."""
-    from worker.cli import main
+    from qbench.cli import main
 
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["qbench", *args])

@@ -10,12 +10,12 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from torch import nn
 
-from worker import backends
-from worker.backends.onnxruntime.backend import OnnxRuntimeBackend
-from worker.backends.torch.backend import TorchBackend
-from worker.evaluate.synth import synth_images
-from worker.models.kinds import CLASSIFICATION, DETECTION
-from worker.quantize.torch_result import low_precision
+from qbench import backends
+from qbench.backends.onnxruntime.backend import OnnxRuntimeBackend
+from qbench.backends.torch.backend import TorchBackend
+from qbench.evaluate.synth import synth_images
+from qbench.models.kinds import CLASSIFICATION, DETECTION
+from qbench.quantize.torch_result import low_precision
 
 WORKER = Path(__file__).resolve().parents[1] / "worker"
 
@@ -33,7 +33,7 @@ def test_torch_backend_reports_the_dtype_its_layers_run_in():
     assert TorchBackend(net).executed_precision() == {"float32": 2}
     dyn = quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
     assert TorchBackend(dyn).executed_precision() == {"float32": 1, "int8": 1}
-    from worker.models.base import LoadedModel
+    from qbench.models.base import LoadedModel
 
     loaded = LoadedModel("m", "m", "classification", net, (16, 16), 5)
     q = low_precision(loaded, "cpu", torch.bfloat16)

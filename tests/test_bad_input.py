@@ -199,7 +199,7 @@ def test_yolo_without_ultralytics_is_refused_at_validate(tmp_path):
     path = _write(tmp_path, _manifest(tmp_path, [{"id": "y", "source": "yolo", "arch": "yolov8n",
                                                   "input_size": [64, 64]}]))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{packages}"}
-    proc = subprocess.run([sys.executable, "-S", "-c", "from worker.cli import main; main()",
+    proc = subprocess.run([sys.executable, "-S", "-c", "from qbench.cli import main; main()",
                            "validate", path], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert "source yolo needs the optional ultralytics package" in proc.stderr
@@ -259,7 +259,7 @@ def test_status_with_the_broker_down_is_one_line_fast(tmp_path):
 
     manifest = small_manifest(tmp_path, quantization={"modes": ["fp32"]})
     results = tmp_path / "results"
-    from worker.orchestrate import plan_job, save_plan
+    from qbench.orchestrate import plan_job, save_plan
 
     plan = plan_job(manifest)
     save_plan(plan, results)
@@ -333,7 +333,7 @@ def test_export_that_fails_later_leaves_the_users_files_as_they_were(small_job, 
 def test_a_corrupt_unit_file_is_named_and_the_rest_reported(small_job, tmp_path):
     import shutil
 
-    from worker.results import read_table
+    from qbench.results import read_table
 
     root = tmp_path / "results"
     shutil.copytree(small_job[0], root)
@@ -354,7 +354,7 @@ def test_a_corrupt_unit_file_is_named_and_the_rest_reported(small_job, tmp_path)
 def test_coco_file_names_cannot_leave_the_images_folder(tmp_path):
     from PIL import Image
 
-    from worker.evaluate.coco import DatasetError, load_batch, load_coco
+    from qbench.evaluate.coco import DatasetError, load_batch, load_coco
 
     secret = tmp_path / "secret.png"
     Image.new("RGB", (8, 8), "red").save(secret)
@@ -376,8 +376,8 @@ def test_imagefolder_symlink_out_is_refused(tmp_path):
     the folder and the data roots fails the unit, naming the entry; its pixels are never read."""
     from PIL import Image
 
-    from worker.orchestrate import plan_job
-    from worker.pipeline import run_unit
+    from qbench.orchestrate import plan_job
+    from qbench.pipeline import run_unit
 
     secret = tmp_path / "elsewhere" / "secret.png"  # outside the job's folder and data roots
     secret.parent.mkdir()
@@ -402,8 +402,8 @@ def test_a_pickled_checkpoint_says_what_to_do_instead(tmp_path):
 
     import torchvision
 
-    from worker.errors import ModelError
-    from worker.models.torchvision_models import load_checkpoint
+    from qbench.errors import ModelError
+    from qbench.models.torchvision_models import load_checkpoint
 
     class Payload:
         def __reduce__(self):

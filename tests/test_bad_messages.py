@@ -12,10 +12,10 @@ import datetime as dt
 import pytest
 from celery import Celery
 
+from qbench.manifest import Manifest, unit_id_for
+from qbench.orchestrate import plan_from
+from qbench.results import read_table
 from tests.helpers import CeleryWorker, RedisServer, wait_for
-from worker.manifest import Manifest, unit_id_for
-from worker.orchestrate import plan_from
-from worker.results import read_table
 
 pytestmark = pytest.mark.integration
 

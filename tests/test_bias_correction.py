@@ -12,12 +12,12 @@ import yaml
 from onnx import numpy_helper
 from torch import nn
 
+from qbench.manifest import CalibrationSpec, ManifestError, expand, parse_manifest
+from qbench.models.onnx_models import load_onnx
+from qbench.pipeline import initial_model_row
+from qbench.quantize.ort_bias_correction import _dequantized_weights
+from qbench.quantize.registry import QuantizeRequest, quantize
 from tests.test_quantize import structured_images
-from worker.manifest import CalibrationSpec, ManifestError, expand, parse_manifest
-from worker.models.onnx_models import load_onnx
-from worker.pipeline import initial_model_row
-from worker.quantize.ort_bias_correction import _dequantized_weights
-from worker.quantize.registry import QuantizeRequest, quantize
 
 
 class Net(nn.Module):
@@ -61,7 +61,7 @@ def _node(model: onnx.ModelProto, op: str, nth: int = 0) -> onnx.NodeProto:
 
 
 def test_offsets_are_the_mean_output_shift_of_the_int8_weights(small, tmp_path):
-    from worker.quantize.ort_int8 import prepare_ort_int8
+    from qbench.quantize.ort_int8 import prepare_ort_int8
 
     net, path, images = small
     loaded = load_onnx("net", path, (32, 32))

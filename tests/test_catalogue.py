@@ -7,9 +7,9 @@ import sys
 
 import torchvision
 
+from qbench import backends, catalogue, modes
+from qbench.quantize import registry
 from tests.helpers import REPO
-from worker import backends, catalogue, modes
-from worker.quantize import registry
 
 
 def test_every_mode_of_the_table_has_exactly_one_handler():
@@ -49,7 +49,7 @@ def test_static_arch_checks():
 
 
 def test_yolo_names_the_catalogue_accepts_are_built_by_the_loader():
-    from worker.models.yolo import build_yolo
+    from qbench.models.yolo import build_yolo
 
     for arch in ("yolov8n", "yolo11n.yaml"):
         assert catalogue.arch_problem("yolo", arch) is None
@@ -57,9 +57,9 @@ def test_yolo_names_the_catalogue_accepts_are_built_by_the_loader():
 
 
 def test_manifest_and_validate_import_no_torch():
-    code = ("import sys, worker.manifest, worker.orchestrate, worker.cli; "
+    code = ("import sys, qbench.manifest, qbench.orchestrate, qbench.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'torchvision', 'ultralytics') or m == 'worker.quantize.registry']; "
+            "('torch', 'torchvision', 'ultralytics') or m == 'qbench.quantize.registry']; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -2,8 +2,8 @@
 
 import pytest
 
+from qbench.results import read_table
 from tests.helpers import CeleryWorker, RedisServer, qbench, small_manifest, worker_env
-from worker.results import read_table
 
 pytestmark = pytest.mark.integration
 

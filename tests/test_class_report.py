@@ -3,8 +3,8 @@ than the threshold while the unit's mAP does not."""
 
 from __future__ import annotations
 
-from worker.report.blocks import Para, Table
-from worker.report.classes import class_blocks, class_findings, summary_columns
+from qbench.report.blocks import Para, Table
+from qbench.report.classes import class_blocks, class_findings, summary_columns
 
 
 def _unit(mode: str, map_q: float, map_fp32: float = 0.80) -> dict:

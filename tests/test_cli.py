@@ -3,8 +3,8 @@
 import pyarrow.parquet as pq
 import pytest
 
+from qbench.results import read_table
 from tests.helpers import qbench, small_manifest
-from worker.results import read_table
 
 
 @pytest.mark.parametrize("body, needle", [

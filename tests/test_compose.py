@@ -92,7 +92,7 @@ def test_redis_password_appendonly_healthcheck_volume(compose, services):
 def test_workers_queues_concurrency_and_cpuset(services):
     for queue in ("cpu", "gpu"):
         cmd = command(services[f"worker-{queue}"])
-        assert cmd[:4] == ["celery", "-A", "worker.app", "worker"]
+        assert cmd[:4] == ["celery", "-A", "qbench.service.app", "worker"]
         assert option(cmd, "-Q") == queue
         assert option(cmd, "-c") == "1", "one unit at a time: measurements never share cores"
         assert option(cmd, "-n").startswith(f"{queue}@"), "the healthcheck pings this node name"
@@ -114,7 +114,7 @@ def test_gpu_reservation(services):
 
 def test_beat_and_flower(services):
     beat = command(services["beat"])
-    assert beat[:4] == ["celery", "-A", "worker.app", "beat"]
+    assert beat[:4] == ["celery", "-A", "qbench.service.app", "beat"]
     schedule = option(beat, "-s")
     assert any(schedule.startswith(t + "/") for t, m in targets(services["beat"]).items()
                if m == "rw"), "beat's schedule must be on a writable volume"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.decode.decoders import DecodeError, decode
-from worker.decode.layout import layout_problem
-from worker.decode.spec import COCO80_TO_COCO91, OutputsSpec, category_mapping
+from qbench.decode.decoders import DecodeError, decode
+from qbench.decode.layout import layout_problem
+from qbench.decode.spec import COCO80_TO_COCO91, OutputsSpec, category_mapping
 
 
 def test_ultralytics_layout_decodes_known_boxes_and_suppresses_duplicates():

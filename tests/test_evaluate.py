@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.evaluate import agreement, coco, synth
+from qbench.evaluate import agreement, coco, synth
 
 
 def test_render_scene_shapes_and_ranges():
@@ -176,9 +176,9 @@ def test_classification_agreement():
 
 
 def test_image_folder_and_topk(tmp_path):
-    from worker.evaluate.image_folder import scan_image_folder
-    from worker.preprocess.spec import PreprocessSpec
-    from worker.preprocess.transform import load_images
+    from qbench.evaluate.image_folder import scan_image_folder
+    from qbench.preprocess.spec import PreprocessSpec
+    from qbench.preprocess.transform import load_images
 
     for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
         (tmp_path / cls).mkdir()

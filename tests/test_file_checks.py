@@ -12,8 +12,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from qbench.file_checks import is_torch_archive, onnx_problem
 from tests.helpers import REPO, RedisServer, qbench, small_manifest, worker_env
-from worker.file_checks import is_torch_archive, onnx_problem
 
 
 def _onnx_model(path, with_input: bool = True):
@@ -90,7 +90,7 @@ def test_validate_checks_files_without_importing_torch(tmp_path):
         {"id": "o", "source": "onnx", "path": "ok.onnx", "input_size": [32, 32]},
         {"id": "r", "arch": "resnet18", "num_classes": 10, "input_size": [64, 64],
          "checkpoint": "w.pt"}], quantization={"modes": ["ort_fp32"]})
-    code = ("import sys; from worker.cli import app; "
+    code = ("import sys; from qbench.cli import app; "
             f"app(['validate', {str(manifest)!r}], standalone_mode=False); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -7,8 +7,8 @@ import json
 import torch
 from torch import nn
 
-from worker.evaluate import coco, synth
-from worker.models import fixture
+from qbench.evaluate import coco, synth
+from qbench.models import fixture
 
 TEST_SEED = 424242  # neither the training stream nor the script's held-out seed
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from worker.manifest import CalibrationSpec
-from worker.models.base import LoadedModel
-from worker.quantize.registry import QuantizeRequest, get_mode, quantize
+from qbench.manifest import CalibrationSpec
+from qbench.models.base import LoadedModel
+from qbench.quantize.registry import QuantizeRequest, get_mode, quantize
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,

@@ -9,11 +9,11 @@ import pytest
 import redis as redis_py
 import torch
 
+from qbench.orchestrate import plan_job
+from qbench.pipeline import failed_row, write_outcome
+from qbench.service import gc
+from qbench.service.staging import sha256_file, stage_plan
 from tests.helpers import RedisServer, qbench, small_manifest, worker_env
-from worker import gc
-from worker.orchestrate import plan_job
-from worker.pipeline import failed_row, write_outcome
-from worker.staging import sha256_file, stage_plan
 
 
 def _manifest(tmp_path, name: str):
@@ -53,7 +53,7 @@ def test_gc_removes_only_what_no_row_and_no_queued_unit_references(tmp_path, sto
     done_job = _submit(_manifest(tmp_path, "done"), results, env)
     r.delete("cpu")
     monkeypatch.setenv("QBENCH_RESULTS_DIR", str(results))
-    from worker.orchestrate import load_plan
+    from qbench.orchestrate import load_plan
 
     unit = load_plan(results, done_job).units[0]
     write_outcome(unit, results, [], failed_row(unit, "ran and failed: a row all the same"))

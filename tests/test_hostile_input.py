@@ -168,10 +168,10 @@ CASES = [f for n, f in sorted(globals().items()) if n.startswith("case_")]
 def test_validate_refuses_in_one_line(tmp_path, case, monkeypatch, capsys):
     """`qbench validate` through main() in this process (a process each would add a minute to
     the suite); the subprocess tests below hold the same for the installed entry point."""
-    import worker.results
-    from worker.cli import main
+    import qbench.results
+    from qbench.cli import main
 
-    monkeypatch.setattr(worker.results, "UNREADABLE", {})  # what earlier tests read in-process
+    monkeypatch.setattr(qbench.results, "UNREADABLE", {})  # what earlier tests read in-process
     doc, needle = case(tmp_path)
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["qbench", "validate", _write(tmp_path, doc)])
@@ -338,7 +338,7 @@ def test_a_symlinked_folder_counts_toward_the_staging_limit(tmp_path, redis_serv
 # --- no wait lasts forever; Ctrl-C ------------------------------------------------------------
 
 def test_ctrl_c_mid_unit_is_one_line_and_leaves_no_unit_queued(tmp_path):
-    from worker.results import read_table
+    from qbench.results import read_table
 
     manifest = small_manifest(tmp_path, quantization={"modes": ["fp32", "int8_dynamic"]},
                               inspect={"images": 0}, artifacts=False,
@@ -391,7 +391,7 @@ def test_export_never_silently_replaces_a_users_file(small_job, tmp_path):
 def test_two_identical_manifests_in_the_same_second_get_two_jobs(tmp_path):
     """Every id the manifest could get in the next seconds is taken already (as by a run
     started at the same moment): the run gets another id and the earlier plans stay."""
-    from worker.manifest import job_id_for, load_manifest
+    from qbench.manifest import job_id_for, load_manifest
 
     manifest = small_manifest(tmp_path, quantization={"modes": ["fp32"]}, inspect={"images": 0},
                               artifacts=False,
@@ -462,7 +462,7 @@ def test_a_file_linked_into_the_results_is_named_not_read(small_job, tmp_path):
     read as this job's rows: it is named and skipped, like a corrupt file."""
     import shutil
 
-    from worker.results import read_table
+    from qbench.results import read_table
 
     root = tmp_path / "results"
     shutil.copytree(small_job[0], root)

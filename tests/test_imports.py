@@ -1,4 +1,4 @@
-"""worker/ has no import cycles, at import time or at run time.
+"""qbench (the folder worker/) has no import cycles, at import time or at run time.
 
 A cycle at import time makes import order matter (a half-initialised module raises ImportError
 or AttributeError depending on which side a caller imports first). A cycle through imports
@@ -17,7 +17,8 @@ PACKAGE = ROOT / "worker"
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    """The import name of a file of worker/ (the package is installed as `qbench`)."""
+    parts = ["qbench", *path.relative_to(PACKAGE).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -147,11 +148,11 @@ def test_cycle_finder_sees_a_cycle():
 
 def test_graph_sees_module_level_imports_only():
     graph = import_graph()
-    assert "worker.app" in graph["worker.submit"]
-    # `from worker.models.base import X` also runs worker/models/__init__.py.
-    assert {"worker.models", "worker.models.base"} <= graph["worker.quantize.torch_result"]
+    assert "qbench.service.app" in graph["qbench.service.submit"]
+    # `from qbench.models.base import X` also runs worker/models/__init__.py.
+    assert {"qbench.models", "qbench.models.base"} <= graph["qbench.quantize.torch_result"]
     # registry imports LoadedModel under TYPE_CHECKING and ModelError inside a function.
-    assert "worker.models.base" not in graph["worker.quantize.registry"]
+    assert "qbench.models.base" not in graph["qbench.quantize.registry"]
 
 
 def test_no_import_cycles_in_worker():
@@ -162,10 +163,10 @@ def test_no_import_cycles_in_worker():
 def test_graph_at_run_time_sees_imports_inside_functions():
     graph = import_graph(run_time=True)
     # pipeline imports the evaluation entry point inside run_unit.
-    assert "worker.evaluate.run" in graph["worker.pipeline"]
-    assert "worker.evaluate.run" not in import_graph()["worker.pipeline"]
+    assert "qbench.evaluate.run" in graph["qbench.pipeline"]
+    assert "qbench.evaluate.run" not in import_graph()["qbench.pipeline"]
     # TYPE_CHECKING imports never run.
-    assert "worker.models.base" not in graph["worker.quantize.registry"]
+    assert "qbench.models.base" not in graph["qbench.quantize.registry"]
 
 
 def test_no_import_cycles_at_run_time():
@@ -188,4 +189,4 @@ def _all_imports(path: Path) -> set[str]:
 def test_submit_sends_tasks_by_name():
     # nightly -> submit -> tasks -> nightly was a cycle at run time, through a function-level
     # import in tasks.py; submit reaches the tasks through the app by their names instead.
-    assert "worker.tasks" not in _all_imports(PACKAGE / "submit.py")
+    assert "qbench.service.tasks" not in _all_imports(PACKAGE / "service" / "submit.py")

@@ -16,30 +16,30 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantiz
 from PIL import Image
 from torch import nn
 
-from worker.backends.onnxruntime.backend import OnnxRuntimeBackend
-from worker.backends.torch.backend import TorchBackend
-from worker.backends.torch.runtime import make_predict
-from worker.evaluate.scores import detection_quality
-from worker.evaluate.synth import synth_images
-from worker.inspect import inspect_onnx, inspect_unit
-from worker.inspect.capture import compare_torch, named_layers
-from worker.inspect.metrics import LayerStats, layer_metrics
-from worker.inspect.tradeoff_plot import plot_tradeoff
-from worker.manifest import CalibrationSpec
-from worker.models.base import LoadedModel
-from worker.models.fixture import WEIGHTS, build_fixture
-from worker.quantize.bf16 import quantize_bf16
-from worker.quantize.common import serialized_size_bytes
-from worker.quantize.fp32 import quantize_fp32
-from worker.quantize.int8_dynamic import quantize_int8_dynamic
-from worker.quantize.int8_static import quantize_int8_static
-from worker.quantize.mixed_search import (
+from qbench.backends.onnxruntime.backend import OnnxRuntimeBackend
+from qbench.backends.torch.backend import TorchBackend
+from qbench.backends.torch.runtime import make_predict
+from qbench.evaluate.scores import detection_quality
+from qbench.evaluate.synth import synth_images
+from qbench.inspect import inspect_onnx, inspect_unit
+from qbench.inspect.capture import compare_torch, named_layers
+from qbench.inspect.metrics import LayerStats, layer_metrics
+from qbench.inspect.tradeoff_plot import plot_tradeoff
+from qbench.manifest import CalibrationSpec
+from qbench.models.base import LoadedModel
+from qbench.models.fixture import WEIGHTS, build_fixture
+from qbench.quantize.bf16 import quantize_bf16
+from qbench.quantize.common import serialized_size_bytes
+from qbench.quantize.fp32 import quantize_fp32
+from qbench.quantize.int8_dynamic import quantize_int8_dynamic
+from qbench.quantize.int8_static import quantize_int8_static
+from qbench.quantize.mixed_search import (
     candidate_groups,
     mixed_precision_search,
     rank_sensitivity,
 )
-from worker.quantize.registry import Quantized, QuantizeRequest
-from worker.results import LAYERS, to_table
+from qbench.quantize.registry import Quantized, QuantizeRequest
+from qbench.results import LAYERS, to_table
 
 ROW_COLUMNS = {"layer", "layer_index", "kind", "shape", "abs_diff_mean", "abs_diff_max",
                "rel_diff_mean", "cosine", "sqnr_db"}
@@ -369,7 +369,7 @@ def test_sqnr_plot_legend_names_underscore_parts(tmp_path):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from worker.inspect import plots
+    from qbench.inspect import plots
 
     ref = nn.Sequential()
     ref.add_module("_stem", nn.Conv2d(3, 4, 3))

@@ -8,19 +8,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.models.base import LoadedModel
-from worker.models.kinds import KINDS, kind_named
-from worker.modes import MIXED_COLUMNS, MODES
-from worker.quantize.common import keep_float_inside
-from worker.quantize.mixed_search import (
+from qbench.models.base import LoadedModel
+from qbench.models.kinds import KINDS, kind_named
+from qbench.modes import MIXED_COLUMNS, MODES
+from qbench.quantize.common import keep_float_inside
+from qbench.quantize.mixed_search import (
     Evaluator,
     MixedPrecision,
     MixedSearch,
     SensitivityResult,
     Trial,
 )
-from worker.quantize.registry import SearchTarget
-from worker.results import MODELS
+from qbench.quantize.registry import SearchTarget
+from qbench.results import MODELS
 
 WORKER = Path(__file__).resolve().parents[1] / "worker"
 TASK_COMPARISON = re.compile(r"task\s*(==|!=)|\.task\s+(not\s+)?in\b")
@@ -87,7 +87,7 @@ def test_mixed_search_fills_exactly_its_declared_columns():
 
 
 def test_models_row_is_assembled_from_typed_results():
-    from worker.model_row import Backend, ParamsResult, SizeResult, assemble, join_notes
+    from qbench.model_row import Backend, ParamsResult, SizeResult, assemble, join_notes
 
     parts = [Backend("torch-fx-x86"), SizeResult(250, 1000),
              ParamsResult({"float32": 10, "qint8": 30}, ("a", "b"), ("c",))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.evaluate.kitti_ap import kitti_ap, kitti_scores, score_thresholds
+from qbench.evaluate.kitti_ap import kitti_ap, kitti_scores, score_thresholds
 
 CARS = [["Car", 0.0, 0, 10.0 + 30 * i, 100.0, 38.0 + 30 * i, 150.0] for i in range(41)]
 IOU = {"Car": 0.7, "Pedestrian": 0.5}

@@ -13,15 +13,15 @@ import pytest
 import yaml
 from PIL import Image
 
+from qbench.evaluate.coco import evaluate_detections
+from qbench.evaluate.formats import read_labels
+from qbench.evaluate.synth import generate_dataset
+from qbench.orchestrate import plan_job, save_plan
+from qbench.pipeline import run_unit
+from qbench.report import write_report
+from qbench.results import read_table
 from tests.helpers import qbench, small_manifest
 from tests.label_formats import write_formats
-from worker.evaluate.coco import evaluate_detections
-from worker.evaluate.formats import read_labels
-from worker.evaluate.synth import generate_dataset
-from worker.orchestrate import plan_job, save_plan
-from worker.pipeline import run_unit
-from worker.report import write_report
-from worker.results import read_table
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_good_labels_validate_with_a_category_map_for_a_coco_detector(tmp_path):
 def test_submit_stages_the_labels_folder_and_a_worker_reads_the_copy(tmp_path, monkeypatch):
     """The KITTI labels and a YOLO data.yaml travel with the images: the unit runs from the
     results store alone, and the labels are part of the dataset's digest."""
-    from worker.staging import stage_plan
+    from qbench.service.staging import stage_plan
 
     src = tmp_path / "host"
     generate_dataset(src / "coco", seed=2, images=6, size=(64, 64))
@@ -312,8 +312,8 @@ def test_submit_stages_the_labels_folder_and_a_worker_reads_the_copy(tmp_path, m
 def test_a_decoded_model_on_a_yolo_dataset_maps_its_labels_by_the_data_yaml(formats):
     """An ultralytics model trained on the dataset outputs label i for data.yaml's names[i];
     with `classes` picking and ordering a subset, label i still lands on its named class."""
-    from worker.evaluate.datasets import category_map_for
-    from worker.manifest import Unit
+    from qbench.evaluate.datasets import category_map_for
+    from qbench.manifest import Unit
 
     root, blocks = formats
     images = root / blocks["yolo"]["images"]
@@ -333,7 +333,7 @@ def test_a_decoded_model_on_a_yolo_dataset_maps_its_labels_by_the_data_yaml(form
 
 
 def test_dataset_fields_belong_to_their_formats():
-    from worker.manifest import ManifestError, parse_manifest
+    from qbench.manifest import ManifestError, parse_manifest
 
     head = "name: a\nmodels: [{id: d, arch: fixture}]\ndataset: "
     ok = parse_manifest(head + "{format: voc, images: x, classes: ['traffic light', car]}\n")

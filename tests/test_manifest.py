@@ -3,15 +3,15 @@ import datetime as dt
 import pytest
 import yaml
 
-from tests.helpers import small_manifest
-from worker.manifest import (
+from qbench.manifest import (
     ManifestError,
     job_date_of,
     load_manifest,
     parse_manifest,
     resolve_inside,
 )
-from worker.orchestrate import plan_job
+from qbench.orchestrate import plan_job
+from tests.helpers import small_manifest
 
 EXAMPLE = """
 name: frcnn-traffic
@@ -122,7 +122,7 @@ def test_nightly_job_id_is_the_date(tmp_path):
 
 
 def test_unit_roundtrips_through_json(tmp_path):
-    from worker.manifest import Unit
+    from qbench.manifest import Unit
 
     unit = plan_job(small_manifest(tmp_path)).units[0]
     again = Unit.model_validate_json(unit.model_dump_json())

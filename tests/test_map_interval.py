@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.evaluate import coco
-from worker.evaluate.map_interval import _matched, _resampled_map, map_columns, map_drop_interval
+from qbench.evaluate import coco
+from qbench.evaluate.map_interval import _matched, _resampled_map, map_columns, map_drop_interval
 
 
 def _scenes(n: int = 12) -> dict:

@@ -1,4 +1,4 @@
-"""worker.measure: latency statistics, memory samplers, OOM handling, environment."""
+"""qbench.measure: latency statistics, memory samplers, OOM handling, environment."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from worker.measure import (
+from qbench.measure import (
     BatchResult,
     CudaMemoryTracker,
     Latency,
@@ -288,7 +288,7 @@ def test_environment_fingerprint_keys_and_stable_hash():
 
 
 def test_fingerprint_ignores_host_but_not_threads(monkeypatch):
-    import worker.measure as measure
+    import qbench.measure as measure
 
     before = environment_fingerprint()["env_fingerprint"]
     monkeypatch.setattr(measure.socket, "gethostname", lambda: "elsewhere")
@@ -303,8 +303,8 @@ def test_fingerprint_ignores_host_but_not_threads(monkeypatch):
 
 def test_fingerprint_tells_apart_cpus_with_and_without_vnni(monkeypatch):
     """Same model name, different int8 ISA: different fingerprints (no like-for-like compare)."""
-    import worker.measure as measure
-    from worker.measure.machine import CpuIsa
+    import qbench.measure as measure
+    from qbench.measure.machine import CpuIsa
 
     vnni = CpuIsa(("avx2", "avx512f", "avx512_vnni"), 25, 17)
     avx2 = CpuIsa(("avx2",), 25, 17)

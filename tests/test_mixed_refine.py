@@ -3,15 +3,15 @@ layers stay float, and the held-out share of the calibration images."""
 
 from __future__ import annotations
 
-from worker.evaluate.targets import heldout_count
-from worker.quantize.mixed_search import (
+from qbench.evaluate.targets import heldout_count
+from qbench.quantize.mixed_search import (
     Evaluator,
     MixedPrecision,
     child_groups,
     layer_children,
     refine_float_groups,
 )
-from worker.quantize.registry import Quantized
+from qbench.quantize.registry import Quantized
 
 LAYERS = ["features.0.conv", "features.1.conv.0", "features.1.conv.1", "features.2.conv.0",
           "features.2.conv.1", "classifier.1"]

@@ -15,16 +15,16 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from qbench.backends.onnxruntime.export import export_onnx
+from qbench.manifest import CalibrationSpec, ManifestError, expand, parse_manifest
+from qbench.models import ModelError
+from qbench.models.base import LoadedModel
+from qbench.models.onnx_models import load_onnx
+from qbench.models.torchvision_models import build_torchvision, check_arch
+from qbench.pipeline import run_unit
+from qbench.quantize.common import serialized_size_bytes
+from qbench.quantize.registry import QuantizeRequest, quantize
 from tests.test_quantize import recalibrate_bn, structured_images
-from worker.backends.onnxruntime.export import export_onnx
-from worker.manifest import CalibrationSpec, ManifestError, expand, parse_manifest
-from worker.models import ModelError
-from worker.models.base import LoadedModel
-from worker.models.onnx_models import load_onnx
-from worker.models.torchvision_models import build_torchvision, check_arch
-from worker.pipeline import run_unit
-from worker.quantize.common import serialized_size_bytes
-from worker.quantize.registry import QuantizeRequest, quantize
 
 
 def request(tmp_path, batches=(), method="minmax"):
@@ -67,7 +67,7 @@ def test_onnx_source_runs_with_ort_modes_only(onnx_file, tmp_path):
 def test_ort_int8_calibrates_once_and_reuses_the_ranges(onnx_file, tmp_path):
     """ort_int8_mixed quantizes one model many times: the first quantization calibrates and
     keeps the ranges, later ones reuse them and give the model a fresh calibration gives."""
-    from worker.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
+    from qbench.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
 
     path, x, _ = onnx_file
     loaded = load_onnx("r18", path, (64, 64))
@@ -90,7 +90,7 @@ def test_a_conv_kept_float_stays_float_in_the_session_ort_runs(onnx_file, tmp_pa
     """ONNX Runtime would give a float conv between Q/DQ nodes int8 weights when it loads the
     file (its WeightBiasQuantization transformer), undoing keep_float: qbench's sessions keep
     it off, so the graph ORT runs still has that conv in float."""
-    from worker.backends.onnxruntime.runtime import session
+    from qbench.backends.onnxruntime.runtime import session
 
     path, *_ = onnx_file
     loaded = load_onnx("r18", path, (64, 64))

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from worker.report import build_report
-from worker.report.compare import compare_jobs
-from worker.report.history import load_history, step_regressions
-from worker.results import LATENCY, MODELS, read_table, unit_file, write_rows
+from qbench.report import build_report
+from qbench.report.compare import compare_jobs
+from qbench.report.history import load_history, step_regressions
+from qbench.results import LATENCY, MODELS, read_table, unit_file, write_rows
 
 ENV = {"env_fingerprint": "e1", "torch_version": "2.14.1", "torchvision_version": "0.29.1",
        "cpu_model": "cpu", "threads": 1, "gpu_name": None, "host": "h", "qbench_version": "0",
@@ -28,7 +28,7 @@ def _write_job(root, job_id: str, centers: dict[str, float], seed: int, paired: 
                load: float = 1.0, stable: bool = True, own_drift: dict[str, float] | None = None):
     """models + latency + samples rows of one job, every mode but fp32 paired with fp32;
     `load` slows everything of the job alike (a busier machine)."""
-    from worker.measure.stats import paired_ratio_ci
+    from qbench.measure.stats import paired_ratio_ci
 
     for k, (mode, center) in enumerate(centers.items()):
         unit = f"{job_id}-{mode}"
@@ -220,6 +220,6 @@ def test_nightly_change_must_beat_the_spread_of_earlier_nights(tmp_path):
     verdict = {r[1]: r[6] for r in report.comparison.rows}["int8_static"]
     assert verdict.startswith("slower, within 3× the nights' spread (±") and "(paired)" in verdict
     # The same two nights compared on their own (no history): the samples decide, flagged.
-    from worker.report.compare import compare_jobs as pairwise
+    from qbench.report.compare import compare_jobs as pairwise
 
     assert pairwise(tmp_path / "jumpy", nights[-2], nights[-1]).regressions

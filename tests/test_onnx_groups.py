@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from worker.quantize.onnx_groups import node_groups
+from qbench.quantize.onnx_groups import node_groups
 
 
 def _chain(tmp_path, names):

@@ -7,10 +7,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from worker.manifest import CalibrationSpec
-from worker.models.onnx_models import load_onnx
-from worker.quantize.onnx_tails import activation_tails
-from worker.quantize.registry import QuantizeRequest, quantize
+from qbench.manifest import CalibrationSpec
+from qbench.models.onnx_models import load_onnx
+from qbench.quantize.onnx_tails import activation_tails
+from qbench.quantize.registry import QuantizeRequest, quantize
 
 
 def hardswish_net(path) -> onnx.ModelProto:

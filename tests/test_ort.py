@@ -7,17 +7,17 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from qbench import modes
+from qbench.backends.onnxruntime.config import devices as ort_devices
+from qbench.backends.onnxruntime.export import node_module
+from qbench.evaluate.agreement import detection_agreement
+from qbench.evaluate.synth import synth_images
+from qbench.manifest import CalibrationSpec
+from qbench.models import ModelError
+from qbench.models.base import LoadedModel
+from qbench.models.torchvision_models import load_torchvision
+from qbench.quantize.registry import QuantizeRequest, quantize
 from tests.test_quantize import recalibrate_bn, structured_images
-from worker import modes
-from worker.backends.onnxruntime.config import devices as ort_devices
-from worker.backends.onnxruntime.export import node_module
-from worker.evaluate.agreement import detection_agreement
-from worker.evaluate.synth import synth_images
-from worker.manifest import CalibrationSpec
-from worker.models import ModelError
-from worker.models.base import LoadedModel
-from worker.models.torchvision_models import load_torchvision
-from worker.quantize.registry import QuantizeRequest, quantize
 
 
 def request(tmp_path, batches, method="histogram", keep_float=()):
@@ -65,7 +65,7 @@ def test_ort_int8_classifier_close_to_fp32(classifier, tmp_path, method):
     fp32_size = quantize(classifier, "ort_fp32", request(tmp_path / "f", [])).size_bytes
     assert q.size_bytes < 0.3 * fp32_size
     assert {"minmax": "MinMax", "histogram": "Entropy", "percentile": "Percentile"}[method] in q.notes
-    from worker.measure.machine import cpu_isa
+    from qbench.measure.machine import cpu_isa
 
     # The note states what this CPU has, and reduce_range follows it.
     assert ("VNNI (" in q.notes and "detected: no reduce_range" in q.notes) == cpu_isa().vnni
@@ -155,7 +155,7 @@ def test_ort_int8_outputs_keep_their_range_under_clipping_calibration(tmp_path):
     assert "graph outputs keep their observed min/max" in q.notes
     assert out.max().item() > 0.98 * ref.max().item()  # not clipped to the percentile
 
-    from worker.quantize.ort_int8 import output_ranges
+    from qbench.quantize.ort_int8 import output_ranges
 
     (tmp_path / "m.onnx").write_bytes(b"")
     torch.onnx.export(net, (x[:1],), str(tmp_path / "m.onnx"), input_names=["input"],

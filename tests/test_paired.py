@@ -7,11 +7,11 @@ import types
 import pytest
 import torch
 
-from worker.measure.machine import LoadSampler, parse_cpuinfo, read_load
-from worker.measure.paired import REFERENCE, UNIT, measure_paired
-from worker.measure.sampling import SamplingPlan
-from worker.measure.unit_latency import LatencyJob, measure_unit_latency
-from worker.quantize.ort_int8 import reduce_range_for
+from qbench.measure.machine import LoadSampler, parse_cpuinfo, read_load
+from qbench.measure.paired import REFERENCE, UNIT, measure_paired
+from qbench.measure.sampling import SamplingPlan
+from qbench.measure.unit_latency import LatencyJob, measure_unit_latency
+from qbench.quantize.ort_int8 import reduce_range_for
 
 CPUINFO_AVX2 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -80,7 +80,7 @@ def test_cpuinfo_flags_family_model():
 
 
 def test_ort_reduce_range_follows_vnni(monkeypatch):
-    import worker.quantize.ort_int8 as ort_int8
+    import qbench.quantize.ort_int8 as ort_int8
 
     monkeypatch.setattr(ort_int8, "cpu_isa", lambda: parse_cpuinfo(CPUINFO_AVX2))
     assert reduce_range_for("cpu") == (True, "no VNNI (avx2 only): reduce_range, 7-bit weights")
@@ -184,7 +184,7 @@ def test_rounds_rotate_over_the_batch_sizes_and_label_their_pairs():
 
 
 def test_round_plan_shares_and_combined_rounds():
-    from worker.measure.paired import PairedResult, combine_rounds, round_plan
+    from qbench.measure.paired import PairedResult, combine_rounds, round_plan
 
     plan = SamplingPlan(iterations=10, min_seconds=3.0, max_iterations=31, max_seconds=9.0)
     share = round_plan(plan, 3)

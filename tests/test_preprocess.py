@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.manifest import ManifestError, parse_manifest
-from worker.preprocess.defaults import for_model, torchvision_classifier_spec
-from worker.preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
-from worker.preprocess.transform import fit, load_image, to_values, unit_to_input
+from qbench.manifest import ManifestError, parse_manifest
+from qbench.preprocess.defaults import for_model, torchvision_classifier_spec
+from qbench.preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from qbench.preprocess.transform import fit, load_image, to_values, unit_to_input
 
 
 def _manifest(model_extra: str) -> str:
@@ -71,7 +71,7 @@ def test_values_mean_std_scale_and_bgr():
 def _defaults(task: str, arch: str):
     from types import SimpleNamespace
 
-    from worker.models.kinds import kind_named
+    from qbench.models.kinds import kind_named
 
     return for_model(None, SimpleNamespace(kind=kind_named(task), arch=arch))
 

@@ -11,19 +11,19 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from worker import modes
-from worker.manifest import CalibrationSpec
-from worker.models.base import LoadedModel
-from worker.quantize import registry
-from worker.quantize.common import (
+from qbench import modes
+from qbench.manifest import CalibrationSpec
+from qbench.models.base import LoadedModel
+from qbench.quantize import registry
+from qbench.quantize.common import (
     matches_keep_float,
     params_by_dtype,
     serialized_size_bytes,
     weight_modules,
 )
-from worker.quantize.int8_static import PercentileObserver
-from worker.quantize.parts import frozen_bn_to_bn
-from worker.quantize.registry import QuantizeRequest, quantize
+from qbench.quantize.int8_static import PercentileObserver
+from qbench.quantize.parts import frozen_bn_to_bn
+from qbench.quantize.registry import QuantizeRequest, quantize
 
 
 def structured_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -268,7 +268,7 @@ def test_fast_roi_align_matches_torchvision(aligned):
 
     from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-    from worker.quantize.fast_roi_align import FastMultiScaleRoIAlign, permute_fc6
+    from qbench.quantize.fast_roi_align import FastMultiScaleRoIAlign, permute_fc6
 
     g = torch.Generator().manual_seed(0)
     size, n = 160, 2

@@ -8,6 +8,11 @@ import shutil
 import pytest
 import yaml
 
+from qbench.evaluate.synth import generate_dataset
+from qbench.measure.stats import proportion_ci
+from qbench.orchestrate import plan_job
+from qbench.pipeline import run_unit
+from qbench.results import read_table
 from tests.helpers import qbench, small_manifest
 from tests.trained_classifier import (
     LABELS,
@@ -18,11 +23,6 @@ from tests.trained_classifier import (
     with_outlier_channel,
     write_images,
 )
-from worker.evaluate.synth import generate_dataset
-from worker.measure.stats import proportion_ci
-from worker.orchestrate import plan_job
-from worker.pipeline import run_unit
-from worker.results import read_table
 
 
 def _run(manifest, steps: list[str] | None = None):
@@ -69,7 +69,7 @@ def test_declared_preprocessing_and_labels_give_the_real_accuracy(classifier):
     for row, name in ((good, "top1"), (good_int8, "top1"), (good_int8, "agreement_top1")):
         lo, hi = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
         assert lo <= row[name] <= hi and (lo, hi) == proportion_ci(round(18 * row[name]), 18)
-    from worker.report.tables import size_accuracy_table
+    from qbench.report.tables import size_accuracy_table
 
     table = size_accuracy_table(list(rows.values()))
     line = next(r for r in table.rows if r[0] == "declared" and r[1] == "int8_static")
@@ -98,8 +98,8 @@ def test_unlabelled_folder_calibrates_and_says_no_labels(classifier):
 
 @pytest.fixture(scope="module")
 def detector_data(tmp_path_factory):
-    from worker.backends.onnxruntime.export import export_onnx
-    from worker.models.torchvision_models import load_fixture
+    from qbench.backends.onnxruntime.export import export_onnx
+    from qbench.models.torchvision_models import load_fixture
 
     root = tmp_path_factory.mktemp("det")
     generate_dataset(root / "data", seed=5, images=14, size=(256, 256))
@@ -136,9 +136,9 @@ def test_onnx_export_scored_by_the_torchvision_decoder_matches_torch(detector_da
 def test_a_decoded_detectors_calibration_map_is_the_torch_fixtures(detector_data):
     """What ort_int8_mixed's max_map_drop scores on an ONNX detector: its outputs decoded and
     mapped back to the calibration pages, the same mAP the torch fixture scores there."""
-    from worker.evaluate.datasets import calibration_map_scorers
-    from worker.evaluate.targets import heldout_count
-    from worker.models import load_model
+    from qbench.evaluate.datasets import calibration_map_scorers
+    from qbench.evaluate.targets import heldout_count
+    from qbench.models import load_model
 
     onnx_model = {"id": "fxo", "source": "onnx", "path": "models/fixture.onnx",
                   "input_size": [256, 256], "preprocess": {"resize": "stretch"},
@@ -240,8 +240,8 @@ def test_max_map_drop_is_refused_for_a_model_without_detections(classifier):
 def test_onnx_classifier_without_decoder_gets_its_accuracy_and_agreement_intervals(classifier):
     """A given ONNX classifier (one [N, C] output, no decoder) is scored as the torch one is:
     top-1 against the folder labels mapped by outputs.labels, or a note saying why not."""
-    from worker.backends.onnxruntime.export import export_onnx
-    from worker.models.torchvision_models import load_torchvision
+    from qbench.backends.onnxruntime.export import export_onnx
+    from qbench.models.torchvision_models import load_torchvision
 
     loaded = load_torchvision("grey", "resnet18", 3, SIZE, classifier / "models" / "grey.pt")
     export_onnx(loaded, classifier / "models" / "grey.onnx")
@@ -285,8 +285,8 @@ def outlier_classifier(classifier):
 
 @pytest.fixture(scope="module")
 def onnx_classifier(outlier_classifier):
-    from worker.backends.onnxruntime.export import export_onnx
-    from worker.models.torchvision_models import load_torchvision
+    from qbench.backends.onnxruntime.export import export_onnx
+    from qbench.models.torchvision_models import load_torchvision
 
     root = outlier_classifier
     loaded = load_torchvision("grey", "resnet18", 3, SIZE, root / "models" / "grey-outlier.pt")

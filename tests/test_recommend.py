@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from qbench.measure.stats import paired_ratio_ci
+from qbench.report import build_report, write_report
+from qbench.report.recommend import Target, recommend
+from qbench.report.tables import summary_rows
+from qbench.results import read_table, write_rows
 from tests.test_noise_aware import ENV
-from worker.measure.stats import paired_ratio_ci
-from worker.report import build_report, write_report
-from worker.report.recommend import Target, recommend
-from worker.report.tables import summary_rows
-from worker.results import read_table, write_rows
 
 JOB = "det-20261125T010203-abcdef"
 DAY = "2026-11-25"

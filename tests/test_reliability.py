@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from qbench.results import read_table
 from tests.helpers import (
     REPO,
     CeleryWorker,
@@ -23,7 +24,6 @@ from tests.helpers import (
     wait_for,
     worker_env,
 )
-from worker.results import read_table
 
 pytestmark = pytest.mark.integration
 
@@ -183,8 +183,8 @@ def test_redis_restarted_with_a_job_queued_loses_nothing(tmp_path):
 SUBMIT_MANY = """
 import sys, time
 from pathlib import Path
-from worker.orchestrate import plan_job, save_plan
-from worker.submit import submit_plan
+from qbench.orchestrate import plan_job, save_plan
+from qbench.service.submit import submit_plan
 manifest, results, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
     plan = plan_job(manifest, job_id=f"many{i:03d}-20261125T000000-abcdef")
@@ -401,7 +401,7 @@ def test_reaper_moves_an_abandoned_message_once_and_leaves_a_leased_one(tmp_path
 
     import redis as redis_lib
 
-    from worker import lease
+    from qbench.service import lease
 
     server = RedisServer(tmp_path / "redis").start()
     monkeypatch.setenv("QBENCH_BROKER_URL", server.url)

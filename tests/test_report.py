@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from qbench.orchestrate import plan_job
+from qbench.pipeline import run_unit
+from qbench.report import Thresholds, build_report, write_report
+from qbench.report.compare import compare_jobs, previous_nightly
+from qbench.results import write_rows
 from tests.helpers import qbench, small_manifest
-from worker.orchestrate import plan_job
-from worker.pipeline import run_unit
-from worker.report import Thresholds, build_report, write_report
-from worker.report.compare import compare_jobs, previous_nightly
-from worker.results import write_rows
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_quiet_night_says_no_regression_first(tmp_path):
 
 
 def test_inspection_pictures_over_the_budget_are_linked_not_embedded(tmp_path):
-    from worker.report import INSPECT_BUDGET_BYTES, inspection_images, within_budget
+    from qbench.report import INSPECT_BUDGET_BYTES, inspection_images, within_budget
 
     folder = tmp_path / "inspect" / "m-int8-cpu"
     folder.mkdir(parents=True)
@@ -185,7 +185,7 @@ def test_html_renders_in_headless_chromium(real_job, tmp_path):
 
 
 def test_method_describes_the_tasks_this_job_measured():
-    from worker.report.method import accuracy_notes
+    from qbench.report.method import accuracy_notes
 
     classifier = [{"eval_images": 50, "map": None, "task": "classification", "output_cosine": None}]
     text = " ".join(accuracy_notes(classifier))

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from worker.results import LATENCY, MODELS, read_table, unit_file, write_rows
+from qbench.results import LATENCY, MODELS, read_table, unit_file, write_rows
 
 
 def latency_row(unit_id: str, bs: int, p50: float) -> dict:

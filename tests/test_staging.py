@@ -11,13 +11,13 @@ import torch
 import torchvision
 from PIL import Image
 
+from qbench.artifacts.card import build_card
+from qbench.manifest import ManifestError
+from qbench.orchestrate import plan_job
+from qbench.pipeline import run_unit
+from qbench.results import read_table
+from qbench.service.staging import digest_plan, stage_plan, tree_digest
 from tests.helpers import small_manifest
-from worker.artifacts.card import build_card
-from worker.manifest import ManifestError
-from worker.orchestrate import plan_job
-from worker.pipeline import run_unit
-from worker.results import read_table
-from worker.staging import digest_plan, stage_plan, tree_digest
 
 
 def _sha(path) -> str:

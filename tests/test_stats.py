@@ -1,4 +1,4 @@
-"""worker.measure.stats: bootstrap CIs, Mann–Whitney U, stability, step detection."""
+"""qbench.measure.stats: bootstrap CIs, Mann–Whitney U, stability, step detection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from worker.measure.stats import (
+from qbench.measure.stats import (
     coefficient_of_variation,
     detect_step,
     is_stable,

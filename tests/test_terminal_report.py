@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from worker.report.blocks import Bullets, Heading, Image, Para, Table
-from worker.report.plots import accuracy_limits
-from worker.report.terminal import print_report
+from qbench.report.blocks import Bullets, Heading, Image, Para, Table
+from qbench.report.plots import accuracy_limits
+from qbench.report.terminal import print_report
 
 
 def test_terminal_report_has_tables_and_paths_not_markdown(tmp_path):

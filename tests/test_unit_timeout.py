@@ -9,9 +9,9 @@ import time
 import psutil
 import pytest
 
+from qbench.phases import COLUMNS
+from qbench.results import read_table
 from tests.helpers import CeleryWorker, RedisServer, qbench, small_manifest, wait_for, worker_env
-from worker.phases import COLUMNS
-from worker.results import read_table
 
 
 def _two_models(tmp_path, name: str, limit: float, iterations: int = 50):
@@ -39,7 +39,7 @@ def test_a_stopped_unit_times_out_and_the_worker_runs_the_next(tmp_path):
     results = tmp_path / "results"
     env = {**worker_env(redis.url, results), "QBENCH_MAX_UNIT_SECONDS": "30"}
     worker = CeleryWorker(redis.url, results, tmp_path / "w.log")
-    worker.env.update(env)
+    qbench.env.update(env)
     worker.start()
     try:
         submitted = qbench("submit", str(_two_models(tmp_path, "hang", 600)), "--results",
@@ -111,6 +111,6 @@ def test_qbench_run_honours_the_limit_and_records_phases(tmp_path):
 def test_a_bad_worker_ceiling_stops_the_worker_at_start(tmp_path):
     env = {**worker_env("redis://127.0.0.1:1/0", tmp_path), "QBENCH_MAX_UNIT_SECONDS": "soon"}
     proc = subprocess.run([str(CeleryWorker("x", tmp_path, tmp_path / "l").args[0]), "-A",
-                           "worker.app", "worker", "-Q", "cpu"], env=env, capture_output=True,
+                           "qbench.service.app", "worker", "-Q", "cpu"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "QBENCH_MAX_UNIT_SECONDS='soon'" in proc.stdout + proc.stderr

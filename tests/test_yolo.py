@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from qbench.manifest import CalibrationSpec
+from qbench.models import ModelError
+from qbench.models.yolo import EXTRA, load_yolo
+from qbench.quantize.registry import QuantizeRequest, quantize
 from tests.test_quantize import structured_images
-from worker.manifest import CalibrationSpec
-from worker.models import ModelError
-from worker.models.yolo import EXTRA, load_yolo
-from worker.quantize.registry import QuantizeRequest, quantize
 
 SIZE = 128
 
@@ -84,7 +84,7 @@ def test_yolo_network_every_mode(yolo, tmp_path):
 
 @needs_ultralytics
 def test_yolo_checkpoints_load_safely(tmp_path):
-    from worker.models.yolo import build_yolo
+    from qbench.models.yolo import build_yolo
 
     fresh = tmp_path / "fresh.pt"  # a state_dict of the network as ultralytics builds it
     torch.save(build_yolo("yolov8n.yaml", 3).state_dict(), fresh)
@@ -107,8 +107,8 @@ def test_yolo_refusals():
 
 @needs_ultralytics
 def test_yolo_int8_inspection_pairs_layers(tmp_path):
-    from worker.evaluate.synth import synth_images
-    from worker.inspect import inspect_unit
+    from qbench.evaluate.synth import synth_images
+    from qbench.inspect import inspect_unit
 
     model = load_yolo("y", "yolov8n.yaml", 3, (SIZE, SIZE), None)
     images = synth_images(4, (SIZE, SIZE), 1)

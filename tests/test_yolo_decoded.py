@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
+from qbench.evaluate.synth import generate_dataset
+from qbench.manifest import ManifestError
+from qbench.orchestrate import plan_job
+from qbench.pipeline import run_unit
+from qbench.results import read_table
 from tests.helpers import REPO, small_manifest
-from worker.evaluate.synth import generate_dataset
-from worker.manifest import ManifestError
-from worker.orchestrate import plan_job
-from worker.pipeline import run_unit
-from worker.results import read_table
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None,
                                 reason="ultralytics (the optional yolo extra) is not installed")
@@ -23,8 +23,8 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from worker.backends.onnxruntime.export import export_onnx
-    from worker.models.yolo import build_yolo, load_yolo
+    from qbench.backends.onnxruntime.export import export_onnx
+    from qbench.models.yolo import build_yolo, load_yolo
 
     root = tmp_path_factory.mktemp("yolo")
     generate_dataset(root / "data", seed=3, images=8, size=(160, 120))  # letterboxed to 128
@@ -92,7 +92,7 @@ def test_category_ids_absent_from_the_mapping_fail_the_unit_naming_the_field(roo
 
 
 def test_ultralytics_never_goes_online():
-    code = ("from worker.models.yolo import build_yolo; build_yolo('yolov8n', 3); "
+    code = ("from qbench.models.yolo import build_yolo; build_yolo('yolov8n', 3); "
             "import ultralytics.utils as u; print(u.ONLINE)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=300)

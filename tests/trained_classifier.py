@@ -15,8 +15,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from worker.preprocess.spec import PreprocessSpec
-from worker.preprocess.transform import load_images
+from qbench.preprocess.spec import PreprocessSpec
+from qbench.preprocess.transform import load_images
 
 LABELS = ["mid", "dark", "bright"]  # output index -> folder name
 LEVELS = {"dark": 0.36, "mid": 0.5, "bright": 0.64}

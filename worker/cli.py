@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from worker.manifest import ManifestError
-from worker.printable import printable
+from qbench.manifest import ManifestError
+from qbench.printable import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Quantize vision models and benchmark them against the original.")
@@ -80,9 +80,9 @@ class CliError(Exception):
 @app.command()
 def validate(manifest: Path) -> None:
     """Check a manifest (fields, files, modes per device) and list the units it expands to."""
-    from worker.decode.layout import manifest_warnings
-    from worker.manifest import load_manifest
-    from worker.orchestrate import plan_job
+    from qbench.decode.layout import manifest_warnings
+    from qbench.manifest import load_manifest
+    from qbench.orchestrate import plan_job
 
     plan = plan_job(manifest)
     for line in manifest_warnings(load_manifest(manifest)[0]):
@@ -99,19 +99,19 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
         job_id: Annotated[str | None, typer.Option(help="Reuse a job id (rewrites its rows).")] = None,
         ) -> None:
     """Run every unit in this process (no broker), then print and write the report."""
-    from worker.confine import confine_unit
-    from worker.orchestrate import claim_plan, plan_job
-    from worker.staging import digest_plan
+    from qbench.confine import confine_unit
+    from qbench.orchestrate import claim_plan, plan_job
+    from qbench.service.staging import digest_plan
 
     plan = plan_job(manifest, job_id=job_id)
     for unit in plan.units:  # the same checks a worker makes, before anything is written
         confine_unit(unit, results)
     _check_writable(results)
     plan = digest_plan(plan)
-    from worker.isolate import run_unit_isolated  # torch: only once the job is sound
-    from worker.orchestrate import now_stamp
-    from worker.report import write_report
-    from worker.report.terminal import print_report
+    from qbench.isolate import run_unit_isolated  # torch: only once the job is sound
+    from qbench.orchestrate import now_stamp
+    from qbench.report import write_report
+    from qbench.report.terminal import print_report
 
     plan.submitted_at = now_stamp()  # the job's units are queued now, in this process
     plan = claim_plan(plan, results, fresh=job_id is None)
@@ -144,8 +144,8 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
 def _interrupted(plan, results: Path, n: int) -> None:
     """Ctrl-C mid-unit: the unit under way and those after it get an error row saying so
     (a plan is never left `queued` forever), then one line and exit 130."""
-    from worker.pipeline import failed_row, write_outcome
-    from worker.results import read_table
+    from qbench.pipeline import failed_row, write_outcome
+    from qbench.results import read_table
 
     written = {r["unit_id"] for r in read_table(results, "models", plan.job_id).to_pylist()}
     for unit in plan.units[n - 1:]:
@@ -198,7 +198,7 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
            timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
            ) -> None:
     """Queue the job's units on Redis (QBENCH_BROKER_URL); a report runs when the last ends."""
-    from worker.orchestrate import plan_job
+    from qbench.orchestrate import plan_job
 
     _finite("--timeout", timeout, positive=True)
     if (date or force) and not nightly:
@@ -207,12 +207,12 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
         _submit_night(manifest, results, date, force, wait, timeout)
         return
     plan = plan_job(manifest)  # torch-free: a bad manifest is refused at once
-    from worker.broker import broker_url
+    from qbench.service.broker import broker_url
 
     _check_broker(broker_url())
-    from worker.orchestrate import claim_plan, plan_file, save_plan
-    from worker.staging import stage_plan
-    from worker.submit import stamped, submit_plan
+    from qbench.orchestrate import claim_plan, plan_file, save_plan
+    from qbench.service.staging import stage_plan
+    from qbench.service.submit import stamped, submit_plan
 
     plan = claim_plan(plan, results, fresh=True)
     saved = plan_file(results, plan.job_id)
@@ -237,16 +237,16 @@ def submit(manifest: Path, results: ResultsOpt = Path("results"),
 
 def _submit_night(manifest: Path, results: Path, date: str | None, force: bool, wait: bool,
                   timeout: float) -> None:
-    from worker.nightly import parse_night, tonight
+    from qbench.service.nightly import parse_night, tonight
 
     night = parse_night(date) if date else tonight()
-    from worker.orchestrate import plan_job
+    from qbench.orchestrate import plan_job
 
     plan_job(manifest)  # a bad manifest is refused before the broker is asked
-    from worker.broker import broker_url
+    from qbench.service.broker import broker_url
 
     _check_broker(broker_url())
-    from worker.nightly import submit_night
+    from qbench.service.nightly import submit_night
 
     outcome = submit_night(manifest, results, night, force=force)
     if outcome.submitted:
@@ -261,7 +261,7 @@ def _submit_night(manifest: Path, results: Path, date: str | None, force: bool, 
 
 
 def _wait(job_id: str, results: Path, timeout: float) -> None:
-    from worker.submit import job_states
+    from qbench.service.submit import job_states
 
     deadline = time.monotonic() + timeout
     states = job_states(results, job_id)
@@ -310,10 +310,10 @@ def status(job_id: str, results: ResultsOpt = Path("results"),
            timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
            ) -> None:
     """Show each unit of a job: queued, running (elapsed, phase), ok, error or timeout."""
-    from worker.orchestrate import load_plan
+    from qbench.orchestrate import load_plan
 
     load_plan(results, job_id)  # an unknown or ill-formed id fails here, before the broker
-    from worker.broker import broker_url
+    from qbench.service.broker import broker_url
 
     if not (results / "reports" / job_id / "report.md").exists():
         _check_broker(broker_url())  # states of units without a row come from the broker
@@ -321,7 +321,7 @@ def status(job_id: str, results: ResultsOpt = Path("results"),
         _check_broker(broker_url())
         _wait(job_id, results, timeout)
         return
-    from worker.submit import job_states
+    from qbench.service.submit import job_states
 
     states = job_states(results, job_id)
     _show_status(states)
@@ -330,11 +330,11 @@ def status(job_id: str, results: ResultsOpt = Path("results"),
 @app.command()
 def cancel(job_id: str, results: ResultsOpt = Path("results")) -> None:
     """Cancel a submitted job: units not yet started are skipped; running ones finish."""
-    from worker.orchestrate import load_plan
-    from worker.submit import cancel_plan
+    from qbench.orchestrate import load_plan
+    from qbench.service.submit import cancel_plan
 
     plan = load_plan(results, job_id)
-    from worker.broker import broker_url
+    from qbench.service.broker import broker_url
 
     _check_broker(broker_url())
     pending = cancel_plan(plan, results)
@@ -357,10 +357,10 @@ def report(job_id: Annotated[str | None, typer.Argument(help="Job id; default: t
 
     A nightly job is compared with the previous night of the same manifest automatically.
     """
-    from worker.orchestrate import latest_job
-    from worker.report import Thresholds, write_report
-    from worker.report.terminal import print_report
-    from worker.results import job_ids
+    from qbench.orchestrate import latest_job
+    from qbench.report import Thresholds, write_report
+    from qbench.report.terminal import print_report
+    from qbench.results import job_ids
 
     _finite("--latency-threshold", latency_threshold)
     _finite("--map-threshold", map_threshold)
@@ -391,7 +391,7 @@ def export(job_id: Annotated[str, typer.Argument(help="Job id.")],
                "--overwrite", help="Replace files already there that hold other bytes.")] = False,
            results: ResultsOpt = Path("results")) -> None:
     """Copy a job's saved models, checked against their sha256, with a JSON card beside each."""
-    from worker.artifacts.export import ExportError, export_artifacts
+    from qbench.artifacts.export import ExportError, export_artifacts
 
     try:
         done = export_artifacts(results, job_id, to, model=model, mode=mode, overwrite=overwrite)
@@ -418,13 +418,13 @@ def gc(results: ResultsOpt = Path("results"),
                 "(default QBENCH_GC_GRACE or 3600).")] = None,
        ) -> None:
     """Remove staged inputs (results/inputs/) that no models row and no queued or running unit uses."""
-    from worker.broker import broker_url
+    from qbench.service.broker import broker_url
 
     if grace is not None:
         _finite("--grace", grace)  # nan would make every input look old enough to go
     _check_broker(broker_url())  # the queues say which inputs queued units still need
-    from worker.gc import collect
-    from worker.lease import client
+    from qbench.service.gc import collect
+    from qbench.service.lease import client
 
     try:
         done = collect(results, client(), dry_run=dry_run, grace=grace)
@@ -463,7 +463,7 @@ def data_synth(out_text: Annotated[str, typer.Option("--out", help="Folder to cr
     out_dir = Path(out_text)
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"--out {printable(out_dir)}: is a file, not a folder")
-    from worker.evaluate.synth import generate_dataset
+    from qbench.evaluate.synth import generate_dataset
 
     created = not out_dir.exists()
     try:
@@ -514,8 +514,8 @@ def _exit_for_exception() -> None:
     """Map the exception being handled to one line and an exit status."""
     import click
 
-    from worker.errors import ConfigError, ModelError
-    from worker.evaluate.coco_doc import DatasetError
+    from qbench.errors import ConfigError, ModelError
+    from qbench.evaluate.coco_doc import DatasetError
 
     try:
         raise
@@ -543,7 +543,7 @@ def _exit_for_exception() -> None:
 
 def _name_unreadable() -> None:
     """Unit files the reader skipped (corrupt Parquet): named, the rest was reported."""
-    results = sys.modules.get("worker.results")  # not imported: nothing was read
+    results = sys.modules.get("qbench.results")  # not imported: nothing was read
     for path, reason in (results.UNREADABLE.items() if results else ()):
         console.print(f"warning: skipped unreadable {printable(path)}: {printable(reason)}", style="yellow",
                       highlight=False, soft_wrap=True)

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.errors import ManifestError
-from worker.manifest import Unit, first_error, job_date_of, unit_id_for
-from worker.modes import MODES, mode_device_problem
+from qbench.errors import ManifestError
+from qbench.manifest import Unit, first_error, job_date_of, unit_id_for
+from qbench.modes import MODES, mode_device_problem
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 def output_paths(unit: Unit, root: Path) -> list[Path]:
     """Every file and folder a unit writes under the results root."""
-    from worker.artifacts.store import artifacts_dir
+    from qbench.artifacts.store import artifacts_dir
 
     files = [root / t / f"date={unit.job_date}" / f"job={unit.job_id}" / f"{unit.unit_id}.parquet"
              for t in TABLES]
@@ -95,7 +95,7 @@ def receive_unit(message: Any, results_root: Path) -> Unit | dict[str, Any]:
         log.error("%s", exc)
         unit = _sound_ids(message)
         if unit is not None:
-            from worker.pipeline import failed_row, write_outcome
+            from qbench.pipeline import failed_row, write_outcome
 
             write_outcome(unit, results_root, [], failed_row(unit, str(exc)))
         return {"unit_id": unit.unit_id if unit else None, "status": "refused",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from worker.errors import ConfigError
+from qbench.errors import ConfigError
 
 
 def env_int(name: str, default: int, minimum: int = 1, maximum: int = 1 << 62) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from worker.errors import ManifestError
+from qbench.errors import ManifestError
 
 # What torch.save(..., _use_new_zipfile_serialization=False) writes first: pickle protocol 2,
 # then torch's magic number 0x1950a86a20f9469cfc6c as a 10-byte LONG1.

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.artifacts.save import discard_artifact
-from worker.env import env_seconds
-from worker.manifest import Unit
-from worker.phases import LABELS, phase_of
-from worker.pipeline import Progress, UnitOutcome, failed_row, run_unit, write_outcome
+from qbench.artifacts.save import discard_artifact
+from qbench.env import env_seconds
+from qbench.manifest import Unit
+from qbench.phases import LABELS, phase_of
+from qbench.pipeline import Progress, UnitOutcome, failed_row, run_unit, write_outcome
 
 LIMIT_ENV = "QBENCH_MAX_UNIT_SECONDS"
 _PR_SET_PDEATHSIG = 1
@@ -55,7 +55,7 @@ def prepare_parent() -> None:
     """Import, once in the parent, what every unit imports first: the mode registry pulls in
     each backend (onnx, onnxruntime, ...), half a second a unit would otherwise pay after its
     fork. Imports only: no model runs here, so no unit's memory peak is inherited."""
-    from worker.quantize.registry import handlers
+    from qbench.quantize.registry import handlers
 
     handlers()
 

@@ -1,7 +1,7 @@
 """Job manifests: pydantic models of the YAML contract, validation, and expansion into units.
 
 Field names here are public API (see README "Manifest"): keep them, add freely. A leaf: it
-imports neither torch nor the mode registry (modes and arch names come from worker.catalogue),
+imports neither torch nor the mode registry (modes and arch names come from qbench.catalogue),
 so `qbench validate`, `status` and `submit` start without loading torch.
 """
 
@@ -29,10 +29,10 @@ from pydantic import (
     model_validator,
 )
 
-from worker.catalogue import arch_problem, torchvision_task
-from worker.env import env_int
-from worker.errors import ManifestError
-from worker.modes import (
+from qbench.catalogue import arch_problem, torchvision_task
+from qbench.env import env_int
+from qbench.errors import ManifestError
+from qbench.modes import (
     MODES,
     mode_device_problem,
     mode_names,
@@ -41,8 +41,8 @@ from worker.modes import (
 )
 
 __all__ = ["ManifestError", "Manifest", "Unit", "load_manifest", "parse_manifest"]
-from worker.decode.spec import OutputsSpec
-from worker.preprocess.spec import PreprocessSpec
+from qbench.decode.spec import OutputsSpec
+from qbench.preprocess.spec import PreprocessSpec
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # <name>-<stamp>-<digest>; a user may pass their own to `qbench run --job-id`. Never a path.
@@ -293,7 +293,7 @@ class DatasetSpec(Strict):
         if self.iou_thresholds is not None:
             if self.format != "kitti":
                 raise ValueError("iou_thresholds is for format kitti (KITTI's own AP)")
-            from worker.evaluate.formats.kitti import DEFAULT_CLASSES
+            from qbench.evaluate.formats.kitti import DEFAULT_CLASSES
 
             counted = {c.lower() for c in (self.classes or DEFAULT_CLASSES)}
             for name, value in self.iou_thresholds.items():
@@ -309,7 +309,7 @@ class DatasetSpec(Strict):
         """The labels folder as the manifest names it (or its format's default)."""
         if self.format not in ("kitti", "yolo", "voc"):
             return None
-        from worker.evaluate.formats import default_labels
+        from qbench.evaluate.formats import default_labels
 
         return self.labels or default_labels(self.format, self.images)
 
@@ -399,7 +399,7 @@ class Unit(Strict):
     inspect: InspectSpec
     base_dir: str  # where relative manifest paths resolve (not a root the worker trusts)
     artifacts: StrictBool = True  # save the benchmarked model (manifest `artifacts`)
-    # Set by `qbench submit` (worker/staging.py): manifest path as written -> its copy in the
+    # Set by `qbench submit` (worker/service/staging.py): manifest path as written -> its copy in the
     # results store (relative to it), and the digests of the bytes the unit benchmarks.
     staged: dict[str, str] = Field(default_factory=dict)
     checkpoint_sha256: str | None = None  # the checkpoint's or the ONNX file's
@@ -420,7 +420,7 @@ class Unit(Strict):
         """A path of the manifest: this worker's staged copy (inside its own results store's
         inputs/ only), else the path confined to this process's input roots (input_roots)."""
         if relative in self.staged:
-            from worker.results import results_root
+            from qbench.results import results_root
 
             inputs = (results_root() / "inputs").resolve()
             path = (results_root() / self.staged[relative]).resolve()
@@ -669,7 +669,7 @@ def check_files(manifest: Manifest, base: Path, source: str) -> None:
         if kind == "folder" and not path.is_dir():
             raise ManifestError(f"{source}: {field}: {path} is a file, not a folder")
         resolved[field] = path
-    from worker.file_checks import check_model_files
+    from qbench.file_checks import check_model_files
 
     check_model_files(manifest, resolved, source)  # a torch archive, an ONNX graph: no torch
     if manifest.dataset:
@@ -681,14 +681,14 @@ def check_dataset(manifest: Manifest, resolved: dict[str, Path], source: str,
     """The dataset fits every model: its format to the model's task, its category ids to the
     model's classes (or its outputs.category_map), every KITTI/YOLO/VOC label file readable,
     every image it names confined and, where it exists, a regular file."""
-    from worker.catalogue import FIXTURE_ARCH, FIXTURE_CLASSES, torchvision_task
-    from worker.evaluate.coco_doc import (
+    from qbench.catalogue import FIXTURE_ARCH, FIXTURE_CLASSES, torchvision_task
+    from qbench.evaluate.coco_doc import (
         DatasetError,
         check_coco_document,
         check_image_files,
         read_coco_document,
     )
-    from worker.evaluate.formats import BOX_FORMATS, read_labels
+    from qbench.evaluate.formats import BOX_FORMATS, read_labels
 
     spec = manifest.dataset
     tasks = {i: (torchvision_task(m.arch) if m.source == "torchvision" and m.arch else

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from worker.models.base import LoadedModel
-    from worker.quantize.registry import Quantized
+    from qbench.models.base import LoadedModel
+    from qbench.quantize.registry import Quantized
 
 INT8_DTYPES = {"qint8", "quint8", "int8", "uint8"}
 _KNOWN_DTYPES = {"float32", "float16", "bfloat16", *INT8_DTYPES}
@@ -52,8 +52,8 @@ class InputFacts:
     accuracy_note: str | None
 
     @classmethod
-    def of(cls, pre: Any) -> InputFacts:  # a worker.preprocess.defaults.Resolved
-        from worker.preprocess.defaults import UNDECLARED
+    def of(cls, pre: Any) -> InputFacts:  # a qbench.preprocess.defaults.Resolved
+        from qbench.preprocess.defaults import UNDECLARED
 
         return cls(pre.to_json(), None if pre.trusted else UNDECLARED)
 

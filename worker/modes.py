@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.backends import CONFIGS
+from qbench.backends import CONFIGS
 
 # The `models` columns a searching mode fills (its MixedSearch.columns()); null for the others.
 MIXED_COLUMNS = ("mixed_target_metric", "mixed_target", "mixed_score", "mixed_target_met",

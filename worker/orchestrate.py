@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.atomic import write_text_atomic
-from worker.manifest import (
+from qbench.atomic import write_text_atomic
+from qbench.manifest import (
     Manifest,
     ManifestError,
     Unit,
@@ -64,7 +64,7 @@ def now_stamp() -> str:
 def plan_job(manifest_path: str | Path, *, nightly: bool = False, job_id: str | None = None,
              now: dt.datetime | None = None) -> JobPlan:
     manifest, base = load_manifest(manifest_path)
-    from worker.decode.layout import check_manifest_outputs
+    from qbench.decode.layout import check_manifest_outputs
 
     check_manifest_outputs(manifest, base, str(manifest_path))  # decoder vs the ONNX file
     return plan_from(manifest, base, str(manifest_path), nightly=nightly, job_id=job_id, now=now)

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from worker.artifacts.save import discard_artifact, save_artifact
-from worker.evaluate.synth import synth_images
-from worker.evaluate.targets import search_target
-from worker.manifest import Unit
-from worker.measure import environment_fingerprint
-from worker.measure.unit_latency import LatencyJob, choose_reference, measure_unit_latency
-from worker.model_row import (
+from qbench.artifacts.save import discard_artifact, save_artifact
+from qbench.evaluate.synth import synth_images
+from qbench.evaluate.targets import search_target
+from qbench.manifest import Unit
+from qbench.measure import environment_fingerprint
+from qbench.measure.unit_latency import LatencyJob, choose_reference, measure_unit_latency
+from qbench.model_row import (
     Backend,
     InputFacts,
     ModelFacts,
@@ -35,14 +35,14 @@ from worker.model_row import (
     assemble,
     join_notes,
 )
-from worker.models import LoadedModel, load_model
-from worker.modes import MODES, get_mode
-from worker.phases import PhaseClock
-from worker.preprocess.defaults import for_model
-from worker.preprocess.transform import unit_to_input
-from worker.quantize.common import serialized_size_bytes
-from worker.quantize.registry import Quantized, QuantizeRequest, quantize
-from worker.results import unit_file, write_rows
+from qbench.models import LoadedModel, load_model
+from qbench.modes import MODES, get_mode
+from qbench.phases import PhaseClock
+from qbench.preprocess.defaults import for_model
+from qbench.preprocess.transform import unit_to_input
+from qbench.quantize.common import serialized_size_bytes
+from qbench.quantize.registry import Quantized, QuantizeRequest, quantize
+from qbench.results import unit_file, write_rows
 
 # torch.ao's eager/FX quantization warns about its own deprecation on every observer and
 # quantized tensor; the mode is chosen knowingly (see README), so the noise is dropped.
@@ -104,7 +104,7 @@ def calibration_source(unit: Unit, loaded: LoadedModel) -> Callable[[], list[tor
     """Batches for calibration: dataset calibration split, or seeded synthetic scenes."""
     count = unit.quantization.calibration.images
     if unit.dataset is not None:
-        from worker.evaluate.datasets import calibration_batches
+        from qbench.evaluate.datasets import calibration_batches
 
         return lambda: calibration_batches(unit, loaded, count)
     h, w = loaded.input_size
@@ -211,7 +211,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
             latency_rows, sample_rows = measure_step(q, loaded, unit, base, request, say)
             if unit.dataset is not None:
                 say("evaluate", total_steps - 2)
-                from worker.evaluate.run import evaluate_unit
+                from qbench.evaluate.run import evaluate_unit
 
                 evaluation = evaluate_unit(unit, loaded, q)
                 parts.append(evaluation)
@@ -247,7 +247,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
 
 
 def inspect_folder(root: Path, unit: Unit) -> Path:
-    from worker.report import report_folder
+    from qbench.report import report_folder
 
     return report_folder(root, unit.job_id) / "inspect" / f"{unit.model.id}-{unit.mode}-{unit.device}"
 
@@ -255,10 +255,10 @@ def inspect_folder(root: Path, unit: Unit) -> Path:
 def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, Any],
                  root: Path) -> tuple[list[dict[str, Any]], str | None]:
     """Layer-by-layer differences and pictures; a failure here is a note, not a failed unit."""
-    from worker.inspect import inspect_unit
+    from qbench.inspect import inspect_unit
 
     if unit.dataset is not None:
-        from worker.evaluate.datasets import evaluation_set
+        from qbench.evaluate.datasets import evaluation_set
 
         images = evaluation_set(unit, loaded).images[: unit.inspect.images]
     else:

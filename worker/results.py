@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from worker.atomic import atomic_path
-from worker.phases import COLUMNS as PHASE_COLUMNS
+from qbench.atomic import atomic_path
+from qbench.phases import COLUMNS as PHASE_COLUMNS
 
 log = logging.getLogger(__name__)
 # Unit files read_table could not read in this process, with why: the CLI names them.
@@ -35,7 +35,7 @@ ENVIRONMENT = [
     ("gpu_driver", pa.string()),
     ("host", pa.string()),
     ("env_fingerprint", pa.string()),
-    # int8-relevant ISA flags present (space-separated, worker.measure.machine.INT8_FLAGS
+    # int8-relevant ISA flags present (space-separated, qbench.measure.machine.INT8_FLAGS
     # order) and /proc/cpuinfo's family/model numbers; part of env_fingerprint.
     ("cpu_isa", pa.string()),
     ("cpu_family", pa.int32()),

@@ -25,8 +25,8 @@ MACHINE = ("cpu_model", "cpu_count", "threads", "gpu_name", "gpu_driver", "env_f
 
 def how_to_load(fmt: str, task: str | None, file: str, onnx_input: str | None) -> str:
     """A Python snippet that loads and runs the artifact without qbench (the task's own)."""
-    from worker.backends import for_format
-    from worker.models.kinds import KINDS, TaskKind
+    from qbench.backends import for_format
+    from qbench.models.kinds import KINDS, TaskKind
 
     kind = KINDS.get(task or "", TaskKind())
     return for_format(fmt).load_snippet(kind, file, onnx_input)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.artifacts.card import build_card, card_json
-from worker.artifacts.store import copy_hashing
-from worker.manifest import check_job_id
-from worker.results import job_ids, read_table
+from qbench.artifacts.card import build_card, card_json
+from qbench.artifacts.store import copy_hashing
+from qbench.manifest import check_job_id
+from qbench.results import job_ids, read_table
 
 LIST_AT_MOST = 20
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.artifacts.store import artifact_file, relative, remove_others, write_atomic
-from worker.backends.base import ArtifactError
+from qbench.artifacts.store import artifact_file, relative, remove_others, write_atomic
+from qbench.backends.base import ArtifactError
 
 if TYPE_CHECKING:
-    from worker.manifest import Unit
-    from worker.models.base import LoadedModel
-    from worker.quantize.registry import Quantized
+    from qbench.manifest import Unit
+    from qbench.models.base import LoadedModel
+    from qbench.quantize.registry import Quantized
 
 EXAMPLE_SEED = 11  # the synthetic image a saved program is checked on
 
@@ -62,7 +62,7 @@ def save_artifact(unit: Unit, loaded: LoadedModel, q: Quantized, root: Path) -> 
     try:
         if q.runtime is None:
             raise ArtifactError(f"backend {q.backend}: no runtime to save")
-        from worker.evaluate.synth import synth_images
+        from qbench.evaluate.synth import synth_images
 
         example = synth_images(1, loaded.input_size, EXAMPLE_SEED).to(unit.device)
         artifact = q.runtime.artifact(loaded.kind, example, q.predict)

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.atomic import atomic_path
+from qbench.atomic import atomic_path
 
 # artifact_format -> file extension; a (job, model, mode) has exactly one of these files.
 EXTENSIONS = {"torchscript": "pt", "onnx": "onnx"}

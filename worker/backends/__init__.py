@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from worker.backends.onnxruntime import config as onnxruntime_config
-from worker.backends.torch import config as torch_config
+from qbench.backends.onnxruntime import config as onnxruntime_config
+from qbench.backends.torch import config as torch_config
 
 if TYPE_CHECKING:
-    from worker.backends.base import Backend
+    from qbench.backends.base import Backend
 
 # name -> torch-free config module; adding a runtime adds its package and one line here.
 CONFIGS = {c.NAME: c for c in (torch_config, onnxruntime_config)}

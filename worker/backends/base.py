@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import torch
 
-    from worker.inspect.record import LayerComparison
-    from worker.models.base import LoadedModel
-    from worker.models.kinds import TaskKind
+    from qbench.inspect.record import LayerComparison
+    from qbench.models.base import LoadedModel
+    from qbench.models.kinds import TaskKind
 
 
 class ArtifactError(RuntimeError):

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from worker.preprocess.transform import Geometry
+from qbench.preprocess.transform import Geometry
 
 Detections = dict[str, torch.Tensor]
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import batched_nms, box_convert
 
-from worker.decode.spec import OutputsSpec
+from qbench.decode.spec import OutputsSpec
 
 Detections = dict[str, torch.Tensor]
 

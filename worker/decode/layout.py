@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.decode.spec import OutputsSpec
+from qbench.decode.spec import OutputsSpec
 
 
 def onnx_output_shapes(path: str | Path) -> list[tuple[str, list[int | None]]]:
@@ -49,7 +49,7 @@ def check_onnx_layout(spec: OutputsSpec | None, path: str | Path) -> str | None:
 
 def check_manifest_outputs(manifest, base: Path, source: str) -> None:
     """Refuse (ManifestError, one line) an ONNX file whose outputs its decoder cannot read."""
-    from worker.manifest import ManifestError, allowed_roots, resolve_inside
+    from qbench.manifest import ManifestError, allowed_roots, resolve_inside
 
     for i, m in enumerate(manifest.models):
         if m.source != "onnx" or m.outputs is None or m.outputs.decoder is None or not m.path:
@@ -65,7 +65,7 @@ def check_manifest_outputs(manifest, base: Path, source: str) -> None:
 
 def manifest_warnings(manifest) -> list[str]:
     """One line per model whose accuracy will be null because nothing says how to feed it."""
-    from worker.preprocess.defaults import UNDECLARED
+    from qbench.preprocess.defaults import UNDECLARED
 
     return [f"warning: models[{i}] ({m.id}): {UNDECLARED}"
             for i, m in enumerate(manifest.models) if m.source == "onnx" and m.preprocess is None]

@@ -70,7 +70,7 @@ class OutputsSpec(BaseModel):
         return v
 
     # category_map without a decoder is for torchvision detectors only: the model spec checks
-    # it (worker.manifest.ModelSpec), since only it knows the model's source and arch.
+    # it (qbench.manifest.ModelSpec), since only it knows the model's source and arch.
 
 
 # ultralytics' 80 COCO classes (index) -> COCO's category ids (1..90 with gaps).

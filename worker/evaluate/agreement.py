@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from worker.tensors import tensors_of
+from qbench.tensors import tensors_of
 
 Detections = dict[str, torch.Tensor]  # torchvision output: boxes (N,4 xyxy), scores, labels
 

@@ -3,14 +3,14 @@ dataset, KITTI's moderate AP), and one `class_metrics` row per class.
 
 A mean over classes hides the one class int8 hurts most, so each class's AP and AP@.5 are kept
 beside fp32's, with the paired bootstrap interval of its drop from the same resamples as the
-mAP drop's (worker.evaluate.map_interval); on KITTI, its easy/moderate/hard AP too.
+mAP drop's (qbench.evaluate.map_interval); on KITTI, its easy/moderate/hard AP too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker.evaluate.map_interval import map_and_class_scores
+from qbench.evaluate.map_interval import map_and_class_scores
 
 CLASS_ROWS = "class_rows"  # the key evaluate_unit takes the per-class rows from
 
@@ -20,7 +20,7 @@ def detector_accuracy(data: Any, fp32: list[dict], quantized: list[dict]) -> dic
     data: the EvalSet (its gt document, evaluation image ids and, for KITTI, IoU thresholds)."""
     columns, classes = map_and_class_scores(data.gt, fp32, quantized, data.image_ids)
     if data.kitti_iou and classes:
-        from worker.evaluate.kitti_ap import kitti_scores
+        from qbench.evaluate.kitti_ap import kitti_scores
 
         kitti_columns, per_class = kitti_scores(data.gt, fp32, quantized, data.image_ids,
                                                 data.kitti_iou)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from worker.evaluate.coco_doc import (
+from qbench.evaluate.coco_doc import (
     DatasetError,
     check_coco_document,
     confined_file,

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from worker.evaluate.coco import CocoDataset, DatasetError, confined_file, load_coco, split
-from worker.evaluate.evalset import BATCH, EvalSet
-from worker.evaluate.formats import BOX_FORMATS
-from worker.evaluate.kitti_ap import kitti_thresholds
-from worker.manifest import Unit, input_roots
-from worker.models.base import LoadedModel
-from worker.preprocess.defaults import for_model
-from worker.preprocess.spec import PreprocessSpec
-from worker.preprocess.transform import Geometry, ImageReadError, load_images
+from qbench.evaluate.coco import CocoDataset, DatasetError, confined_file, load_coco, split
+from qbench.evaluate.evalset import BATCH, EvalSet
+from qbench.evaluate.formats import BOX_FORMATS
+from qbench.evaluate.kitti_ap import kitti_thresholds
+from qbench.manifest import Unit, input_roots
+from qbench.models.base import LoadedModel
+from qbench.preprocess.defaults import for_model
+from qbench.preprocess.spec import PreprocessSpec
+from qbench.preprocess.transform import Geometry, ImageReadError, load_images
 
 SPLIT_SEED = 0  # fixed: every mode of a job calibrates and evaluates on the same images
 def _read(paths, spec: PreprocessSpec, size: tuple[int, int]) -> tuple[torch.Tensor, list[Geometry]]:
@@ -46,7 +46,7 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str
             ds = load_labelled(unit, images, limit, roots)
         calib_ids, eval_ids = split(ds.image_ids, calib_count, SPLIT_SEED)
         return ds, calib_ids, eval_ids[: spec.eval_images]
-    from worker.evaluate.image_folder import scan_image_folder
+    from qbench.evaluate.image_folder import scan_image_folder
 
     outputs = unit.model.outputs
     folder = scan_image_folder(images, outputs.labels if outputs else None, num_classes)
@@ -61,8 +61,8 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str
 def load_labelled(unit: Unit, images: Path, num_classes: int | None,
                   roots: tuple[Path, ...]) -> CocoDataset:
     """A KITTI, YOLO or VOC dataset as the COCO reader gives one."""
-    from worker.evaluate.coco_doc import check_coco_document
-    from worker.evaluate.formats import read_labels
+    from qbench.evaluate.coco_doc import check_coco_document
+    from qbench.evaluate.formats import read_labels
 
     spec = unit.dataset
     labels = unit.resolve(spec.label_folder)
@@ -76,7 +76,7 @@ def category_map_for(unit: Unit, doc: dict) -> dict[int, int] | None:
     """Model label -> dataset category id: outputs.category_map, else for a decoded model on a
     YOLO dataset the dataset's own class indices (what a model trained on it outputs: label i
     is the data.yaml's names[i]), else None (the label is the id)."""
-    from worker.decode.spec import category_mapping
+    from qbench.decode.spec import category_mapping
 
     outputs = unit.model.outputs
     mapping = category_mapping(outputs)
@@ -128,7 +128,7 @@ def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Call
     """mAP on the calibration split's annotations: what int8_mixed optimises (never eval),
     as (score on the searched images, score on the held-out ones or None). A model whose raw
     outputs need a decoder (outputs.decoder) is decoded and mapped back as in its evaluation."""
-    from worker.evaluate.coco import evaluate_detections, to_coco_results
+    from qbench.evaluate.coco import evaluate_detections, to_coco_results
 
     data, calib_ids, _ = _dataset(unit, loaded)
     mapping = category_map_for(unit, data.doc)
@@ -142,8 +142,8 @@ def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Call
 
         def score(predict) -> float:
             if decoded:
-                from worker.decode.coco_results import to_coco_results as decoded_results
-                from worker.evaluate.decoded import decoded_predictions
+                from qbench.decode.coco_results import to_coco_results as decoded_results
+                from qbench.evaluate.decoded import decoded_predictions
 
                 dets = decoded_predictions(loaded, spec, predict, part)
                 results = decoded_results(ids, dets, geos[lo:hi], mapping)

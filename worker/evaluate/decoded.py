@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from worker.decode.coco_results import check_categories, to_coco_results
-from worker.decode.decoders import decode
-from worker.evaluate.agreement import detection_agreement
-from worker.evaluate.class_metrics import detector_accuracy
-from worker.evaluate.evalset import BATCH, EvalSet
-from worker.evaluate.scores import wilson_columns
-from worker.inspect.metrics import sqnr_db
-from worker.models.kinds.onnx import logits_of
-from worker.preprocess.defaults import UNDECLARED, for_model
+from qbench.decode.coco_results import check_categories, to_coco_results
+from qbench.decode.decoders import decode
+from qbench.evaluate.agreement import detection_agreement
+from qbench.evaluate.class_metrics import detector_accuracy
+from qbench.evaluate.evalset import BATCH, EvalSet
+from qbench.evaluate.scores import wilson_columns
+from qbench.inspect.metrics import sqnr_db
+from qbench.models.kinds.onnx import logits_of
+from qbench.preprocess.defaults import UNDECLARED, for_model
 
 
 def _tensors(out) -> list[torch.Tensor]:
@@ -53,7 +53,7 @@ def output_agreement(ref: list[list[torch.Tensor]], cand: list[list[torch.Tensor
 def _output_names(loaded) -> list[str] | None:
     if loaded.onnx_path is None:
         return None
-    from worker.decode.layout import onnx_output_shapes
+    from qbench.decode.layout import onnx_output_shapes
 
     return [n for n, _ in onnx_output_shapes(loaded.onnx_path)]
 
@@ -73,8 +73,8 @@ def decoded_predictions(loaded, spec, predict, images: torch.Tensor) -> list:
 def _logits_accuracy(unit, pre, logits: torch.Tensor, data: EvalSet) -> dict[str, Any]:
     """top-1/top-5 of a given ONNX classifier: only with its preprocessing declared and an
     image folder whose class folders map to its outputs (`outputs.labels`)."""
-    from worker.evaluate.coco import topk_accuracy
-    from worker.evaluate.scores import wilson_columns
+    from qbench.evaluate.coco import topk_accuracy
+    from qbench.evaluate.scores import wilson_columns
 
     if not pre.trusted:
         return {"accuracy_note": UNDECLARED}
@@ -99,7 +99,7 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
         row = {**output_agreement(ref_raw, cand_raw),
                "accuracy_note": "no outputs.decoder: no accuracy, agreement on raw outputs"}
         if all(logits_of(p) is not None for p in ref_raw):  # one [B, C] output: logits
-            from worker.evaluate.agreement import classification_agreement
+            from qbench.evaluate.agreement import classification_agreement
 
             ref, ours = torch.cat([p[0] for p in ref_raw]), torch.cat([p[0] for p in cand_raw])
             top1 = classification_agreement(ref, ours)["top1_agreement"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worker.preprocess.transform import Geometry
+from qbench.preprocess.transform import Geometry
 
 BATCH = 4
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.evaluate.coco import IMAGE_SUFFIXES, DatasetError
+from qbench.evaluate.coco import IMAGE_SUFFIXES, DatasetError
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.evaluate.formats.kitti import DEFAULT_CLASSES, DONT_CARE
+from qbench.evaluate.formats.kitti import DEFAULT_CLASSES, DONT_CARE
 
 DIFFICULTIES = ("easy", "moderate", "hard")
 MIN_HEIGHT = (40.0, 25.0, 25.0)

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from worker.evaluate.class_metrics import CLASS_ROWS
-from worker.evaluate.datasets import BATCH, evaluation_set
-from worker.manifest import Unit
-from worker.models.base import LoadedModel
-from worker.quantize.registry import Quantized
+from qbench.evaluate.class_metrics import CLASS_ROWS
+from qbench.evaluate.datasets import BATCH, evaluation_set
+from qbench.manifest import Unit
+from qbench.models.base import LoadedModel
+from qbench.quantize.registry import Quantized
 
 
 def _outputs(loaded: LoadedModel, predict, images: torch.Tensor, device: str) -> list[Any]:
@@ -38,7 +38,7 @@ class Evaluation:
 def evaluate_unit(unit: Unit, loaded: LoadedModel, q: Quantized) -> Evaluation:
     data = evaluation_set(unit, loaded)
     if loaded.kind.decodes_outputs:  # raw outputs: decoded by the manifest's outputs block
-        from worker.evaluate.decoded import evaluate_decoded
+        from qbench.evaluate.decoded import evaluate_decoded
 
         columns = evaluate_decoded(unit, loaded, loaded.predict_fp32, q.predict, data, unit.device)
         rows = columns.pop(CLASS_ROWS, [])

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from worker.evaluate.agreement import classification_agreement, detection_agreement
-from worker.evaluate.class_metrics import detector_accuracy
-from worker.evaluate.coco import to_coco_results, topk_accuracy
-from worker.measure.stats import proportion_ci
+from qbench.evaluate.agreement import classification_agreement, detection_agreement
+from qbench.evaluate.class_metrics import detector_accuracy
+from qbench.evaluate.coco import to_coco_results, topk_accuracy
+from qbench.measure.stats import proportion_ci
 
 
 def nan_to_none(value: float | None) -> float | None:
@@ -23,7 +23,7 @@ Columns = dict[str, Any]
 
 def logits_sqnr(ref: torch.Tensor, ours: torch.Tensor) -> float | None:
     """SQNR in dB of the quantized logits against fp32's (None when it is not finite)."""
-    from worker.inspect.metrics import sqnr_db
+    from qbench.inspect.metrics import sqnr_db
 
     noise = float(((ref.double() - ours.double()) ** 2).sum())
     value = sqnr_db(float((ref.double() ** 2).sum()), noise)

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from worker.manifest import Unit
-from worker.models.base import LoadedModel
-from worker.quantize.registry import Quantized, SearchTarget
+from qbench.manifest import Unit
+from qbench.models.base import LoadedModel
+from qbench.quantize.registry import Quantized, SearchTarget
 
 ScoreFn = Callable[[Quantized], float]  # higher is better
 HELDOUT_FRACTION = 0.25
@@ -41,7 +41,7 @@ def agreement_score(loaded: LoadedModel, images: torch.Tensor,
 
 def cosine_score(loaded: LoadedModel, images: torch.Tensor) -> ScoreFn:
     """Mean cosine similarity of the outputs with fp32's on `images` (min_cosine)."""
-    from worker.evaluate.agreement import outputs_cosine
+    from qbench.evaluate.agreement import outputs_cosine
 
     reference = loaded.predict_fp32(images)
 
@@ -57,7 +57,7 @@ def search_target(unit: Unit, loaded: LoadedModel,
     target = unit.quantization.target
     decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
     if target.max_map_drop is not None and (loaded.kind.scores_map or decoded):
-        from worker.evaluate.datasets import calibration_map_scorers
+        from qbench.evaluate.datasets import calibration_map_scorers
 
         score, held = calibration_map_scorers(unit, loaded, heldout_count)
         drop = target.max_map_drop / 100

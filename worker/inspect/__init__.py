@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from worker.inspect.capture import KINDS
-from worker.inspect.onnx_compare import compare_onnx
-from worker.inspect.plots import render_all
+from qbench.inspect.capture import KINDS
+from qbench.inspect.onnx_compare import compare_onnx
+from qbench.inspect.plots import render_all
 
 if TYPE_CHECKING:
-    from worker.models.base import LoadedModel
-    from worker.quantize.registry import Quantized
+    from qbench.models.base import LoadedModel
+    from qbench.quantize.registry import Quantized
 
 __all__ = ["inspect_onnx", "inspect_unit"]
 

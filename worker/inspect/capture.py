@@ -23,10 +23,10 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic.modules.fused import _FusedModule
 
-from worker.backends.torch.runtime import CastIO
-from worker.inspect.record import LayerComparison, LayerRecord, image_hwc
-from worker.models.kinds import TaskKind, as_kind
-from worker.models.kinds.detection import PerLevelRPNHead
+from qbench.backends.torch.runtime import CastIO
+from qbench.inspect.record import LayerComparison, LayerRecord, image_hwc
+from qbench.models.kinds import TaskKind, as_kind
+from qbench.models.kinds.detection import PerLevelRPNHead
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from worker.inspect.capture import KINDS
-from worker.inspect.record import LayerComparison, LayerRecord, image_hwc
+from qbench.inspect.capture import KINDS
+from qbench.inspect.record import LayerComparison, LayerRecord, image_hwc
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.models.kinds import TaskKind, as_kind
-from worker.models.kinds.base import Pairs
+from qbench.models.kinds import TaskKind, as_kind
+from qbench.models.kinds.base import Pairs
 
 __all__ = ["Pairs", "output_pairs"]
 

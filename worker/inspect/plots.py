@@ -15,9 +15,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-import worker.plotting  # noqa: F401 - Agg, quiet font fallbacks
-from worker.inspect.metrics import layer_metrics
-from worker.inspect.record import LayerComparison, LayerRecord
+import qbench.plotting  # noqa: F401 - Agg, quiet font fallbacks
+from qbench.inspect.metrics import layer_metrics
+from qbench.inspect.record import LayerComparison, LayerRecord
 
 GRID_CAP = 12  # panels in the all-conv grid: 4 a row, each large enough to read at 1400 px
 GRID_COLUMNS = 4

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from worker.inspect.metrics import REL_EPS, LayerStats
+from qbench.inspect.metrics import REL_EPS, LayerStats
 
 SAMPLES_PER_CALL = 20_000  # fp32/quantized value pairs kept per call for the hexbin plots
 SAMPLES_MAX = 60_000

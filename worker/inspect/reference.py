@@ -15,8 +15,8 @@ import torch
 from torch import fx, nn
 from torch.ao.quantization.quantize_fx import fuse_fx
 
-from worker.models.base import LoadedModel
-from worker.quantize.parts import quantize_parts
+from qbench.models.base import LoadedModel
+from qbench.quantize.parts import quantize_parts
 
 
 def has_fx(module: nn.Module) -> bool:

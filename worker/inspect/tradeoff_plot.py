@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
-import worker.plotting  # noqa: F401 - Agg, quiet font fallbacks
+import qbench.plotting  # noqa: F401 - Agg, quiet font fallbacks
 
 if TYPE_CHECKING:
-    from worker.quantize.mixed_search import MixedPrecision, SensitivityResult, Trial
+    from qbench.quantize.mixed_search import MixedPrecision, SensitivityResult, Trial
 
 
 def _x(trial: Trial, by_latency: bool) -> float:

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import torch
 
-import worker
-from worker.measure.latency import Latency, LatencyTracker, device_sync
-from worker.measure.machine import LoadSampler, isa_columns
-from worker.measure.memory import (
+import qbench
+from qbench.measure.latency import Latency, LatencyTracker, device_sync
+from qbench.measure.machine import LoadSampler, isa_columns
+from qbench.measure.memory import (
     CudaMemoryTracker,
     MemoryPeaks,
     MemoryTracker,
@@ -27,7 +27,7 @@ from worker.measure.memory import (
     RssSampler,
     nvml_driver_version,
 )
-from worker.measure.sampling import SamplingPlan
+from qbench.measure.sampling import SamplingPlan
 
 __all__ = [
     "BatchResult",
@@ -161,7 +161,7 @@ def environment_fingerprint() -> dict[str, Any]:
     env: dict[str, Any] = {
         "torch_version": torch.__version__,
         "torchvision_version": torchvision_version,
-        "qbench_version": worker.__version__,
+        "qbench_version": qbench.__version__,
         "onnxruntime_version": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "python_version": platform.python_version(),
         "cpu_model": _cpu_model(),

@@ -9,7 +9,7 @@ larger one's footprint (a 2 ms int8 call ran 15-25% slower right after a 17 ms f
 right after itself, and alternating that made its samples bimodal and its median jumpy).
 Timed call j of the unit's block pairs with timed call j of the reference's block. The speedup
 is the median over the pairs of reference / unit, with a seeded bootstrap CI that resamples
-pairs (worker.measure.stats.paired_ratio_ci).
+pairs (qbench.measure.stats.paired_ratio_ci).
 
 A unit's paired pass runs in rounds (`benchmark.rounds`): each round times every batch size
 once, with its share of the sampling plan (`round_plan`), so each batch size's pairs come from
@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from worker.measure.latency import Latency, LatencyTracker
-from worker.measure.machine import LoadSampler
-from worker.measure.sampling import SamplingPlan
-from worker.measure.stats import RatioCI, paired_ratio_ci
+from qbench.measure.latency import Latency, LatencyTracker
+from qbench.measure.machine import LoadSampler
+from qbench.measure.sampling import SamplingPlan
+from qbench.measure.stats import RatioCI, paired_ratio_ci
 
 REFERENCE, UNIT = "reference", "unit"
 BLOCK_TIMED = 2  # timed calls per block after its settle call: a paired pass costs 1.5x its timed calls

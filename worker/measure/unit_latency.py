@@ -6,7 +6,7 @@ Order, and why:
    reference that is not the loader's own module (compiled fp32, an ORT session) cannot add
    to the unit's memory peaks.
 2. The reference is built (once), then each batch size is timed again, interleaved with it
-   (worker.measure.paired), one batch size at a time, in `benchmark.rounds` rounds over the
+   (qbench.measure.paired), one batch size at a time, in `benchmark.rounds` rounds over the
    batch sizes (each round a share of the plan). The reference is freed at the end.
 A unit whose mode is the reference gets pairing "reference"; with `benchmark.pairing: off`
 the paired columns stay null.
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from worker.measure import BatchResult, is_oom, measure_batch
-from worker.measure.machine import LoadSampler
-from worker.measure.paired import (
+from qbench.measure import BatchResult, is_oom, measure_batch
+from qbench.measure.machine import LoadSampler
+from qbench.measure.paired import (
     REFERENCE,
     UNIT,
     PairedResult,
@@ -32,9 +32,9 @@ from worker.measure.paired import (
     measure_paired,
     round_plan,
 )
-from worker.measure.sampling import SamplingPlan
-from worker.measure.stats import coefficient_of_variation, is_stable
-from worker.modes import mode_source_problem
+from qbench.measure.sampling import SamplingPlan
+from qbench.measure.stats import coefficient_of_variation, is_stable
+from qbench.modes import mode_source_problem
 
 # (step description, done, total)
 Progress = Callable[[str, int, int], None]
@@ -149,7 +149,7 @@ class LatencyJob:
 
     mode: str
     device: str
-    benchmark: Any  # the manifest's benchmark block (worker.manifest.BenchmarkSpec)
+    benchmark: Any  # the manifest's benchmark block (qbench.manifest.BenchmarkSpec)
     input_size: tuple[int, int]
     base: dict[str, Any]  # identity and environment columns of every row
     reference_mode: str | None = None  # None: benchmark.reference

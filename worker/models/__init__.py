@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from worker.models.base import LoadedModel
-from worker.models.torchvision_models import ModelError, load_torchvision
+from qbench.models.base import LoadedModel
+from qbench.models.torchvision_models import ModelError, load_torchvision
 
 if TYPE_CHECKING:
-    from worker.manifest import Unit
+    from qbench.manifest import Unit
 
 __all__ = ["LoadedModel", "ModelError", "load_model"]
 
@@ -20,11 +20,11 @@ def load_model(unit: Unit) -> LoadedModel:
         return load_torchvision(spec.id, spec.arch, spec.num_classes, tuple(spec.input_size),
                                 checkpoint)
     if spec.source == "onnx":
-        from worker.models.onnx_models import load_onnx
+        from qbench.models.onnx_models import load_onnx
 
         return load_onnx(spec.id, unit.resolve(spec.path), tuple(spec.input_size))
     if spec.source == "yolo":
-        from worker.models.yolo import load_yolo
+        from qbench.models.yolo import load_yolo
 
         return load_yolo(spec.id, spec.arch, spec.num_classes, tuple(spec.input_size), checkpoint)
     raise ModelError(f"models[{spec.id}].source: unknown source {spec.source!r}")

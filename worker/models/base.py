@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.models.kinds import TaskKind, as_kind, kind_named
+from qbench.models.kinds import TaskKind, as_kind, kind_named
 
 Task = str  # a task's name, e.g. "detection": the `models.task` column (worker/models/kinds)
 

@@ -1,4 +1,4 @@
-"""A small trained Faster R-CNN for the synthetic shapes (worker.evaluate.synth).
+"""A small trained Faster R-CNN for the synthetic shapes (qbench.evaluate.synth).
 
 It gives tests and demos a detector with real accuracy without downloading anything.
 The trunk uses plain Conv2d + BatchNorm2d + ReLU modules (no FrozenBN, no functional
@@ -17,7 +17,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from worker.evaluate.synth import CLASSES
+from qbench.evaluate.synth import CLASSES
 
 WEIGHTS = Path(__file__).with_name("fixture_frcnn.pt")
 INPUT_SIZE = (256, 256)  # (h, w)

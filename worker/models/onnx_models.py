@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.models.base import LoadedModel
-from worker.models.kinds.onnx import ONNX
-from worker.models.torchvision_models import ModelError
+from qbench.models.base import LoadedModel
+from qbench.models.kinds.onnx import ONNX
+from qbench.models.torchvision_models import ModelError
 
 
 class OnnxModule(nn.Module):
@@ -23,7 +23,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        from worker.backends.onnxruntime.runtime import file_size
+        from qbench.backends.onnxruntime.runtime import file_size
 
         self.path = str(path)
         self.file_size_bytes = file_size(path)  # what common.serialized_size_bytes reports
@@ -31,7 +31,7 @@ class OnnxModule(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> Any:
         if self._predict is None:  # the session is built on first use, not at load
-            from worker.backends.onnxruntime.runtime import input_info, make_ort_predict, session
+            from qbench.backends.onnxruntime.runtime import input_info, make_ort_predict, session
 
             path = Path(self.path)
             self._predict = make_ort_predict(session(path, "cpu"), input_info(path), ONNX)
@@ -39,7 +39,7 @@ class OnnxModule(nn.Module):
 
 
 def load_onnx(model_id: str, path: Path, input_size: tuple[int, int]) -> LoadedModel:
-    from worker.backends.onnxruntime.runtime import input_info
+    from qbench.backends.onnxruntime.runtime import input_info
 
     if path.suffix.lower() != ".onnx":
         raise ModelError(f"models[{model_id}].path: {path.name} is not an .onnx file")

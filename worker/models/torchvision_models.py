@@ -18,11 +18,11 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
 
-from worker import catalogue
-from worker.errors import ModelError
-from worker.models.base import LoadedModel
-from worker.models.kinds.classification import CLASSIFICATION
-from worker.models.kinds.detection import DETECTION
+from qbench import catalogue
+from qbench.errors import ModelError
+from qbench.models.base import LoadedModel
+from qbench.models.kinds.classification import CLASSIFICATION
+from qbench.models.kinds.detection import DETECTION
 
 __all__ = ["ModelError", "load_torchvision", "load_checkpoint", "build_torchvision"]
 
@@ -124,8 +124,8 @@ def load_torchvision(model_id: str, arch: str, num_classes: int | None,
 
 def load_fixture(model_id: str, input_size: tuple[int, int], checkpoint: Path | None) -> LoadedModel:
     """The small Faster R-CNN shipped with qbench, trained on `qbench data synth` scenes."""
-    from worker.evaluate.synth import CLASSES
-    from worker.models.fixture import build_fixture
+    from qbench.evaluate.synth import CLASSES
+    from qbench.models.fixture import build_fixture
 
     module = build_fixture(pretrained=checkpoint is None)
     if checkpoint is not None:

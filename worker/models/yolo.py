@@ -23,9 +23,9 @@ import yaml
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from worker.models.base import LoadedModel
-from worker.models.kinds.yolo import YOLO
-from worker.models.torchvision_models import ModelError, load_checkpoint
+from qbench.models.base import LoadedModel
+from qbench.models.kinds.yolo import YOLO
+from qbench.models.torchvision_models import ModelError, load_checkpoint
 
 EXTRA = "pip install 'qbench[yolo]'"
 NOTES = ("YOLO network forward only (decoded boxes + class scores); letterbox pre-processing "
@@ -103,7 +103,7 @@ def bundled_config(arch: str, name: str) -> dict:
     """
     import ultralytics
 
-    from worker.manifest import UniqueKeyLoader
+    from qbench.manifest import UniqueKeyLoader
 
     models = (Path(ultralytics.__file__).parent / "cfg" / "models").resolve()
     stem = Path(name).stem

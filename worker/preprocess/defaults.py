@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from qbench.preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 UNDECLARED = ("no preprocess block for this ONNX file: its accuracy is not reported "
               "(declare preprocess in the manifest)")

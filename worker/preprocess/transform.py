@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from worker.preprocess.spec import PreprocessSpec
+from qbench.preprocess.spec import PreprocessSpec
 
 _INTERPOLATION = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from worker.models.base import LoadedModel
-from worker.quantize.registry import Quantized, QuantizeRequest, register
-from worker.quantize.torch_result import low_precision
+from qbench.models.base import LoadedModel
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.quantize.torch_result import low_precision
 
 
 @register("bf16")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from worker.models.base import LoadedModel
-from worker.quantize.common import (
+from qbench.models.base import LoadedModel
+from qbench.quantize.common import (
     copy_to,
     weight_modules,
 )
-from worker.quantize.registry import Quantized, QuantizeRequest, register
-from worker.quantize.torch_result import torch_quantized
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.quantize.torch_result import torch_quantized
 
 
 @register("fp32")

@@ -19,16 +19,16 @@ import shutil
 import torch
 from torch import nn
 
-from worker.backends.torch.backend import TorchBackend
-from worker.backends.torch.runtime import make_predict
-from worker.models.base import LoadedModel
-from worker.quantize.common import (
+from qbench.backends.torch.backend import TorchBackend
+from qbench.backends.torch.runtime import make_predict
+from qbench.models.base import LoadedModel
+from qbench.quantize.common import (
     copy_to,
     params_by_dtype,
     serialized_size_bytes,
     weight_modules,
 )
-from worker.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
 
 
 def _compile(module: nn.Module) -> nn.Module:
@@ -38,7 +38,7 @@ def _compile(module: nn.Module) -> nn.Module:
 
 
 def _example(model: LoadedModel, device: str) -> torch.Tensor:
-    from worker.evaluate.synth import synth_images
+    from qbench.evaluate.synth import synth_images
 
     return synth_images(1, model.input_size, 3).to(device)
 

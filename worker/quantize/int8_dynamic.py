@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
-from worker.models.base import LoadedModel
-from worker.quantize.common import (
+from qbench.models.base import LoadedModel
+from qbench.quantize.common import (
     matches_keep_float,
     weight_modules,
 )
-from worker.quantize.registry import Quantized, QuantizeRequest, register
-from worker.quantize.torch_result import torch_quantized
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.quantize.torch_result import torch_quantized
 
 
 @register("int8_dynamic")

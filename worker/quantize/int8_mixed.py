@@ -12,21 +12,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from worker.models.base import LoadedModel
-from worker.quantize.mixed_search import (
+from qbench.models.base import LoadedModel
+from qbench.quantize.mixed_search import (
     layer_children,
     mode_quantizer,
     required_target,
     search_and_quantize,
 )
-from worker.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
 
 
 @register("int8_mixed")
 def quantize_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
     target = required_target(request, "int8_mixed")
     quantize_fn = mode_quantizer(loaded, "int8_static", replace(request, search_target=None))
-    from worker.inspect.capture import named_layers  # as candidate_groups: not needed earlier
+    from qbench.inspect.capture import named_layers  # as candidate_groups: not needed earlier
 
     return search_and_quantize(loaded, target, quantize_fn, None,
                                layer_children(named_layers(loaded.module)),

@@ -22,13 +22,13 @@ from torch.ao.quantization import (
 )
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-from worker.models.base import LoadedModel
-from worker.quantize.parts import quantize_parts
-from worker.quantize.registry import Quantized, QuantizeRequest, register
-from worker.quantize.torch_result import torch_quantized
+from qbench.models.base import LoadedModel
+from qbench.quantize.parts import quantize_parts
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.quantize.torch_result import torch_quantized
 
 if TYPE_CHECKING:
-    from worker.manifest import CalibrationSpec
+    from qbench.manifest import CalibrationSpec
 
 BACKEND = "x86"
 

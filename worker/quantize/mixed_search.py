@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from worker.models.base import LoadedModel
-from worker.quantize.registry import Quantized, QuantizeRequest, SearchTarget, quantize
+from qbench.models.base import LoadedModel
+from qbench.quantize.registry import Quantized, QuantizeRequest, SearchTarget, quantize
 
 QuantizeFn = Callable[[list[str]], Quantized]  # groups kept float -> quantized model
 # higher is better; a (score, tie-break) pair where the score is coarse (top-1 agreement on a
@@ -111,7 +111,7 @@ def candidate_groups(loaded: LoadedModel, depth: int | None = None) -> list[str]
     roi_heads.box_head.fc6, ...), 1 for classifiers (conv1, layer1, ..., fc).
     """
     depth = depth or loaded.kind.group_depth
-    from worker.inspect.capture import named_layers  # matplotlib-free, but not needed earlier
+    from qbench.inspect.capture import named_layers  # matplotlib-free, but not needed earlier
 
     return _prefixes(named_layers(loaded.module), depth)
 
@@ -285,7 +285,7 @@ class MixedSearch:
                 f"{_score(self.sensitivity.baseline.score)}){held}")
 
     def write_plot(self, out_dir: Path) -> Path:
-        from worker.inspect.tradeoff_plot import plot_tradeoff
+        from qbench.inspect.tradeoff_plot import plot_tradeoff
 
         out_dir.mkdir(parents=True, exist_ok=True)
         return plot_tradeoff(self.sensitivity, self.search,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from worker.backends.onnxruntime.runtime import WEIGHT_OPS
+from qbench.backends.onnxruntime.runtime import WEIGHT_OPS
 
 TOP_GROUPS = 8  # runs the search ranks first: one trial each
 

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import onnx
 
-from worker.backends.onnxruntime.backend import OnnxRuntimeBackend
-from worker.backends.onnxruntime.export import export_onnx, module_names, node_module
-from worker.backends.onnxruntime.runtime import (
+from qbench.backends.onnxruntime.backend import OnnxRuntimeBackend
+from qbench.backends.onnxruntime.export import export_onnx, module_names, node_module
+from qbench.backends.onnxruntime.runtime import (
     file_size,
     initializer_counts,
     unique,
     weight_nodes,
 )
-from worker.models.base import LoadedModel
-from worker.models.torchvision_models import ORT_UNSUPPORTED, ModelError
-from worker.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.models.base import LoadedModel
+from qbench.models.torchvision_models import ORT_UNSUPPORTED, ModelError
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
 
 
 def fp32_onnx(model: LoadedModel, request: QuantizeRequest) -> tuple[Path, list[str]]:

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from worker.backends.onnxruntime.export import module_names, node_module
-from worker.backends.onnxruntime.runtime import feeds, input_info
-from worker.measure.machine import cpu_isa
-from worker.models.base import LoadedModel
-from worker.quantize.common import matches_keep_float
-from worker.quantize.onnx_tails import activation_tails
-from worker.quantize.ort_bias_correction import bias_offsets, corrected_model
-from worker.quantize.ort_fp32 import fp32_onnx, ort_quantized
-from worker.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.backends.onnxruntime.export import module_names, node_module
+from qbench.backends.onnxruntime.runtime import feeds, input_info
+from qbench.measure.machine import cpu_isa
+from qbench.models.base import LoadedModel
+from qbench.quantize.common import matches_keep_float
+from qbench.quantize.onnx_tails import activation_tails
+from qbench.quantize.ort_bias_correction import bias_offsets, corrected_model
+from qbench.quantize.ort_fp32 import fp32_onnx, ort_quantized
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
 
 MIN_OPSET = 13
 # torch's histogram observer minimises the L2 error; ORT's closest histogram method is Entropy.

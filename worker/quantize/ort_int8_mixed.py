@@ -15,16 +15,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from worker.models.base import LoadedModel
-from worker.quantize.mixed_search import (
+from qbench.models.base import LoadedModel
+from qbench.quantize.mixed_search import (
     candidate_groups,
     layer_children,
     required_target,
     search_and_quantize,
 )
-from worker.quantize.onnx_groups import node_groups
-from worker.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
-from worker.quantize.registry import Quantized, QuantizeRequest, register
+from qbench.quantize.onnx_groups import node_groups
+from qbench.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
 
 
 @register("ort_int8_mixed")
@@ -40,7 +40,7 @@ def quantize_ort_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Qu
             raise ValueError(f"ort_int8_mixed: {Path(loaded.onnx_path).name} has no named "
                              "weight nodes (Conv, Gemm, MatMul) to keep float")
     else:
-        from worker.inspect.capture import named_layers
+        from qbench.inspect.capture import named_layers
 
         candidates = candidate_groups(loaded)
         children, patterns = layer_children(named_layers(loaded.module)), list

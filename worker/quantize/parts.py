@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from worker.models.kinds import Part, TaskKind
-from worker.quantize.common import keep_float_inside, matches_keep_float, weight_modules
+from qbench.models.kinds import Part, TaskKind
+from qbench.quantize.common import keep_float_inside, matches_keep_float, weight_modules
 
 # prepare(module, example_inputs, names of submodules to keep float) -> observed module
 Prepare = Callable[[nn.Module, tuple, list[str]], nn.Module]

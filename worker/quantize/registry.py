@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import ModelError
-from worker.modes import MODES, get_mode, mode_source_problem
+from qbench.errors import ModelError
+from qbench.modes import MODES, get_mode, mode_source_problem
 
 if TYPE_CHECKING:
     import torch
 
-    from worker.backends.base import Backend
-    from worker.manifest import CalibrationSpec
-    from worker.models.base import LoadedModel
-    from worker.quantize.mixed_search import MixedSearch
+    from qbench.backends.base import Backend
+    from qbench.manifest import CalibrationSpec
+    from qbench.models.base import LoadedModel
+    from qbench.quantize.mixed_search import MixedSearch
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _load_modes() -> None:
     global _loaded
     if _loaded:
         return
-    import worker.quantize as pkg
+    import qbench.quantize as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name in MODES:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.backends.torch.backend import TorchBackend
-from worker.backends.torch.runtime import CastIO, make_predict
-from worker.models.base import LoadedModel
-from worker.quantize.common import copy_to, params_by_dtype, serialized_size_bytes, weight_modules
-from worker.quantize.registry import Quantized
+from qbench.backends.torch.backend import TorchBackend
+from qbench.backends.torch.runtime import CastIO, make_predict
+from qbench.models.base import LoadedModel
+from qbench.quantize.common import copy_to, params_by_dtype, serialized_size_bytes, weight_modules
+from qbench.quantize.registry import Quantized
 
 
 def low_precision(model: LoadedModel, device: str, dtype: torch.dtype) -> Quantized:

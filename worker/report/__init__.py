@@ -9,9 +9,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.atomic import write_text_atomic
-from worker.manifest import check_job_id
-from worker.report.blocks import (
+from qbench.atomic import write_text_atomic
+from qbench.manifest import check_job_id
+from qbench.report.blocks import (
     Block,
     Bullets,
     Heading,
@@ -22,19 +22,19 @@ from worker.report.blocks import (
     to_html,
     to_markdown,
 )
-from worker.report.classes import class_blocks, summary_columns, threshold_pts
-from worker.report.compare import (
+from qbench.report.classes import class_blocks, summary_columns, threshold_pts
+from qbench.report.compare import (
     Comparison,
     Thresholds,
     compare_jobs,
     comparison_blocks,
     previous_nightly,
 )
-from worker.report.history import load_history, night_spread, step_regressions
-from worker.report.method import how_measured
-from worker.report.plots import plot_latency, plot_memory, plot_size_accuracy, plot_speedup
-from worker.report.recommend import Target, recommend
-from worker.report.tables import (
+from qbench.report.history import load_history, night_spread, step_regressions
+from qbench.report.method import how_measured
+from qbench.report.plots import plot_latency, plot_memory, plot_size_accuracy, plot_speedup
+from qbench.report.recommend import Target, recommend
+from qbench.report.tables import (
     STABLE_LEGEND,
     latency_table,
     size_accuracy_table,
@@ -42,9 +42,9 @@ from worker.report.tables import (
     unit_order,
     without_empty_columns,
 )
-from worker.report.trend_plot import plot_trends
-from worker.report.verdict import first_screen
-from worker.results import read_table, unit_file, write_rows
+from qbench.report.trend_plot import plot_trends
+from qbench.report.verdict import first_screen
+from qbench.results import read_table, unit_file, write_rows
 
 __all__ = ["Report", "Thresholds", "build_report", "report_folder", "write_report"]
 
@@ -214,7 +214,7 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
 
 def _target(root: Path, job_id: str):
     """The job's quantization.target, from its saved plan (None: no plan here)."""
-    from worker.orchestrate import load_plan
+    from qbench.orchestrate import load_plan
 
     try:
         units = load_plan(root, job_id).units
@@ -235,7 +235,7 @@ def _mark_recommended(rows: list[dict], recs: list[dict]) -> None:
 
 def write_recommendations(root: Path, job_id: str, recs: list[dict]) -> Path | None:
     """The job's `recommendations` rows, one file per job (rewritten by every report)."""
-    from worker.manifest import ManifestError, job_date_of
+    from qbench.manifest import ManifestError, job_date_of
 
     try:
         day = job_date_of(job_id).isoformat()

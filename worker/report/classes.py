@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from worker.report.blocks import Block, Heading, Para, Table
-from worker.report.tables import fmt, unit_order
+from qbench.report.blocks import Block, Heading, Para, Table
+from qbench.report.tables import fmt, unit_order
 
 DEFAULT_THRESHOLD_PTS = 1.0
 SHOWN_PER_UNIT = 3

@@ -2,7 +2,7 @@
 
 Latency is flagged only when the change is beyond both runs' noise AND surely larger than the
 threshold: the bootstrap CI of median(new)/median(old) lies wholly above 1 + threshold and
-Mann–Whitney U rejects "same distribution" (worker.measure.stats.latency_change), on the
+Mann–Whitney U rejects "same distribution" (qbench.measure.stats.latency_change), on the
 evidence `latency_verdict` picks. For a nightly job with at least four earlier nights, the
 change must also beat three times their night-to-night spread of the same figure.
 Runs written before raw samples were kept fall back to the p50 threshold alone, and say so. Size,
@@ -16,10 +16,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.measure.stats import SIGNIFICANCE, Change, latency_change
-from worker.report.blocks import Block, Heading, Para, Table
-from worker.report.tables import fmt
-from worker.results import job_ids, read_table
+from qbench.measure.stats import SIGNIFICANCE, Change, latency_change
+from qbench.report.blocks import Block, Heading, Para, Table
+from qbench.report.tables import fmt
+from qbench.results import job_ids, read_table
 
 Key = tuple[str, str, str, int]
 
@@ -175,7 +175,7 @@ def _pct(new: float | None, old: float | None) -> float | None:
 def compare_jobs(root: Path, base: str, new: str, th: Thresholds = Thresholds(),
                  spreads: dict[Key, Spread] | None = None) -> Comparison:
     """`spreads`: the night-to-night spread per unit × batch before `new` (a nightly's
-    history, worker.report.history.night_spread), which a latency change must also beat."""
+    history, qbench.report.history.night_spread), which a latency change must also beat."""
     old_m = {(m["model_id"], m["mode"], m["device"]): m for m in read_table(root, "models", base).to_pylist()}
     new_m = {(m["model_id"], m["mode"], m["device"]): m for m in read_table(root, "models", new).to_pylist()}
     old_l = {(r["model_id"], r["mode"], r["device"], r["batch_size"]): r

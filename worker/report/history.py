@@ -2,7 +2,7 @@
 
 asv's idea for regressions over a history: fit one step to the nights' medians and keep it only
 when it is larger than the threshold and than the night-to-night spread before it
-(worker.measure.stats.detect_step). Nights run on another environment fingerprint than the
+(qbench.measure.stats.detect_step). Nights run on another environment fingerprint than the
 latest are left out: a step between two machines is not a regression.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.measure.stats import detect_step, median_ci, robust_log_spread
-from worker.report.compare import (
+from qbench.measure.stats import detect_step, median_ci, robust_log_spread
+from qbench.report.compare import (
     NIGHTLY,
     Key,
     Spread,
@@ -22,7 +22,7 @@ from worker.report.compare import (
     partner_pairs,
     unpaired_samples,
 )
-from worker.results import job_ids, read_table
+from qbench.results import job_ids, read_table
 
 HISTORY_NIGHTS = 10
 SPREAD_MIN_NIGHTS = 4  # earlier nights needed before their spread is trusted

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from worker.phases import LABELS, job_time_by_phase
-from worker.report.blocks import Bullets
+from qbench.phases import LABELS, job_time_by_phase
+from qbench.report.blocks import Bullets
 
 
 def sampling_notes(latency: list[dict]) -> list[str]:
     """How many samples, how stable, and how the paired speedups were taken (new columns:
     rows written before they existed have none, and get no sentence)."""
-    from worker.measure.stats import BOOTSTRAP_RESAMPLES, STABLE_CV
+    from qbench.measure.stats import BOOTSTRAP_RESAMPLES, STABLE_CV
 
     items = []
     plans = sorted({(r.get("min_seconds"), r.get("max_iterations"), r.get("max_seconds"))

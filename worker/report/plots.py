@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from worker.plotting import plt
+from qbench.plotting import plt
 
 MIB = 1024 * 1024
 

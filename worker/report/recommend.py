@@ -5,7 +5,7 @@ on a dataset (1.0 when the manifest gives none), `min_agreement` top-1 agreement
 classifier (0.99 by default), `min_cosine` output cosine with fp32 otherwise (0.999 when not
 given). An fp32 baseline meets the target by definition (it is what the others are measured
 against). "Fastest" is the largest speedup over the job's fastest fp32 baseline at that batch
-size (worker.report.speedup). The runner-up is the next fastest qualifying variant; the two are
+size (qbench.report.speedup). The runner-up is the next fastest qualifying variant; the two are
 "told apart" when the interval of the recommended variant's speedup over the runner-up lies
 wholly above 1.
 """
@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from worker.report.speedup import FP32_BASELINES, Speedup, fastest_baseline, speedup_over
+from qbench.report.speedup import FP32_BASELINES, Speedup, fastest_baseline, speedup_over
 
 DETECTOR_TASKS = ("detection", "yolo")
 DEFAULT_MAX_MAP_DROP = 1.0
@@ -201,7 +201,7 @@ def _row(model_id: str, device: str, batch: int, cands: list[Candidate], base: d
         closest = min(quantized, key=lambda c: (c.accuracy.shortfall(), -_speed_key(c)[0]))
         row.update(closest_mode=closest.mode, closest_accuracy_value=closest.accuracy.value)
     row["verdict"] = verdict_text(row, best, second, quantized, target)
-    from worker.results import RECOMMENDATIONS
+    from qbench.results import RECOMMENDATIONS
 
     return {name: row.get(name) for name in RECOMMENDATIONS.names}  # every column, in order
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from worker.report.blocks import Table
-from worker.report.speedup import fastest_baseline, speedup_over
+from qbench.report.blocks import Table
+from qbench.report.speedup import fastest_baseline, speedup_over
 
 MIB = 1024 * 1024  # every size in the report is in MiB (the *_mb columns are MiB too)
 MB = MIB  # the summary columns' historical name
@@ -101,7 +101,7 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
 
 def speedup_columns(r: dict, same_batch: list[dict]) -> dict[str, Any]:
     """Paired speedup over fp32 eager and over the job's fastest fp32 baseline, with CIs,
-    and the row's sample quality (worker.report.speedup says how they are combined)."""
+    and the row's sample quality (qbench.report.speedup says how they are combined)."""
     eager = next((b for b in same_batch if b["mode"] == "fp32"), None)
     fastest = fastest_baseline(same_batch)
     out: dict[str, Any] = {

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from worker.printable import printable
-from worker.report.blocks import Block, Bullets, Heading, Image, Links, Para, Table
+from qbench.printable import printable
+from qbench.report.blocks import Block, Bullets, Heading, Image, Links, Para, Table
 
 PIPE_WIDTH = 250  # columns used when stdout is not a terminal
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from worker.plotting import plt
-from worker.report.history import History  # noqa: E402
+from qbench.plotting import plt
+from qbench.report.history import History  # noqa: E402
 
 
 def plot_trends(history: History, folder: Path) -> list[Path]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from worker.report.blocks import Block, Bullets, Heading, Para
-from worker.report.history import History
-from worker.report.speedup import FP32_BASELINES
-from worker.report.tables import MIB, stability_text, unit_order
+from qbench.report.blocks import Block, Bullets, Heading, Para
+from qbench.report.history import History
+from qbench.report.speedup import FP32_BASELINES
+from qbench.report.tables import MIB, stability_text, unit_order
 
 TREND_STEADY_PCT = 5.0  # a first-to-last change within this is "steady" in the nightly trend
 
@@ -45,7 +45,7 @@ def _speed_range(rows: list[dict]) -> str:
 
 def variant_lines(models: list[dict], summary: list[dict], recs: list[dict]) -> list[str]:
     """One line per quantized variant: size, speed with CI per batch, accuracy with CI, met."""
-    from worker.report.recommend import Target, accuracy_of
+    from qbench.report.recommend import Target, accuracy_of
 
     by_unit = defaultdict(list)
     for s in summary:
@@ -162,7 +162,7 @@ def recommendation_lines(recs: list[dict]) -> list[str]:
         line = (f"{model} on {device}: use **{mode}** at every batch size measured; speedup over "
                 f"{first['fastest_fp32_mode']}: {speeds}")
         if first["accuracy_metric"] != "baseline":
-            from worker.report.recommend import Accuracy
+            from qbench.report.recommend import Accuracy
 
             acc = Accuracy(first["accuracy_metric"], first["accuracy_value"],
                            first["accuracy_ci_low"], first["accuracy_ci_high"], first["target"])

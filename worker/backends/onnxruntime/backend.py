@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import torch
 
-from worker.backends.base import Artifact, ArtifactError, Backend
-from worker.backends.onnxruntime import config
-from worker.backends.onnxruntime.runtime import input_info, make_ort_predict, session
+from qbench.backends.base import Artifact, ArtifactError, Backend
+from qbench.backends.onnxruntime import config
+from qbench.backends.onnxruntime.runtime import input_info, make_ort_predict, session
 
 if TYPE_CHECKING:
-    from worker.inspect.record import LayerComparison
-    from worker.models.base import LoadedModel
-    from worker.models.kinds import TaskKind
+    from qbench.inspect.record import LayerComparison
+    from qbench.models.base import LoadedModel
+    from qbench.models.kinds import TaskKind
 
 # Operators that compute in int8 once ORT has fused a QDQ graph (QLinear*, integer kernels),
 # and the weight-carrying float operators they replace.
@@ -80,9 +80,9 @@ class OnnxRuntimeBackend(Backend):
                        images: torch.Tensor, layers: str) -> LayerComparison:
         """Layers from the two ONNX files; rows named as torch modules where the model came
         from torch; final outputs from the fp32 torch model vs the session, as for torch."""
-        from worker.backends.onnxruntime.export import module_names, node_module
-        from worker.inspect.onnx_compare import compare_onnx
-        from worker.inspect.outputs import output_pairs
+        from qbench.backends.onnxruntime.export import module_names, node_module
+        from qbench.inspect.onnx_compare import compare_onnx
+        from qbench.inspect.outputs import output_pairs
 
         if self.reference_path is None:
             raise ValueError("inspect: an ONNX Runtime result needs the fp32 ONNX file it was "

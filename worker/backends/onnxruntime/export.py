@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.models.base import LoadedModel
+from qbench.models.base import LoadedModel
 
 OPSET = 17  # >= 13: per-channel DequantizeLinear needs an axis
 

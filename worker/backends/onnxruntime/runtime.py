@@ -12,8 +12,8 @@ import onnx
 import torch
 from onnx import helper
 
-from worker.backends.onnxruntime.config import DISABLED_OPTIMIZERS
-from worker.models.kinds import TaskKind, as_kind
+from qbench.backends.onnxruntime.config import DISABLED_OPTIMIZERS
+from qbench.models.kinds import TaskKind, as_kind
 
 
 @dataclass(frozen=True)

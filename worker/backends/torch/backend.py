@@ -16,14 +16,14 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.quantized import dynamic as nnqd
 
-from worker.backends.base import Artifact, ArtifactError, Backend
-from worker.backends.torch import config
-from worker.backends.torch.torchscript import max_difference, run_program, to_torchscript
+from qbench.backends.base import Artifact, ArtifactError, Backend
+from qbench.backends.torch import config
+from qbench.backends.torch.torchscript import max_difference, run_program, to_torchscript
 
 if TYPE_CHECKING:
-    from worker.inspect.record import LayerComparison
-    from worker.models.base import LoadedModel
-    from worker.models.kinds import TaskKind
+    from qbench.inspect.record import LayerComparison
+    from qbench.models.base import LoadedModel
+    from qbench.models.kinds import TaskKind
 
 # A saved program must reproduce the benchmarked outputs: same kernels, so on the CPU the
 # difference is 0; the bound only absorbs fusions TorchScript may do on a GPU.
@@ -69,9 +69,9 @@ class TorchBackend(Backend):
 
     def compare_layers(self, loaded: LoadedModel, predict: Callable[[torch.Tensor], Any],
                        images: torch.Tensor, layers: str) -> LayerComparison:
-        from worker.inspect.capture import compare_torch
-        from worker.inspect.outputs import output_pairs
-        from worker.inspect.reference import float_reference
+        from qbench.inspect.capture import compare_torch
+        from qbench.inspect.outputs import output_pairs
+        from qbench.inspect.reference import float_reference
 
         ref = float_reference(loaded, self._module, images)
         comp = compare_torch(ref, self._module, predict, loaded.kind, images, layers)

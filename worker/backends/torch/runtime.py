@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.models.kinds import TaskKind, as_kind
+from qbench.models.kinds import TaskKind, as_kind
 
 
 def cast_floats(value: Any, dtype: torch.dtype) -> Any:

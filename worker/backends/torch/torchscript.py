@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from worker.backends.torch.runtime import CastIO
-from worker.models.kinds import TaskKind, as_kind
+from qbench.backends.torch.runtime import CastIO
+from qbench.models.kinds import TaskKind, as_kind
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 

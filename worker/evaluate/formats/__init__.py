@@ -19,7 +19,7 @@ def default_labels(fmt: str, images: str) -> str:
     from pathlib import PurePosixPath
 
     if fmt == "yolo":
-        from worker.evaluate.formats.yolo import default_labels as yolo_labels
+        from qbench.evaluate.formats.yolo import default_labels as yolo_labels
 
         return yolo_labels(images)
     sibling = {"kitti": "label_2", "voc": "Annotations"}[fmt]
@@ -30,15 +30,15 @@ def read_labels(fmt: str, images: Path, labels: Path, classes: list[str] | None,
                 data_yaml: Path | None, roots: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The COCO document of a KITTI, YOLO or VOC dataset (DatasetError: file:line: why)."""
     if fmt == "kitti":
-        from worker.evaluate.formats.kitti import DEFAULT_CLASSES, read_kitti
+        from qbench.evaluate.formats.kitti import DEFAULT_CLASSES, read_kitti
 
         return read_kitti(images, labels, list(classes or DEFAULT_CLASSES), roots)
     if fmt == "yolo":
-        from worker.evaluate.formats.yolo import read_yolo
+        from qbench.evaluate.formats.yolo import read_yolo
 
         return read_yolo(images, labels, classes, data_yaml, roots)
     if fmt == "voc":
-        from worker.evaluate.formats.voc import read_voc
+        from qbench.evaluate.formats.voc import read_voc
 
         return read_voc(images, labels, classes, roots)
     raise ValueError(f"format {fmt!r} has no label reader")

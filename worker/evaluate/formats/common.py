@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.evaluate.coco_doc import DatasetError
+from qbench.evaluate.coco_doc import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 MAX_LABEL_BYTES = 4_000_000  # one label file; a real one is a few kB

@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from worker.evaluate.coco_doc import DatasetError
-from worker.evaluate.formats.common import (
+from qbench.evaluate.coco_doc import DatasetError
+from qbench.evaluate.formats.common import (
     IMAGE_SUFFIXES,
     DocBuilder,
     check_box,

@@ -22,8 +22,8 @@ from xml.etree.ElementTree import Element, ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import XMLParser
 
-from worker.evaluate.coco_doc import DatasetError
-from worker.evaluate.formats.common import (
+from qbench.evaluate.coco_doc import DatasetError
+from qbench.evaluate.formats.common import (
     IMAGE_SUFFIXES,
     DocBuilder,
     check_box,

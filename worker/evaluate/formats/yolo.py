@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from worker.evaluate.coco_doc import DatasetError
-from worker.evaluate.formats.common import (
+from qbench.evaluate.coco_doc import DatasetError
+from qbench.evaluate.formats.common import (
     IMAGE_SUFFIXES,
     MAX_CLASSES,
     DocBuilder,

@@ -8,11 +8,11 @@ compares task names.
 
 from __future__ import annotations
 
-from worker.models.kinds.base import Part, PartPlan, TaskKind
-from worker.models.kinds.classification import CLASSIFICATION
-from worker.models.kinds.detection import DETECTION
-from worker.models.kinds.onnx import ONNX
-from worker.models.kinds.yolo import YOLO
+from qbench.models.kinds.base import Part, PartPlan, TaskKind
+from qbench.models.kinds.classification import CLASSIFICATION
+from qbench.models.kinds.detection import DETECTION
+from qbench.models.kinds.onnx import ONNX
+from qbench.models.kinds.yolo import YOLO
 
 KINDS: dict[str, TaskKind] = {k.name: k for k in (DETECTION, CLASSIFICATION, YOLO, ONNX)}
 

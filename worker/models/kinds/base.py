@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.tensors import tensors_of
+from qbench.tensors import tensors_of
 
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -141,7 +141,7 @@ class TaskKind:
     def agreement_score(self, reference: Any, out: Any, score_threshold: float = 0.5) -> float:
         """Agreement with fp32, continuous so that few images still rank layer groups: the
         mean cosine similarity of the outputs (score_threshold: detections only)."""
-        from worker.evaluate.agreement import outputs_cosine
+        from qbench.evaluate.agreement import outputs_cosine
 
         return outputs_cosine(reference, out)
 
@@ -170,10 +170,10 @@ class TaskKind:
 
     # -- inputs ----------------------------------------------------------------------------
     def default_preprocess(self, arch: str | None) -> Any:
-        """The preprocessing (a worker.preprocess.defaults.Resolved) a model of this kind gets
+        """The preprocessing (a qbench.preprocess.defaults.Resolved) a model of this kind gets
         when the manifest declares none: [0, 1] RGB stretched to the input size."""
-        from worker.preprocess.defaults import Resolved
-        from worker.preprocess.spec import PreprocessSpec
+        from qbench.preprocess.defaults import Resolved
+        from qbench.preprocess.spec import PreprocessSpec
 
         return Resolved(PreprocessSpec(), "default: [0, 1] RGB stretched")
 

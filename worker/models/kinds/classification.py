@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.models.kinds.base import Pairs, Part, PartPlan, TaskKind, _flat_np
+from qbench.models.kinds.base import Pairs, Part, PartPlan, TaskKind, _flat_np
 
 
 class Classification(TaskKind):
@@ -20,7 +20,7 @@ class Classification(TaskKind):
     dataset_formats = ("imagefolder",)
 
     def default_preprocess(self, arch: str | None) -> Any:
-        from worker.preprocess.defaults import Resolved, torchvision_classifier_spec
+        from qbench.preprocess.defaults import Resolved, torchvision_classifier_spec
 
         return Resolved(torchvision_classifier_spec(arch or ""),
                         f"default: torchvision weights transform of {arch}")
@@ -32,7 +32,7 @@ class Classification(TaskKind):
         """Top-1 agreement with fp32, the figure the report shows as `agreement_top1` (a
         target of 0.97 means 97% of the images keep fp32's class), tie-broken by the logits'
         mean cosine similarity: on a few images top-1 agreement ties many configurations."""
-        from worker.evaluate.agreement import classification_agreement
+        from qbench.evaluate.agreement import classification_agreement
 
         a = classification_agreement(reference, out)
         return a["top1_agreement"], a["cosine_mean"]
@@ -45,7 +45,7 @@ class Classification(TaskKind):
 
     def evaluation_columns(self, data: Any, fp32: list[Any], quant: list[Any],
                            trained: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        from worker.evaluate.scores import classification_columns
+        from qbench.evaluate.scores import classification_columns
 
         return classification_columns(data, fp32, quant, trained)
 

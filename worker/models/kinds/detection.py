@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 
-from worker.models.kinds.base import Pairs, Part, PartPlan, TaskKind, _flat_np
+from qbench.models.kinds.base import Pairs, Part, PartPlan, TaskKind, _flat_np
 
 # Where a torchvision detector keeps its weights; the glue between them stays float32.
 DETECTOR_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "head")
@@ -40,8 +40,8 @@ class RPNLevel(nn.Module):
     """One FPN level of an RPNHead: traceable, quantized once and shared by every level."""
 
     def default_preprocess(self, arch: str | None) -> Any:
-        from worker.preprocess.defaults import Resolved
-        from worker.preprocess.spec import PreprocessSpec
+        from qbench.preprocess.defaults import Resolved
+        from qbench.preprocess.spec import PreprocessSpec
 
         # torchvision detectors normalise and resize inside the model
         return Resolved(PreprocessSpec(), "default: detector's internal transform ([0, 1] RGB)")
@@ -88,7 +88,7 @@ class BoxPredictor(nn.Module):
 
 def rcnn_parts(det: nn.Module) -> PartPlan:
     """The quantizable parts of a two-stage torchvision detector, and notes on those it lacks."""
-    from worker.quantize.fast_roi_align import install_fast_roi_pool
+    from qbench.quantize.fast_roi_align import install_fast_roi_pool
 
     backbone = getattr(det, "backbone", None)
     if backbone is None:
@@ -173,7 +173,7 @@ class Detection(TaskKind):
     def output_pairs(self, fp32: Any, quant: Any, iou_threshold: float = 0.5) -> Pairs:
         """Scores and box coordinates (px) of detections matched one to one across the two
         models (same label, IoU >= iou_threshold)."""
-        from worker.evaluate.agreement import match
+        from qbench.evaluate.agreement import match
 
         scores: list[tuple[np.ndarray, np.ndarray]] = []
         boxes: list[tuple[np.ndarray, np.ndarray]] = []
@@ -198,8 +198,8 @@ class Detection(TaskKind):
 
     def agreement_score(self, reference: Any, out: Any, score_threshold: float = 0.5) -> float:
         """detection_quality of detections with scores >= score_threshold."""
-        from worker.evaluate.agreement import detection_agreement
-        from worker.evaluate.scores import detection_quality
+        from qbench.evaluate.agreement import detection_agreement
+        from qbench.evaluate.scores import detection_quality
 
         return detection_quality(detection_agreement(reference, out, score_threshold))
 
@@ -237,7 +237,7 @@ class Detection(TaskKind):
 
     def evaluation_columns(self, data: Any, fp32: list[Any], quant: list[Any],
                            trained: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        from worker.evaluate.scores import detection_columns
+        from qbench.evaluate.scores import detection_columns
 
         return detection_columns(data, fp32, quant, trained)
 

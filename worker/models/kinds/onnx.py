@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.models.kinds.base import TaskKind
+from qbench.models.kinds.base import TaskKind
 
 
 class Onnx(TaskKind):
@@ -21,8 +21,8 @@ class Onnx(TaskKind):
     decodes_outputs = True
 
     def default_preprocess(self, arch: str | None) -> Any:
-        from worker.preprocess.defaults import Resolved
-        from worker.preprocess.spec import PreprocessSpec
+        from qbench.preprocess.defaults import Resolved
+        from qbench.preprocess.spec import PreprocessSpec
 
         # a given file declares nothing: timed and calibrated, but its accuracy is not reported
         return Resolved(PreprocessSpec(), "none declared: [0, 1] RGB stretched", trusted=False)
@@ -36,7 +36,7 @@ class Onnx(TaskKind):
         """A file whose one output is [N, C] is scored as a classifier (top-1 agreement with
         fp32, tie-broken by the cosine), as its evaluation reports it; other files by the
         outputs' mean cosine similarity."""
-        from worker.evaluate.agreement import classification_agreement
+        from qbench.evaluate.agreement import classification_agreement
 
         ref, ours = logits_of(reference), logits_of(out)
         if ref is None or ours is None:

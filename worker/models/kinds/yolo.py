@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from worker.models.kinds.base import Part, PartPlan, TaskKind
+from qbench.models.kinds.base import Part, PartPlan, TaskKind
 
 
 class Yolo(TaskKind):
@@ -21,8 +21,8 @@ class Yolo(TaskKind):
     decodes_outputs = True
 
     def default_preprocess(self, arch: str | None) -> Any:
-        from worker.preprocess.defaults import Resolved
-        from worker.preprocess.spec import PreprocessSpec
+        from qbench.preprocess.defaults import Resolved
+        from qbench.preprocess.spec import PreprocessSpec
 
         return Resolved(PreprocessSpec(resize="letterbox", pad_value=114), "default: YOLO letterbox")
 

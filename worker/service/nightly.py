@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worker.manifest import ManifestError
-from worker.orchestrate import JobPlan, plan_file, plan_job, save_plan
-from worker.staging import stage_plan
-from worker.submit import forget_previous_run, job_states, stamped, submit_plan
+from qbench.manifest import ManifestError
+from qbench.orchestrate import JobPlan, plan_file, plan_job, save_plan
+from qbench.service.staging import stage_plan
+from qbench.service.submit import forget_previous_run, job_states, stamped, submit_plan
 
 log = logging.getLogger(__name__)
 CLAIM_TTL_S = 400 * 24 * 3600  # longer than anyone reruns a night by date
@@ -83,7 +83,7 @@ def submit_night(path: Path, results_root: Path, night: dt.date, *,
     """Submit one manifest as the given night's job, unless that night already ran or runs.
 
     Raises ManifestError for a bad manifest (nothing claimed)."""
-    from worker.lease import client
+    from qbench.service.lease import client
 
     when = dt.datetime.combine(night, dt.time())
     plan = plan_job(path, nightly=True, now=when)

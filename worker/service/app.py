@@ -9,9 +9,9 @@ from celery.schedules import crontab
 from celery.signals import worker_ready
 from kombu import Queue
 
-from worker.broker import broker_url
-from worker.env import env_int
-from worker.errors import ConfigError
+from qbench.env import env_int
+from qbench.errors import ConfigError
+from qbench.service.broker import broker_url
 
 
 def nightly_schedule() -> crontab:
@@ -26,7 +26,7 @@ def nightly_schedule() -> crontab:
     return crontab(hour=hour, minute=minute)
 
 
-app = Celery("qbench", include=["worker.tasks"])
+app = Celery("qbench", include=["qbench.service.tasks"])
 app.conf.update(
     broker_url=broker_url(),
     result_backend=os.environ.get("QBENCH_RESULT_BACKEND", broker_url()),
@@ -48,7 +48,7 @@ app.conf.update(
     result_extended=True,
     result_expires=env_int("QBENCH_RESULT_EXPIRES", 7 * 24 * 3600),
     # A worker killed outright leaves its unit unacknowledged in Redis. Leases bring it back
-    # within a minute or so (worker/lease.py); Redis' own redelivery after the visibility
+    # within a minute or so (worker/service/lease.py); Redis' own redelivery after the visibility
     # timeout cannot tell a dead worker from a long unit, so it is kept longer than any unit.
     broker_transport_options={
         "visibility_timeout": env_int("QBENCH_VISIBILITY_TIMEOUT", 7 * 24 * 3600),
@@ -66,6 +66,6 @@ app.conf.update(
 
 @worker_ready.connect
 def _start_lease_keeper(sender, **_) -> None:
-    from worker.lease import Keeper, held_by_this_worker
+    from qbench.service.lease import Keeper, held_by_this_worker
 
     Keeper(sender.hostname, held_by_this_worker).start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import redis
 
-from worker.broker import broker_url
+from qbench.service.broker import broker_url
 
 FLAG_TTL_S = 30 * 24 * 3600
 

@@ -13,16 +13,16 @@ from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from worker.app import app
-from worker.cancel import is_cancelled
-from worker.confine import receive_unit
-from worker.errors import ManifestError
-from worker.isolate import prepare_parent, run_unit_isolated, worker_ceiling
-from worker.lease import ensure_sole_run, settle
-from worker.manifest import Unit
-from worker.pipeline import failed_row, write_outcome
-from worker.report import write_report
-from worker.results import results_root
+from qbench.confine import receive_unit
+from qbench.errors import ManifestError
+from qbench.isolate import prepare_parent, run_unit_isolated, worker_ceiling
+from qbench.manifest import Unit
+from qbench.pipeline import failed_row, write_outcome
+from qbench.report import write_report
+from qbench.results import results_root
+from qbench.service.app import app
+from qbench.service.cancel import is_cancelled
+from qbench.service.lease import ensure_sole_run, settle
 
 log = logging.getLogger(__name__)
 worker_ceiling()  # a bad QBENCH_MAX_UNIT_SECONDS stops the worker at start
@@ -107,7 +107,7 @@ def report_job_task(unit_summaries: list | None, job_id: str) -> dict:
 
 def plan_of_report(root: Path, job_id: object) -> None:
     """ManifestError unless job_id names a job whose plan this results store holds."""
-    from worker.orchestrate import load_plan
+    from qbench.orchestrate import load_plan
 
     if not isinstance(job_id, str):
         raise ManifestError(f"job id {str(job_id)[:100]!r}: not a string")
@@ -117,9 +117,9 @@ def plan_of_report(root: Path, job_id: object) -> None:
 @app.task(name="qbench.nightly")
 def nightly_task(*args, **kwargs) -> list[str]:
     """Submit every manifest in QBENCH_NIGHTLY_DIR for tonight (the date in QBENCH_TIMEZONE),
-    unless that night's job is already queued, running or done (worker/nightly.py). It takes
+    unless that night's job is already queued, running or done (worker/service/nightly.py). It takes
     nothing from the message: a sender cannot name another folder."""
-    from worker.nightly import submit_nightly
+    from qbench.service.nightly import submit_nightly
 
     if args or kwargs:
         log.error("nightly refused: it takes no arguments (got %d)", len(args) + len(kwargs))

@@ -39,8 +39,8 @@ from collections.abc import Callable
 import redis
 from celery.exceptions import Ignore
 
-from worker.broker import broker_url
-from worker.env import env_seconds
+from qbench.env import env_seconds
+from qbench.service.broker import broker_url
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from celery import chord
 from celery.result import AsyncResult
 
-from worker import lease
-from worker.app import app
-from worker.cancel import cancel_job, is_cancelled
-from worker.orchestrate import JobPlan, load_plan, now_stamp
-from worker.results import read_table
+from qbench.orchestrate import JobPlan, load_plan, now_stamp
+from qbench.results import read_table
+from qbench.service import lease
+from qbench.service.app import app
+from qbench.service.cancel import cancel_job, is_cancelled
 
 
 def report_task_id(job_id: str) -> str:
@@ -37,7 +37,7 @@ def forget_previous_run(plan: JobPlan) -> None:
 def submit_plan(plan: JobPlan) -> None:
     """One task per unit on its device's queue; the report job is the chord's body.
 
-    Tasks are sent by their registered names (worker/tasks.py), so submitting imports
+    Tasks are sent by their registered names (worker/service/tasks.py), so submitting imports
     neither the pipeline nor torch.
 
     Task ids are the unit ids, so a unit's state can be looked up from the job plan alone.

@@ -1,6 +1,6 @@
 """`qbench gc`: remove staged inputs that nothing references any more.
 
-An entry of <results>/inputs/ (one folder per content digest, worker/staging.py) is kept when
+An entry of <results>/inputs/ (one folder per content digest, worker/service/staging.py) is kept when
 - a `models` row references it: a unit of a job plan with a row, or the row's checkpoint_sha256;
 - a queued or running unit references it: a message on the cpu/gpu queues or delivered and
   not yet acknowledged (running units stay in Kombu's unacked set until they end);
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import redis
 
-from worker.staging import INPUTS
+from qbench.service.staging import INPUTS
 
 log = logging.getLogger(__name__)
 TRASH_PREFIX = ".gc-"
@@ -36,7 +36,7 @@ DEFAULT_GRACE_S = 3600.0
 
 
 def grace_seconds() -> float:
-    from worker.env import env_seconds
+    from qbench.env import env_seconds
 
     return env_seconds("QBENCH_GC_GRACE", DEFAULT_GRACE_S)
 
@@ -110,7 +110,7 @@ def queued_or_running(r: redis.Redis) -> set[str]:
 
 def referenced_by_rows(root: Path) -> set[str]:
     """Digests a `models` row references: its unit's staged inputs, its checkpoint's digest."""
-    from worker.results import read_table
+    from qbench.results import read_table
 
     rows = read_table(root, "models").select(["job_id", "unit_id", "checkpoint_sha256"]).to_pylist()
     with_rows = {(r["job_id"], r["unit_id"]) for r in rows}

@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from worker.atomic import atomic_path
-from worker.env import env_int
-from worker.manifest import ManifestError, Unit, allowed_roots, input_roots, is_inside
-from worker.orchestrate import JobPlan
+from qbench.atomic import atomic_path
+from qbench.env import env_int
+from qbench.manifest import ManifestError, Unit, allowed_roots, input_roots, is_inside
+from qbench.orchestrate import JobPlan
 
 INPUTS = "inputs"
 CHUNK = 1 << 20
