@@ -11,6 +11,7 @@ for the environment fingerprint) is asked of that object, never guessed from typ
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING
 
 from qbench.backends.onnxruntime import config as onnxruntime_config
@@ -36,3 +37,20 @@ def for_format(fmt: str) -> type[Backend]:
         if fmt == config.ARTIFACT_FORMAT:
             return backend_class(name)
     raise KeyError(f"no backend saves artifacts of format {fmt!r}")
+
+
+def installed_version(distributions: tuple[str, ...]) -> str | None:
+    """The version of the first of these distributions that is installed (no import)."""
+    for dist in distributions:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """`<backend>_version` columns of the environment fingerprint, for every runtime but torch
+    (torch and torchvision have their own columns, read off the modules: they keep +cuXXX)."""
+    return {f"{name}_version": installed_version(config.DISTRIBUTIONS)
+            for name, config in CONFIGS.items() if name != torch_config.NAME}

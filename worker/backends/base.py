@@ -7,7 +7,6 @@ the artifact's load snippet) need no instance.
 
 from __future__ import annotations
 
-import importlib.metadata
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,12 +53,9 @@ class Backend(ABC):
     @classmethod
     def version(cls) -> str | None:
         """The installed version of the runtime (the first of its distributions found)."""
-        for dist in cls.config.DISTRIBUTIONS:
-            try:
-                return importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return None
+        from qbench.backends import installed_version
+
+        return installed_version(cls.config.DISTRIBUTIONS)
 
     @classmethod
     @abstractmethod

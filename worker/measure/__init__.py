@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 import qbench
+from qbench.backends import runtime_versions
 from qbench.measure.latency import Latency, LatencyTracker, device_sync
 from qbench.measure.machine import LoadSampler, isa_columns
 from qbench.measure.memory import (
@@ -142,13 +142,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def environment_fingerprint() -> dict[str, Any]:
     """What a result depends on, plus `env_fingerprint`: a hash of all of it except the host."""
     try:
@@ -162,7 +155,7 @@ def environment_fingerprint() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "torchvision_version": torchvision_version,
         "qbench_version": qbench.__version__,
-        "onnxruntime_version": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        **runtime_versions(),  # onnxruntime_version: one `<backend>_version` per runtime
         "python_version": platform.python_version(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
