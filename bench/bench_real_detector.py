@@ -36,7 +36,7 @@ PREPROCESS = {"resize": "stretch", "channels": "bgr", "mean": [0.485, 0.456, 0.4
               "std": [0.229, 0.224, 0.225]}
 OUTPUTS = {"decoder": "gfl", "strides": [8, 16, 32, 64], "reg_max": 7, "iou_threshold": 0.5,
            "category_map": {k: k + 1 for k in range(10)}}
-# What keeps this detector closest to fp32 (measured, see README): the stem's first six convs
+# What keeps this detector closest to fp32 (measured, see docs/benchmarks.md): the stem's first six convs
 # (their depthwise convs weigh a few input channels up to 70 times the rest, which one u8 scale
 # per tensor rounds away), and in each of the four heads the output conv with the two
 # depthwise/pointwise pairs before it, so that the box distributions are computed and reach the

@@ -1,6 +1,6 @@
 """Job manifests: pydantic models of the YAML contract, validation, and expansion into units.
 
-Field names here are public API (see README "Manifest"): keep them, add freely. A leaf: it
+Field names here are public API (see docs/manifest.md): keep them, add freely. A leaf: it
 imports neither torch nor the mode registry (modes and arch names come from qbench.catalogue),
 so `qbench validate`, `status` and `submit` start without loading torch.
 """
@@ -60,7 +60,7 @@ def max_batch_size() -> int:
     return env_int("QBENCH_MAX_BATCH_SIZE", 4096)
 
 
-# Bounds on what would exhaust the machine (README "Manifest", Limits).
+# Bounds on what would exhaust the machine (docs/manifest.md, Limits).
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_YAML_DEPTH = 32  # a manifest nests 4 levels; deep nesting would exhaust the recursion
 MAX_INT_DIGITS = 30  # no count, size or id of a manifest needs more
@@ -212,7 +212,7 @@ class BenchmarkSpec(Strict):
     warmup: StrictInt = Field(default=5, ge=0, le=MAX_WARMUP)
     iterations: StrictInt = Field(default=30, ge=1, le=MAX_ITERATIONS)
     threads: StrictInt | None = Field(default=None, ge=1, le=MAX_THREADS)
-    # Enough samples (README "Latency"): at least `iterations` and `min_seconds` of measured
+    # Enough samples (docs/measurement.md, "Samples"): at least `iterations` and `min_seconds` of measured
     # time per batch size, at most `max_iterations` / `max_seconds` (a cap wins).
     min_seconds: StrictFloat = Field(default=0.0, ge=0, le=MAX_SECONDS)
     max_iterations: StrictInt | None = Field(default=None, ge=1, le=MAX_ITERATIONS)

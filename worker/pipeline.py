@@ -45,7 +45,7 @@ from qbench.quantize.registry import Quantized, QuantizeRequest, quantize
 from qbench.results import unit_file, write_rows
 
 # torch.ao's eager/FX quantization warns about its own deprecation on every observer and
-# quantized tensor; the mode is chosen knowingly (see README), so the noise is dropped.
+# quantized tensor; the mode is chosen knowingly (see docs/quantization.md), so the noise is dropped.
 warnings.filterwarnings("ignore", module=r"torch\.ao(\..*)?$")
 warnings.filterwarnings("ignore", message=r".*quantize_per_tensor, torch.quantize_per_channel.*")
 

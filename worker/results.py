@@ -74,7 +74,7 @@ LATENCY = pa.schema(IDENTITY + [
     ("status", pa.string()),  # ok | oom | error
     ("error", pa.string()),
     ("measured_at", pa.timestamp("ms", tz="UTC")),
-    # How many samples (README "Latency"): the plan and what ran, and how noisy it was.
+    # How many samples (docs/measurement.md, "Samples"): the plan and what ran, and how noisy it was.
     ("min_seconds", pa.float64()),
     ("max_iterations", pa.int32()),
     ("max_seconds", pa.float64()),
@@ -85,7 +85,7 @@ LATENCY = pa.schema(IDENTITY + [
     ("load_avg_1m", pa.float64()),  # highest 1-minute load average sampled during the row
     ("busy_processes_max", pa.int32()),  # most runnable tasks of other processes seen
     ("busy_processes_mean", pa.float64()),
-    # Paired speedup (README "Paired speedup"): the reference timed interleaved with the unit.
+    # Paired speedup (docs/measurement.md, "Paired speedup"): the reference timed interleaved with the unit.
     ("pairing", pa.string()),  # interleaved | off | reference | failed: <why>
     ("reference_mode", pa.string()),
     ("paired_iterations", pa.int32()),  # pairs timed
@@ -97,7 +97,7 @@ LATENCY = pa.schema(IDENTITY + [
     ("speedup_ci_high", pa.float64()),
 ] + ENVIRONMENT)
 
-# One row per timed iteration (README "Raw samples"): long format, so DuckDB/pandas can group
+# One row per timed iteration (docs/results.md, `samples`): long format, so DuckDB/pandas can group
 # and aggregate without unnesting, and a row of `latency` stays small to read.
 SAMPLES = pa.schema(IDENTITY + [
     ("batch_size", pa.int32()),
@@ -161,7 +161,7 @@ MODELS = pa.schema(IDENTITY + [
     ("kitti_ap_moderate_fp32", pa.float64()),
     ("kitti_ap_moderate_drop_pts_ci_low", pa.float64()),
     ("kitti_ap_moderate_drop_pts_ci_high", pa.float64()),
-    # Preprocessing and decoding (README "Preprocessing and outputs"): the resolved preprocess
+    # Preprocessing and decoding (docs/manifest.md, "Preprocessing and outputs"): the resolved preprocess
     # block as JSON with its origin, what agreement was measured on, raw-output and logits
     # SQNR, and why accuracy columns are null where they are.
     ("preprocess", pa.string()),
@@ -187,9 +187,9 @@ MODELS = pa.schema(IDENTITY + [
     ("mixed_heldout_met", pa.bool_()),
     ("mixed_refined_from", pa.list_(pa.string())),  # float groups before refinement
     ("notes", pa.string()),
-    # The saved model (README "Artifacts"); null when nothing was saved, the reason in notes
+    # The saved model (docs/quantization.md, "Artifacts"); null when nothing was saved, the reason in notes
     # (artifacts: false) or error (saving failed; status stays ok).
-    # The exact bytes benchmarked (README "Workers"): sha256 of the checkpoint or ONNX file,
+    # The exact bytes benchmarked (docs/reliability.md, "Workers"): sha256 of the checkpoint or ONNX file,
     # and of the dataset (each file's path and sha256); null when the unit names none.
     ("checkpoint_sha256", pa.string()),
     ("dataset_sha256", pa.string()),

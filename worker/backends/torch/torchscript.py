@@ -1,6 +1,6 @@
 """A benchmarked torch module as a TorchScript program: what `torch.jit.load` runs without qbench.
 
-Why TorchScript (measured on torch 2.14, see README "Artifacts"): torch.export cannot hold the
+Why TorchScript (measured on torch 2.14, see docs/quantization.md, "Artifacts"): torch.export cannot hold the
 torch.ao int8 modules (their packed weights are TorchBind objects without `__obj_flatten__`)
 nor a whole detector (data-dependent NMS), and `torch.export.load` unpickles entries flagged
 as pickled with `weights_only=False`. A TorchScript archive is read by the C++ loader, which
