@@ -137,7 +137,8 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     target_spec = _target(root, job_id)
     threshold = threshold_pts(target_spec.max_map_drop if target_spec else None)
-    rows = summary_rows(models, latency)
+    reference = _reference(root, job_id)
+    rows = summary_rows(models, latency, reference)
     for row, m in _rows_with_units(rows, models):
         row.update(summary_columns(m, classes, threshold))
     recs = recommend(models, latency, rows, Target.of(target_spec))
@@ -168,9 +169,9 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
             f"{r['model_id']} {r['mode']} batch {r['batch_size']}" for r in oom), alert=True))
     if not models:
         blocks.append(Para("No unit of this job has written a row yet."))
-    blocks += [Heading("Size and accuracy"), without_empty_columns(size_accuracy_table(models)),
+    blocks += [Heading("Size and accuracy"), without_empty_columns(size_accuracy_table(models, latency, reference)),
                *class_blocks(models, classes, threshold),
-               Heading("Latency, throughput and memory"), without_empty_columns(latency_table(rows)),
+               Heading("Latency, throughput and memory"), without_empty_columns(latency_table(rows, reference)),
                Para(STABLE_LEGEND)]
     for plot, name, alt in ((plot_speedup, "speedup.png", "speedup vs batch size, 95% intervals"),
                             (plot_latency, "latency.png", "latency and throughput vs batch size"),
@@ -221,6 +222,17 @@ def _target(root: Path, job_id: str):
     except Exception:  # a report of rows copied without their plan: the default targets
         return None
     return units[0].quantization.target if units else None
+
+
+def _reference(root: Path, job_id: str) -> str:
+    """The job's benchmark.reference, from its saved plan (fp32 without one)."""
+    from qbench.orchestrate import load_plan
+
+    try:
+        units = load_plan(root, job_id).units
+    except Exception:  # a report of rows copied without their plan: the default reference
+        return "fp32"
+    return units[0].benchmark.reference if units else "fp32"
 
 
 def _mark_recommended(rows: list[dict], recs: list[dict]) -> None:

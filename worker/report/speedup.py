@@ -15,7 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-FP32_BASELINES = ("fp32", "fp32_compiled", "ort_fp32")
+from qbench.modes import reference_modes
+
+# The float baselines (the mode table's reference modes: fp32, fp32_compiled, ort_fp32).
+FP32_BASELINES = tuple(reference_modes())
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,28 @@ def unit_order(m: dict) -> tuple:
     return (m["model_id"], m["device"], m["mode"] != "fp32", m["mode"])
 
 
-def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]]:
-    """One row per unit x batch size (summary.csv); a unit with no latency rows gets one row."""
-    # fp32 eager of the same model and device is the reference for speedup and accuracy drop.
+def references(latency: list[dict], default: str = "fp32") -> dict[tuple[str, str], str]:
+    """The reference mode of each (model, device): what its units were timed beside (the
+    job's benchmark.reference, or ort_fp32 for a model only ONNX Runtime runs), else default."""
+    refs: dict[tuple[str, str], str] = {}
+    for r in latency:
+        if r.get("reference_mode"):
+            refs.setdefault((r["model_id"], r["device"]), r["reference_mode"])
+    return defaultdict(lambda: default, refs)
+
+
+def summary_rows(models: list[dict], latency: list[dict],
+                 reference: str = "fp32") -> list[dict[str, Any]]:
+    """One row per unit x batch size (summary.csv); a unit with no latency rows gets one row.
+    `reference`: the job's benchmark.reference, for rows that do not name theirs."""
+    # The reference unit of the same model and device is the base of the speedup and the
+    # accuracy drop (the `*_vs_fp32` columns keep their names: fp32 unless the job says).
+    refs = references(latency, reference)
     ref = {(r["model_id"], r["device"], r["batch_size"]): r["latency_ms_p50"]
-           for r in latency if r["mode"] == "fp32" and r["status"] == "ok"}
-    ref_map = {(m["model_id"], m["device"]): m["map"] for m in models if m["mode"] == "fp32"}
+           for r in latency if r["mode"] == refs[(r["model_id"], r["device"])]
+           and r["status"] == "ok"}
+    ref_map = {(m["model_id"], m["device"]): m["map"] for m in models
+               if m["mode"] == refs[(m["model_id"], m["device"])]}
     by_unit = defaultdict(list)
     by_batch = defaultdict(list)
     for r in latency:
@@ -93,16 +109,18 @@ def summary_rows(models: list[dict], latency: list[dict]) -> list[dict[str, Any]
                                          if r["cuda_max_reserved_bytes"] else None),
                 "error": r["error"],
                 # added columns stay after the original ones (summary.csv column order)
-                **speedup_columns(r, by_batch[(m["model_id"], m["device"], r["batch_size"])]),
+                **speedup_columns(r, by_batch[(m["model_id"], m["device"], r["batch_size"])],
+                                  refs[(m["model_id"], m["device"])]),
                 **added,
             })
     return rows
 
 
-def speedup_columns(r: dict, same_batch: list[dict]) -> dict[str, Any]:
-    """Paired speedup over fp32 eager and over the job's fastest fp32 baseline, with CIs,
-    and the row's sample quality (qbench.report.speedup says how they are combined)."""
-    eager = next((b for b in same_batch if b["mode"] == "fp32"), None)
+def speedup_columns(r: dict, same_batch: list[dict], reference: str = "fp32") -> dict[str, Any]:
+    """Paired speedup over the reference (fp32 eager unless the job names another) and over
+    the job's fastest fp32 baseline, with CIs, and the row's sample quality
+    (qbench.report.speedup says how they are combined)."""
+    eager = next((b for b in same_batch if b["mode"] == reference), None)
     fastest = fastest_baseline(same_batch)
     out: dict[str, Any] = {
         "reference_mode": r.get("reference_mode"), "pairing": r.get("pairing"),
@@ -154,8 +172,11 @@ def _status(status: str, error: str | None) -> str:
     return status if status == "ok" else f"**{status}**: {error or ''}".rstrip(": ")
 
 
-def size_accuracy_table(models: list[dict]) -> Table:
-    ref_map = {(m["model_id"], m["device"]): m for m in models if m["mode"] == "fp32"}
+def size_accuracy_table(models: list[dict], latency: list[dict] | None = None,
+                        reference: str = "fp32") -> Table:
+    refs = references(latency or [], reference)
+    ref_map = {(m["model_id"], m["device"]): m for m in models
+               if m["mode"] == refs[(m["model_id"], m["device"])]}
     rows = []
     for m in sorted(models, key=unit_order):
         ref = ref_map.get((m["model_id"], m["device"]))
@@ -198,14 +219,15 @@ def without_empty_columns(table: Table) -> Table:
                  {keep.index(i) for i in table.align_right if i in keep})
 
 
-def latency_table(rows: list[dict]) -> Table:
+def latency_table(rows: list[dict], reference: str = "fp32") -> Table:
     out = []
     for r in rows:
         if r.get("batch_size") is None:
             continue
         speed = r["speedup_vs_fp32"]
         fastest = r.get("fastest_fp32_mode")
-        eager = r["mode"] == "fp32"  # fp32 eager against itself: "ref", not three 1.00x
+        # the reference against itself: "ref", not three 1.00x
+        eager = r["mode"] == (r.get("reference_mode") or reference)
         out.append([
             r["model_id"], r["mode"], r["device"], str(r["batch_size"]),
             fmt(r["latency_ms_p50"], ".1f"), fmt(r["latency_ms_p90"], ".1f"),
