@@ -196,6 +196,8 @@ def test_yolo_without_ultralytics_is_refused_at_validate(tmp_path):
         for entry in Path(sp).iterdir():
             if not entry.name.lower().startswith("ultralytics") and not (packages / entry.name).exists():
                 (packages / entry.name).symlink_to(entry)
+    # the package under its import name (-S processes no .pth: not the editable install's)
+    (packages / "qbench").symlink_to(REPO / "worker")
     path = _write(tmp_path, _manifest(tmp_path, [{"id": "y", "source": "yolo", "arch": "yolov8n",
                                                   "input_size": [64, 64]}]))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{packages}"}
