@@ -143,7 +143,7 @@ def instance_spread(path: Path, bursts: int, iterations: int) -> None:
     import torch
 
     from qbench.models import load_model
-    from qbench.pipeline import calibration_source
+    from qbench.pipeline import UnitInputs, calibration_source
     from qbench.quantize.registry import QuantizeRequest, quantize
 
     unit = next(u for u in plan_job(path).units if u.mode == MODE)
@@ -155,7 +155,8 @@ def instance_spread(path: Path, bursts: int, iterations: int) -> None:
     def build():
         with tempfile.TemporaryDirectory() as work:
             request = QuantizeRequest(device="cpu", calibration=unit.quantization.calibration,
-                                      keep_float=[], calibration_batches=calibration_source(unit, loaded),
+                                      keep_float=[], calibration_batches=calibration_source(
+                                          unit, loaded, UnitInputs.of(unit, loaded)),
                                       work_dir=work)
             return quantize(loaded, MODE, request).predict
 

@@ -30,7 +30,7 @@ from qbench.measure.unit_latency import latency_row_of, measure_unpaired
 from qbench.model_row import ParamsResult, SizeResult
 from qbench.models import load_model
 from qbench.orchestrate import plan_job
-from qbench.pipeline import calibration_source, initial_model_row, run_unit
+from qbench.pipeline import UnitInputs, calibration_source, initial_model_row, run_unit
 from qbench.quantize.common import serialized_size_bytes
 from qbench.quantize.registry import QuantizeRequest, quantize
 from qbench.results import read_table, write_rows
@@ -66,7 +66,8 @@ def _run(unit, root: Path) -> Saved:
     with tempfile.TemporaryDirectory() as work_dir:  # deleted before the artifact is read
         q = quantize(loaded, unit.mode, QuantizeRequest(
             device="cpu", calibration=unit.quantization.calibration, keep_float=[],
-            calibration_batches=calibration_source(unit, loaded), work_dir=work_dir))
+            calibration_batches=calibration_source(unit, loaded, UnitInputs.of(unit, loaded)),
+            work_dir=work_dir))
         batch = synth_images(2, loaded.input_size, 3)
         result = measure_unpaired(q.predict, batch, 1, unit.device, unit.benchmark, LoadSampler())
         expected = q.predict(batch)

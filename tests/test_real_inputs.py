@@ -136,9 +136,9 @@ def test_onnx_export_scored_by_the_torchvision_decoder_matches_torch(detector_da
 def test_a_decoded_detectors_calibration_map_is_the_torch_fixtures(detector_data):
     """What ort_int8_mixed's max_map_drop scores on an ONNX detector: its outputs decoded and
     mapped back to the calibration pages, the same mAP the torch fixture scores there."""
-    from qbench.evaluate.datasets import calibration_map_scorers
     from qbench.evaluate.targets import heldout_count
     from qbench.models import load_model
+    from qbench.pipeline import UnitInputs
 
     onnx_model = {"id": "fxo", "source": "onnx", "path": "models/fixture.onnx",
                   "input_size": [256, 256], "preprocess": {"resize": "stretch"},
@@ -149,7 +149,7 @@ def test_a_decoded_detectors_calibration_map_is_the_torch_fixtures(detector_data
         unit = plan_job(_det_manifest(detector_data, f"cal-{mode.replace('_', '-')}", model,
                                       [mode])).units[0]
         loaded = load_model(unit)
-        searched, held = calibration_map_scorers(unit, loaded, heldout_count)
+        searched, held = UnitInputs.of(unit, loaded).dataset.calibration_map_scorers(heldout_count)
         scores[mode] = (searched(loaded.predict_fp32), held(loaded.predict_fp32))
     assert scores["fp32"][0] > 0.3
     for torch_map, onnx_map in zip(scores["fp32"], scores["ort_fp32"], strict=True):

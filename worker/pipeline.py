@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,11 +38,14 @@ from qbench.model_row import (
 from qbench.models import LoadedModel, load_model
 from qbench.modes import MODES, get_mode
 from qbench.phases import PhaseClock
-from qbench.preprocess.defaults import for_model
+from qbench.preprocess.defaults import Resolved, for_model
 from qbench.preprocess.transform import unit_to_input
 from qbench.quantize.common import serialized_size_bytes
 from qbench.quantize.registry import Quantized, QuantizeRequest, quantize
 from qbench.results import unit_file, write_rows
+
+if TYPE_CHECKING:
+    from qbench.evaluate.datasets import UnitData
 
 # torch.ao's eager/FX quantization warns about its own deprecation on every observer and
 # quantized tensor; the mode is chosen knowingly (see docs/quantization.md), so the noise is dropped.
@@ -100,15 +103,32 @@ def check_device(device: str) -> None:
         raise RuntimeError("device cuda: CUDA is not available on this worker")
 
 
-def calibration_source(unit: Unit, loaded: LoadedModel) -> Callable[[], list[torch.Tensor]]:
+@dataclass(frozen=True)
+class UnitInputs:
+    """What a unit feeds its model, resolved once per unit and passed down: its preprocessing
+    (the manifest's, or the kind's default) and its dataset (None without one)."""
+
+    pre: Resolved
+    dataset: UnitData | None
+
+    @classmethod
+    def of(cls, unit: Unit, loaded: LoadedModel) -> UnitInputs:
+        pre = for_model(unit.model.preprocess, loaded)
+        if unit.dataset is None:
+            return cls(pre, None)
+        from qbench.evaluate.datasets import UnitData
+
+        return cls(pre, UnitData(unit, loaded, pre.spec))
+
+
+def calibration_source(unit: Unit, loaded: LoadedModel,
+                       inputs: UnitInputs) -> Callable[[], list[torch.Tensor]]:
     """Batches for calibration: dataset calibration split, or seeded synthetic scenes."""
     count = unit.quantization.calibration.images
-    if unit.dataset is not None:
-        from qbench.evaluate.datasets import calibration_batches
-
-        return lambda: calibration_batches(unit, loaded, count)
+    if inputs.dataset is not None:
+        return inputs.dataset.calibration_batches
     h, w = loaded.input_size
-    pre = for_model(unit.model.preprocess, loaded).spec
+    pre = inputs.pre.spec
 
     def batches() -> list[torch.Tensor]:
         images = unit_to_input(synth_images(count, (h, w), CALIBRATION_SEED), pre)
@@ -142,12 +162,12 @@ def failed_row(unit: Unit, error: str) -> dict[str, Any]:
 
 
 def measure_step(q: Quantized, loaded: LoadedModel, unit: Unit, base: dict[str, Any],
-                 request: QuantizeRequest, say: Callable[[str, int], None]
+                 request: QuantizeRequest, say: Callable[[str, int], None], inputs: UnitInputs
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The timed part: `latency` rows (one per batch size) and raw `samples`, on one pool of
     images; the reference is built only for the paired pass (worker/measure/unit_latency.py)."""
     pool = unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
-                                      BENCH_SEED), for_model(unit.model.preprocess, loaded).spec)
+                                      BENCH_SEED), inputs.pre.spec)
     ref_mode = choose_reference(unit.benchmark.reference, loaded.source)
     job = LatencyJob(unit.mode, unit.device, unit.benchmark, loaded.input_size, base, ref_mode,
                      progress=lambda step, done, total: say(step, done),
@@ -190,15 +210,16 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
         check_device(unit.device)
         say("load model", 0)
         loaded = load_model(unit)
-        parts += [ModelFacts.of(loaded), InputFacts.of(for_model(unit.model.preprocess, loaded))]
+        inputs = UnitInputs.of(unit, loaded)  # preprocessing and dataset: resolved once
+        parts += [ModelFacts.of(loaded), InputFacts.of(inputs.pre)]
         fp32_size = serialized_size_bytes(loaded.module)
         say(f"quantize {unit.mode}", 1)
         with tempfile.TemporaryDirectory(prefix=f"qbench-{unit.unit_id}-") as work_dir:
-            batches = calibration_source(unit, loaded)
+            batches = calibration_source(unit, loaded, inputs)
             request = QuantizeRequest(
                 device=unit.device, calibration=calib, keep_float=list(unit.quantization.keep_float),
                 calibration_batches=batches, work_dir=work_dir,
-                search_target=lambda: search_target(unit, loaded, batches),
+                search_target=lambda: search_target(unit, loaded, batches, inputs.dataset),
                 progress=lambda text: say(f"quantize {unit.mode}: {text}", 1),
             )
             q = quantize(loaded, unit.mode, request)
@@ -208,12 +229,13 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
             if q.search is not None:  # a searching mode: its outcome and trade-off plot
                 q.search.write_plot(inspect_folder(results_root, unit))
                 parts.append(q.search)
-            latency_rows, sample_rows = measure_step(q, loaded, unit, base, request, say)
+            latency_rows, sample_rows = measure_step(q, loaded, unit, base, request, say,
+                                                     inputs)
             if unit.dataset is not None:
                 say("evaluate", total_steps - 2)
                 from qbench.evaluate.run import evaluate_unit
 
-                evaluation = evaluate_unit(unit, loaded, q)
+                evaluation = evaluate_unit(unit, loaded, q, inputs.dataset, inputs.pre)
                 parts.append(evaluation)
                 who = {**_identity(unit, q.backend), "env_fingerprint": env.get("env_fingerprint"),
                        "host": env.get("host"), "eval_images": evaluation.eval_images}
@@ -221,7 +243,7 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
             # A reference mode is the model itself: every layer would be identical.
             if unit.inspect.images and not get_mode(unit.mode).reference:
                 say("inspect layers", total_steps - 1)
-                layer_rows, note = inspect_step(unit, loaded, q, base, results_root)
+                layer_rows, note = inspect_step(unit, loaded, q, base, results_root, inputs)
                 notes.append(note)
             # After measuring (scripting a copy must not inflate the RSS peaks) and before
             # work_dir (where an ORT mode's .onnx file lives) is deleted. Never raises.
@@ -253,17 +275,15 @@ def inspect_folder(root: Path, unit: Unit) -> Path:
 
 
 def inspect_step(unit: Unit, loaded: LoadedModel, q: Quantized, base: dict[str, Any],
-                 root: Path) -> tuple[list[dict[str, Any]], str | None]:
+                 root: Path, inputs: UnitInputs) -> tuple[list[dict[str, Any]], str | None]:
     """Layer-by-layer differences and pictures; a failure here is a note, not a failed unit."""
     from qbench.inspect import inspect_unit
 
-    if unit.dataset is not None:
-        from qbench.evaluate.datasets import evaluation_set
-
-        images = evaluation_set(unit, loaded).images[: unit.inspect.images]
+    if inputs.dataset is not None:
+        images = inputs.dataset.evaluation_set.images[: unit.inspect.images]
     else:
         images = unit_to_input(synth_images(unit.inspect.images, loaded.input_size, INSPECT_SEED),
-                               for_model(unit.model.preprocess, loaded).spec)
+                               inputs.pre.spec)
     try:
         rows, _ = inspect_unit(loaded, q, images, unit.inspect.layers, inspect_folder(root, unit),
                                label=unit.mode)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -14,7 +14,6 @@ from qbench.evaluate.formats import BOX_FORMATS
 from qbench.evaluate.kitti_ap import kitti_thresholds
 from qbench.manifest import Unit, input_roots
 from qbench.models.base import LoadedModel
-from qbench.preprocess.defaults import for_model
 from qbench.preprocess.spec import PreprocessSpec
 from qbench.preprocess.transform import Geometry, ImageReadError, load_images
 
@@ -26,10 +25,8 @@ def _read(paths, spec: PreprocessSpec, size: tuple[int, int]) -> tuple[torch.Ten
         raise DatasetError(str(exc)) from None
 
 
-@lru_cache(maxsize=4)
-def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str,
+def _load(unit: Unit, num_classes: int, size: tuple[int, int], pre: PreprocessSpec,
           torchvision_ids: bool):
-    unit = Unit.model_validate_json(unit_json)
     spec = unit.dataset
     images = unit.resolve(spec.images)
     roots = tuple(input_roots(Path(unit.base_dir)))  # every image file is confined like these
@@ -52,7 +49,7 @@ def _load(unit_json: str, num_classes: int, size: tuple[int, int], pre_json: str
     folder = scan_image_folder(images, outputs.labels if outputs else None, num_classes)
     # every entry (a symlink included) must lie inside the folder or the unit's input roots
     paths = [confined_file(images, str(Path(p).relative_to(images)), roots) for p in folder.paths]
-    batch, geometries = _read(paths, PreprocessSpec.model_validate_json(pre_json), size)
+    batch, geometries = _read(paths, pre, size)
     labels = torch.tensor(folder.labels, dtype=torch.int64) if folder.labels is not None else None
     calib_ids, eval_ids = split(list(range(len(paths))), calib_count, SPLIT_SEED)
     return (batch, labels, geometries, folder.note), calib_ids, eval_ids[: spec.eval_images]
@@ -86,73 +83,82 @@ def category_map_for(unit: Unit, doc: dict) -> dict[int, int] | None:
     return mapping
 
 
-def _dataset(unit: Unit, loaded: LoadedModel):
-    decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
-    formats = loaded.kind.dataset_formats + (("coco",) if decoded else ())
-    if ("coco" if unit.dataset.format in BOX_FORMATS else unit.dataset.format) not in formats:
-        raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a "
-                           "detector (an ONNX file needs outputs.decoder)")
-    pre = for_model(unit.model.preprocess, loaded).spec
-    return _load(unit.model_dump_json(), loaded.num_classes, tuple(loaded.input_size),
-                 pre.model_dump_json(), loaded.kind.labels_are_category_ids)
+class UnitData:
+    """A unit's dataset, read once per unit at the model's input size with the unit's resolved
+    preprocessing: the calibration split, the evaluation set and the calibration split's mAP."""
 
+    def __init__(self, unit: Unit, loaded: LoadedModel, pre: PreprocessSpec) -> None:
+        self.unit, self.loaded, self.pre = unit, loaded, pre
+        self._read_once = None
 
-def _coco_images(unit: Unit, loaded: LoadedModel, data, ids: list[int]):
-    pre = for_model(unit.model.preprocess, loaded).spec
-    return _read([data.image_path(i) for i in ids], pre, tuple(loaded.input_size))
+    def _dataset(self):
+        if self._read_once is None:
+            unit, loaded = self.unit, self.loaded
+            decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
+            formats = loaded.kind.dataset_formats + (("coco",) if decoded else ())
+            if ("coco" if unit.dataset.format in BOX_FORMATS else unit.dataset.format) not in formats:
+                raise DatasetError(f"{unit.dataset.annotations}: a COCO detection dataset needs a "
+                                   "detector (an ONNX file needs outputs.decoder)")
+            self._read_once = _load(unit, loaded.num_classes, tuple(loaded.input_size), self.pre,
+                                    loaded.kind.labels_are_category_ids)
+        return self._read_once
 
+    def _coco_images(self, data, ids: list[int]):
+        return _read([data.image_path(i) for i in ids], self.pre, tuple(self.loaded.input_size))
 
-def calibration_batches(unit: Unit, loaded: LoadedModel, count: int) -> list[torch.Tensor]:
-    data, calib_ids, _ = _dataset(unit, loaded)
-    if unit.dataset.format in BOX_FORMATS:
-        images, _ = _coco_images(unit, loaded, data, calib_ids)
-    else:
-        images = data[0][calib_ids]
-    return list(images.split(BATCH))
+    def calibration_batches(self) -> list[torch.Tensor]:
+        data, calib_ids, _ = self._dataset()
+        if self.unit.dataset.format in BOX_FORMATS:
+            images, _ = self._coco_images(data, calib_ids)
+        else:
+            images = data[0][calib_ids]
+        return list(images.split(BATCH))
 
+    @cached_property
+    def evaluation_set(self) -> EvalSet:
+        unit = self.unit
+        data, _, eval_ids = self._dataset()
+        if unit.dataset.format in BOX_FORMATS:
+            images, geos = self._coco_images(data, eval_ids)
+            return EvalSet(images, eval_ids, [(g.sx, g.sy) for g in geos], None, data.doc, geos,
+                           category_map=category_map_for(unit, data.doc),
+                           kitti_iou=kitti_thresholds(unit.dataset))
+        batch, labels, geos, note = data
+        return EvalSet(batch[eval_ids], eval_ids, [(geos[i].sx, geos[i].sy) for i in eval_ids],
+                       labels[eval_ids] if labels is not None else None, None,
+                       [geos[i] for i in eval_ids], None if labels is not None else note)
 
-def evaluation_set(unit: Unit, loaded: LoadedModel) -> EvalSet:
-    data, _, eval_ids = _dataset(unit, loaded)
-    if unit.dataset.format in BOX_FORMATS:
-        images, geos = _coco_images(unit, loaded, data, eval_ids)
-        return EvalSet(images, eval_ids, [(g.sx, g.sy) for g in geos], None, data.doc, geos,
-                       category_map=category_map_for(unit, data.doc),
-                       kitti_iou=kitti_thresholds(unit.dataset))
-    batch, labels, geos, note = data
-    return EvalSet(batch[eval_ids], eval_ids, [(geos[i].sx, geos[i].sy) for i in eval_ids],
-                   labels[eval_ids] if labels is not None else None, None,
-                   [geos[i] for i in eval_ids], None if labels is not None else note)
+    def calibration_map_scorers(self, heldout_count: Callable[[int], int]):
+        """mAP on the calibration split's annotations: what int8_mixed optimises (never eval),
+        as (score on the searched images, score on the held-out ones or None). A model whose
+        raw outputs need a decoder (outputs.decoder) is decoded and mapped back as in its
+        evaluation."""
+        from qbench.evaluate.coco import evaluate_detections, to_coco_results
 
+        unit, loaded = self.unit, self.loaded
+        data, calib_ids, _ = self._dataset()
+        mapping = category_map_for(unit, data.doc)
+        images, geos = self._coco_images(data, calib_ids)
+        scales = [(g.sx, g.sy) for g in geos]
+        spec = unit.model.outputs
+        decoded = spec is not None and spec.decoder is not None
 
-def calibration_map_scorers(unit: Unit, loaded: LoadedModel, heldout_count: Callable[[int], int]):
-    """mAP on the calibration split's annotations: what int8_mixed optimises (never eval),
-    as (score on the searched images, score on the held-out ones or None). A model whose raw
-    outputs need a decoder (outputs.decoder) is decoded and mapped back as in its evaluation."""
-    from qbench.evaluate.coco import evaluate_detections, to_coco_results
+        def scorer(lo: int, hi: int):
+            ids, part = calib_ids[lo:hi], images[lo:hi]
 
-    data, calib_ids, _ = _dataset(unit, loaded)
-    mapping = category_map_for(unit, data.doc)
-    images, geos = _coco_images(unit, loaded, data, calib_ids)
-    scales = [(g.sx, g.sy) for g in geos]
-    spec = unit.model.outputs
-    decoded = spec is not None and spec.decoder is not None
+            def score(predict) -> float:
+                if decoded:
+                    from qbench.decode.coco_results import to_coco_results as decoded_results
+                    from qbench.evaluate.decoded import decoded_predictions
 
-    def scorer(lo: int, hi: int):
-        ids, part = calib_ids[lo:hi], images[lo:hi]
+                    dets = decoded_predictions(loaded, spec, predict, part)
+                    results = decoded_results(ids, dets, geos[lo:hi], mapping)
+                else:
+                    outs = [o for batch in part.split(BATCH) for o in predict(batch)]
+                    results = to_coco_results(ids, outs, scales[lo:hi], mapping)
+                return evaluate_detections(data.doc, results, ids)["map"]
 
-        def score(predict) -> float:
-            if decoded:
-                from qbench.decode.coco_results import to_coco_results as decoded_results
-                from qbench.evaluate.decoded import decoded_predictions
+            return score
 
-                dets = decoded_predictions(loaded, spec, predict, part)
-                results = decoded_results(ids, dets, geos[lo:hi], mapping)
-            else:
-                outs = [o for batch in part.split(BATCH) for o in predict(batch)]
-                results = to_coco_results(ids, outs, scales[lo:hi], mapping)
-            return evaluate_detections(data.doc, results, ids)["map"]
-
-        return score
-
-    n, held = len(calib_ids), heldout_count(len(calib_ids))
-    return scorer(0, n - held), (scorer(n - held, n) if held else None)
+        n, held = len(calib_ids), heldout_count(len(calib_ids))
+        return scorer(0, n - held), (scorer(n - held, n) if held else None)

@@ -21,7 +21,7 @@ from qbench.evaluate.evalset import BATCH, EvalSet
 from qbench.evaluate.scores import wilson_columns
 from qbench.inspect.metrics import sqnr_db
 from qbench.models.kinds.onnx import logits_of
-from qbench.preprocess.defaults import UNDECLARED, for_model
+from qbench.preprocess.defaults import UNDECLARED, Resolved
 
 
 def _tensors(out) -> list[torch.Tensor]:
@@ -85,10 +85,11 @@ def _logits_accuracy(unit, pre, logits: torch.Tensor, data: EvalSet) -> dict[str
             **wilson_columns("top1", acc["top1"], logits.shape[0])}
 
 
-def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: str) -> dict[str, Any]:
-    """Columns of the models row for a YOLO or ONNX model (see the module docstring)."""
+def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: str,
+                     pre: Resolved) -> dict[str, Any]:
+    """Columns of the models row for a YOLO or ONNX model (see the module docstring); `pre`:
+    the unit's preprocessing, resolved once."""
     spec = unit.model.outputs
-    pre = for_model(unit.model.preprocess, loaded)
     names = _output_names(loaded)
     step = _step(spec)
     ref_raw, cand_raw = [], []

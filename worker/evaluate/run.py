@@ -8,9 +8,11 @@ from typing import Any
 import torch
 
 from qbench.evaluate.class_metrics import CLASS_ROWS
-from qbench.evaluate.datasets import BATCH, evaluation_set
+from qbench.evaluate.datasets import UnitData
+from qbench.evaluate.evalset import BATCH
 from qbench.manifest import Unit
 from qbench.models.base import LoadedModel
+from qbench.preprocess.defaults import Resolved
 from qbench.quantize.registry import Quantized
 
 
@@ -35,12 +37,15 @@ class Evaluation:
         return {"eval_images": self.eval_images, **self.agreement, **self.accuracy}
 
 
-def evaluate_unit(unit: Unit, loaded: LoadedModel, q: Quantized) -> Evaluation:
-    data = evaluation_set(unit, loaded)
+def evaluate_unit(unit: Unit, loaded: LoadedModel, q: Quantized, dataset: UnitData,
+                  pre: Resolved) -> Evaluation:
+    """`dataset` and `pre`: the unit's dataset and preprocessing, resolved once per unit."""
+    data = dataset.evaluation_set
     if loaded.kind.decodes_outputs:  # raw outputs: decoded by the manifest's outputs block
         from qbench.evaluate.decoded import evaluate_decoded
 
-        columns = evaluate_decoded(unit, loaded, loaded.predict_fp32, q.predict, data, unit.device)
+        columns = evaluate_decoded(unit, loaded, loaded.predict_fp32, q.predict, data, unit.device,
+                                   pre)
         rows = columns.pop(CLASS_ROWS, [])
         return Evaluation(len(data.image_ids), columns, {}, tuple(rows))
     reference = _outputs(loaded, loaded.predict_fp32, data.images, "cpu")

@@ -10,12 +10,16 @@ images it was fitted to.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from qbench.manifest import Unit
 from qbench.models.base import LoadedModel
 from qbench.quantize.registry import Quantized, SearchTarget
+
+if TYPE_CHECKING:
+    from qbench.evaluate.datasets import UnitData
 
 ScoreFn = Callable[[Quantized], float]  # higher is better
 HELDOUT_FRACTION = 0.25
@@ -52,14 +56,16 @@ def cosine_score(loaded: LoadedModel, images: torch.Tensor) -> ScoreFn:
 
 
 def search_target(unit: Unit, loaded: LoadedModel,
-                  calibration_batches: Callable[[], Iterable[torch.Tensor]]) -> SearchTarget:
-    """The manifest's quantization.target as a score and the value it must reach."""
+                  calibration_batches: Callable[[], Iterable[torch.Tensor]],
+                  dataset: UnitData | None = None) -> SearchTarget:
+    """The manifest's quantization.target as a score and the value it must reach; `dataset`:
+    the unit's (an mAP target scores its calibration split)."""
     target = unit.quantization.target
     decoded = unit.model.outputs is not None and unit.model.outputs.decoder is not None
     if target.max_map_drop is not None and (loaded.kind.scores_map or decoded):
-        from qbench.evaluate.datasets import calibration_map_scorers
-
-        score, held = calibration_map_scorers(unit, loaded, heldout_count)
+        if dataset is None:
+            raise ValueError("quantization.target.max_map_drop needs the unit's dataset")
+        score, held = dataset.calibration_map_scorers(heldout_count)
         drop = target.max_map_drop / 100
         held_value = held(loaded.predict_fp32) - drop if held else None
         return SearchTarget(lambda q: score(q.predict), score(loaded.predict_fp32) - drop,
