@@ -116,14 +116,21 @@ def load_batch(ds: CocoDataset, ids: list[int], size: tuple[int, int]) -> tuple[
 def to_coco_results(
     image_ids: list[int], outputs: list[dict[str, torch.Tensor]],
     scales: list[tuple[float, float]] | None = None, mapping: dict[int, int] | None = None,
+    geometries: list[Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """torchvision detector outputs -> COCO result dicts in original image coordinates.
-    mapping (outputs.category_map): label -> category id; labels outside it are dropped
-    (classes the dataset does not annotate); None: the label is the category id."""
+    """Detections (boxes, scores, labels per image: a torchvision detector's, or decoded raw
+    outputs) -> COCO result dicts in original image coordinates. Back to the original pixels
+    through `geometries` (preprocess.transform.Geometry: offsets, clipped to the image) where
+    given, else `scales` (a torchvision detector's resize factors). mapping
+    (outputs.category_map): label -> category id; labels outside it are dropped (classes the
+    dataset does not annotate); None: the label is the category id."""
     results = []
     for k, (image_id, out) in enumerate(zip(image_ids, outputs, strict=True)):
-        sx, sy = scales[k] if scales else (1.0, 1.0)
-        boxes = out["boxes"].detach().float().cpu() / torch.tensor([sx, sy, sx, sy])
+        if geometries is not None:
+            boxes = geometries[k].to_original(out["boxes"].detach().float().cpu())
+        else:
+            sx, sy = scales[k] if scales else (1.0, 1.0)
+            boxes = out["boxes"].detach().float().cpu() / torch.tensor([sx, sy, sx, sy])
         for (x1, y1, x2, y2), score, label in zip(
             boxes.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
         ):

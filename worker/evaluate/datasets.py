@@ -148,11 +148,10 @@ class UnitData:
 
             def score(predict) -> float:
                 if decoded:
-                    from qbench.decode.coco_results import to_coco_results as decoded_results
                     from qbench.evaluate.decoded import decoded_predictions
 
                     dets = decoded_predictions(loaded, spec, predict, part)
-                    results = decoded_results(ids, dets, geos[lo:hi], mapping)
+                    results = to_coco_results(ids, dets, mapping=mapping, geometries=geos[lo:hi])
                 else:
                     outs = [o for batch in part.split(BATCH) for o in predict(batch)]
                     results = to_coco_results(ids, outs, scales[lo:hi], mapping)

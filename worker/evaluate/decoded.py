@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from qbench.decode.coco_results import check_categories, to_coco_results
+from qbench.decode.coco_results import check_categories
 from qbench.decode.decoders import decode
-from qbench.evaluate.agreement import detection_agreement
 from qbench.evaluate.class_metrics import detector_accuracy
+from qbench.evaluate.coco import to_coco_results
 from qbench.evaluate.evalset import BATCH, EvalSet
-from qbench.evaluate.scores import wilson_columns
+from qbench.evaluate.scores import detection_agreement_columns, wilson_columns
 from qbench.inspect.metrics import sqnr_db
 from qbench.models.kinds.onnx import logits_of
 from qbench.preprocess.defaults import UNDECLARED, Resolved
@@ -28,10 +28,6 @@ def _tensors(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out.detach().float().cpu()]
     return [torch.as_tensor(o).detach().float().cpu() for o in out]
-
-
-def _none_if_nan(v: float) -> float | None:
-    return None if v is None or math.isnan(v) else v
 
 
 def output_agreement(ref: list[list[torch.Tensor]], cand: list[list[torch.Tensor]]) -> dict[str, Any]:
@@ -111,14 +107,8 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
     size = tuple(loaded.input_size)
     fp32 = [d for parts in ref_raw for d in decode(parts, spec, size, names)]
     quant = [d for parts in cand_raw for d in decode(parts, spec, size, names)]
-    agree = detection_agreement(fp32, quant)
-    row: dict[str, Any] = {
-        "agreement_basis": f"decoded detections ({spec.decoder})",
-        "agreement_precision": agree["precision"], "agreement_recall": agree["recall"],
-        "agreement_mean_iou": _none_if_nan(agree["mean_iou"]),
-        "agreement_score_diff": _none_if_nan(agree["score_abs_diff_mean"]),
-        "count_error_mean": agree["count_error_mean"], "count_error_std": agree["count_error_std"],
-    }
+    row: dict[str, Any] = {"agreement_basis": f"decoded detections ({spec.decoder})",
+                           **detection_agreement_columns(fp32, quant)}
     trained = loaded.trained or loaded.source == "onnx"  # a given ONNX file is what it is
     if not pre.trusted:
         row["accuracy_note"] = UNDECLARED
@@ -131,6 +121,6 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
         check_categories({int(c["id"]) for c in data.gt["categories"]}, mapping,
                          loaded.num_classes or None, f"models[{unit.model.id}].outputs.category_map")
         row.update(detector_accuracy(
-            data, to_coco_results(data.image_ids, fp32, data.geometries, mapping),
-            to_coco_results(data.image_ids, quant, data.geometries, mapping)))
+            data, to_coco_results(data.image_ids, fp32, mapping=mapping, geometries=data.geometries),
+            to_coco_results(data.image_ids, quant, mapping=mapping, geometries=data.geometries)))
     return row

@@ -30,16 +30,22 @@ def logits_sqnr(ref: torch.Tensor, ours: torch.Tensor) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def detection_columns(data: Any, fp32: list[dict], quant: list[dict],
-                      trained: bool) -> tuple[Columns, Columns]:
-    """(agreement with fp32, accuracy) of detections; accuracy only for trained weights."""
+def detection_agreement_columns(fp32: list[dict], quant: list[dict]) -> Columns:
+    """The `models` columns of detections' agreement with fp32 (every detector: torchvision's
+    outputs and decoded raw outputs alike)."""
     agree = detection_agreement(fp32, quant)
-    agreement = {
+    return {
         "agreement_precision": agree["precision"], "agreement_recall": agree["recall"],
         "agreement_mean_iou": nan_to_none(agree["mean_iou"]),
         "agreement_score_diff": nan_to_none(agree["score_abs_diff_mean"]),
         "count_error_mean": agree["count_error_mean"], "count_error_std": agree["count_error_std"],
     }
+
+
+def detection_columns(data: Any, fp32: list[dict], quant: list[dict],
+                      trained: bool) -> tuple[Columns, Columns]:
+    """(agreement with fp32, accuracy) of detections; accuracy only for trained weights."""
+    agreement = detection_agreement_columns(fp32, quant)
     if not trained:  # random weights are never reported as an accuracy
         return agreement, {}
     if data.gt is None:  # an image folder: calibration and agreement, no boxes to score

@@ -2,7 +2,7 @@
 
 Its task is "onnx": outputs are generic, so predict returns the list of output tensors. The
 loader's module is a stand-in that runs the file with ORT fp32 (the reference other modes are
-compared with) and weighs its file size; torch modes refuse it (registry.validate_mode_source).
+compared with) and weighs its file size; torch modes refuse it (modes.mode_source_problem).
 """
 
 from __future__ import annotations
