@@ -16,7 +16,8 @@ a change in a temporary worktree:
     .venv/bin/python bench/bench_start_gap.py --units 12 --code /tmp/qbench-before
     .venv/bin/python bench/bench_start_gap.py --units 12
 
-The worker and the submit run that checkout's code (PYTHONPATH) with this virtualenv.
+The worker and the submit run that checkout's code (PYTHONPATH) with this virtualenv; a
+checkout from before the import name qbench runs as `worker`.
 """
 
 from __future__ import annotations
@@ -89,10 +90,23 @@ def _pct(values: list[float], q: float) -> float:
         else values[0]
 
 
+def _layout(code: Path, folder: Path) -> tuple[str, str, str]:
+    """(PYTHONPATH, Celery app, CLI module) of a checkout: the package is imported as qbench
+    from worker/ (linked under that name here, ahead of this venv's own install), or, in
+    checkouts from before that, as worker."""
+    if (code / "worker" / "service" / "app.py").is_file():
+        names = folder / "import"
+        names.mkdir()
+        (names / "qbench").symlink_to(code / "worker")
+        return str(names), "qbench.service.app", "qbench.cli"
+    return str(code), "worker.app", "worker.cli"
+
+
 def measure(code: Path, units: int) -> dict[str, list[float]]:
     folder = Path(tempfile.mkdtemp(prefix="qbench-gap-"))
     port = _port()
-    env = {**os.environ, "PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1",
+    path, app, cli = _layout(code, folder)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1",
            "QBENCH_BROKER_URL": f"redis://127.0.0.1:{port}/0",
            "QBENCH_RESULTS_DIR": str(folder / "results"), "QBENCH_DATA_ROOTS": str(folder)}
     redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port),
@@ -100,14 +114,14 @@ def measure(code: Path, units: int) -> dict[str, list[float]]:
                               "--dir", str(folder)], stdout=subprocess.DEVNULL)
     log = folder / "worker.log"
     with log.open("ab") as fh:
-        worker = subprocess.Popen([str(BIN / "celery"), "-A", "qbench.service.app", "worker", "-Q", "cpu",
+        worker = subprocess.Popen([str(BIN / "celery"), "-A", app, "worker", "-Q", "cpu",
                                    "-c", "1", "-n", "gap@127.0.0.1", "--loglevel", "INFO",
                                    "--without-gossip", "--without-mingle", "--without-heartbeat"],
                                   cwd=code, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
         _wait(lambda: b"ready." in log.read_bytes(), 120, "the worker")
-        submit = subprocess.run([sys.executable, "-c", "from qbench.cli import main; main()",
+        submit = subprocess.run([sys.executable, "-c", f"from {cli} import main; main()",
                                  "submit", str(_manifest(folder, units)), "--results",
                                  str(folder / "results")], cwd=code, env=env,
                                 capture_output=True, text=True, timeout=300)
