@@ -61,7 +61,7 @@ def night(tmp_path):
     (folder / "broken.yaml").write_text("name: broken\nmodels: [\n")
     zone = _zone_off_utc_date()
     worker = CeleryWorker(redis.url, results, tmp_path / "w.log")
-    qbench.env.update(QBENCH_NIGHTLY_DIR=str(folder), QBENCH_TIMEZONE=zone)
+    worker.env.update(QBENCH_NIGHTLY_DIR=str(folder), QBENCH_TIMEZONE=zone)
     worker.start()
     yield redis, worker, results, manifest, zone
     worker.stop()
@@ -70,7 +70,7 @@ def night(tmp_path):
 
 def test_two_triggers_a_second_apart_run_each_unit_once(tmp_path, night):
     redis, worker, results, manifest, zone = night
-    env = qbench.env
+    env = worker.env
     through_worker = ("from qbench.service.tasks import nightly_task; "
                       "print(nightly_task.apply_async(queue='cpu').get(timeout=120))")
     in_place = "from qbench.service.tasks import nightly_task; print(nightly_task())"
@@ -122,7 +122,7 @@ def _next_minute(zone: str) -> tuple[str, float]:
 def test_beat_killed_right_after_a_fire_does_not_run_the_night_again(tmp_path, night):
     redis, worker, results, manifest, zone = night
     at, wait_s = _next_minute(zone)
-    env = {**qbench.env, "QBENCH_NIGHTLY_AT": at}
+    env = {**worker.env, "QBENCH_NIGHTLY_AT": at}
     state = tmp_path / "beat-state" / "celerybeat-schedule"
     state.parent.mkdir()
     args = [str(VENV_BIN / "celery"), "-A", "qbench.service.app", "beat", "--loglevel", "INFO",

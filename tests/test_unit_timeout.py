@@ -39,7 +39,7 @@ def test_a_stopped_unit_times_out_and_the_worker_runs_the_next(tmp_path):
     results = tmp_path / "results"
     env = {**worker_env(redis.url, results), "QBENCH_MAX_UNIT_SECONDS": "30"}
     worker = CeleryWorker(redis.url, results, tmp_path / "w.log")
-    qbench.env.update(env)
+    worker.env.update(env)
     worker.start()
     try:
         submitted = qbench("submit", str(_two_models(tmp_path, "hang", 600)), "--results",

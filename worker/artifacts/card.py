@@ -23,11 +23,15 @@ LATENCY = (
 MACHINE = ("cpu_model", "cpu_count", "threads", "gpu_name", "gpu_driver", "env_fingerprint")
 
 
-def how_to_load(fmt: str, task: str | None, file: str, onnx_input: str | None) -> str:
-    """A Python snippet that loads and runs the artifact without qbench (the task's own)."""
+def how_to_load(fmt: str | None, task: str | None, file: str,
+                onnx_input: str | None) -> str | None:
+    """A Python snippet that loads and runs the artifact without qbench (its backend's, with
+    the task's own call); None for a row that saved no artifact."""
     from qbench.backends import for_format
     from qbench.models.kinds import KINDS, TaskKind
 
+    if fmt is None:
+        return None
     kind = KINDS.get(task or "", TaskKind())
     return for_format(fmt).load_snippet(kind, file, onnx_input)
 
