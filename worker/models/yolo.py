@@ -114,7 +114,7 @@ def bundled_config(arch: str, name: str) -> dict:
                  if not p.is_symlink() and p.is_file() and models in p.resolve().parents]
         if len(found) == 1:
             try:
-                config = yaml.load(found[0].read_text(), Loader=UniqueKeyLoader)  # noqa: S506
+                config = yaml.load(found[0].read_text(), Loader=UniqueKeyLoader)  # safe: a SafeLoader
             except (OSError, yaml.YAMLError) as exc:
                 raise ModelError(f"arch {arch!r}: {found[0]} cannot be read ({exc})") from None
             if not isinstance(config, dict):
