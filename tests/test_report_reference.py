@@ -41,3 +41,16 @@ def test_speedup_and_accuracy_drop_are_against_the_jobs_reference():
     # and the default is still fp32
     rows = {r["mode"]: r for r in summary_rows(models, latency)}
     assert rows["int8_static"]["speedup_vs_fp32"] == 4.0
+
+
+def test_a_mode_is_int8_by_the_mode_table_not_by_its_name():
+    from qbench.modes import MODES
+    from qbench.report.verdict import flag_lines
+
+    unit = {"model_id": "m", "device": "cpu", "status": "ok", "error": None,
+            "params_int8_fraction": 0}
+    flagged = {mode for mode in MODES
+               if any("no int8 weights" in line
+                      for line in flag_lines([{**unit, "mode": mode}], [], [], None))}
+    assert flagged == {m for m, e in MODES.items() if e.precision in ("int8", "mixed")}
+    assert flagged == {"int8_dynamic", "int8_static", "int8_mixed", "ort_int8", "ort_int8_mixed"}

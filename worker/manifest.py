@@ -342,7 +342,7 @@ class Manifest(Strict):
         if target.max_map_drop is not None and self.dataset is None:
             raise ValueError("quantization.target.max_map_drop needs a dataset "
                              "(without one, use min_agreement)")
-        searching = {"int8_mixed", "ort_int8_mixed"} & set(self.quantization.modes)
+        searching = [m for m in self.quantization.modes if m in MODES and MODES[m].precision == "mixed"]
         if target.max_map_drop is not None and searching:
             for i, m in enumerate(self.models):
                 detector = (m.outputs is not None and m.outputs.decoder is not None) or (

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from qbench.modes import MODES
 from qbench.report.blocks import Block, Bullets, Heading, Para
 from qbench.report.history import History
 from qbench.report.speedup import FP32_BASELINES
@@ -77,6 +78,12 @@ def variant_lines(models: list[dict], summary: list[dict], recs: list[dict]) -> 
     return lines
 
 
+def _int8_mode(name: str) -> bool:
+    """A mode whose weights should be int8 (the mode table's int8 and mixed precisions)."""
+    mode = MODES.get(name)
+    return mode is not None and mode.precision in ("int8", "mixed")
+
+
 def flag_lines(models: list[dict], summary: list[dict], regressions: list[str],
                base: str | None) -> list[str]:
     """Regressions, unstable rows, failures, and rows not doing what their name says."""
@@ -84,8 +91,7 @@ def flag_lines(models: list[dict], summary: list[dict], regressions: list[str],
     for m in sorted(models, key=unit_order):
         if m["status"] != "ok":
             out.append(f"{m['model_id']} {m['mode']} {m['device']} failed: {m['error']}")
-        elif (m["mode"] not in FP32_BASELINES and m["mode"].startswith(("int8", "ort_int8"))
-              and m.get("params_int8_fraction") == 0):
+        elif _int8_mode(m["mode"]) and m.get("params_int8_fraction") == 0:
             out.append(f"{m['model_id']} {m['mode']} {m['device']}: no int8 weights: it runs "
                        "in float, whatever its name")
         if m.get("mixed_target_met") is False:
