@@ -140,3 +140,13 @@ class DocBuilder:
         return {"images": self.images, "annotations": self.annotations,
                 "categories": [{"id": i + 1, "name": n} for i, n in enumerate(self.classes)],
                 **self.extra}
+
+
+def annotations_by_image(doc: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each image of a COCO document with its annotations, in the document's image order:
+    what every label writer walks, one label file per image."""
+    by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in doc["images"]}
+    for a in doc["annotations"]:
+        by_image[a["image_id"]].append(a)
+    return [(im, by_image[im["id"]]) for im in doc["images"]]
+

@@ -20,6 +20,7 @@ from qbench.evaluate.coco_doc import DatasetError
 from qbench.evaluate.formats.common import (
     IMAGE_SUFFIXES,
     DocBuilder,
+    annotations_by_image,
     check_box,
     files_by_stem,
     image_size,
@@ -95,12 +96,11 @@ def write_kitti(doc: dict[str, Any], labels_dir: Path) -> None:
     """KITTI label files of a COCO document (one per image; crowd boxes become DontCare)."""
     labels_dir.mkdir(parents=True, exist_ok=True)
     names = {c["id"]: c["name"] for c in doc["categories"]}
-    lines: dict[int, list[str]] = {im["id"]: [] for im in doc["images"]}
-    for a in doc["annotations"]:
-        x, y, w, h = a["bbox"]
-        name = DONT_CARE if a.get("iscrowd") else names[a["category_id"]]
-        lines[a["image_id"]].append(f"{name} 0.00 0 -10 {x:.2f} {y:.2f} {x + w:.2f} {y + h:.2f} "
-                                    "-1 -1 -1 -1000 -1000 -1000 -10")
-    for im in doc["images"]:
-        (labels_dir / f"{Path(im['file_name']).stem}.txt").write_text(
-            "".join(f"{line}\n" for line in lines[im["id"]]))
+    for im, boxes in annotations_by_image(doc):
+        lines = []
+        for a in boxes:
+            x, y, w, h = a["bbox"]
+            name = DONT_CARE if a.get("iscrowd") else names[a["category_id"]]
+            lines.append(f"{name} 0.00 0 -10 {x:.2f} {y:.2f} {x + w:.2f} {y + h:.2f} "
+                         "-1 -1 -1 -1000 -1000 -1000 -10\n")
+        (labels_dir / f"{Path(im['file_name']).stem}.txt").write_text("".join(lines))

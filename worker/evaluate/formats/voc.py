@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError
+from xml.sax.saxutils import escape
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import XMLParser
@@ -26,6 +27,7 @@ from qbench.evaluate.coco_doc import DatasetError
 from qbench.evaluate.formats.common import (
     IMAGE_SUFFIXES,
     DocBuilder,
+    annotations_by_image,
     check_box,
     files_by_stem,
     image_size,
@@ -128,17 +130,17 @@ def read_voc(images_dir: Path, labels_dir: Path, classes: list[str] | None,
 def write_voc(doc: dict[str, Any], labels_dir: Path) -> None:
     """VOC XML files of a COCO document (crowd boxes are written as difficult)."""
     labels_dir.mkdir(parents=True, exist_ok=True)
-    names = {c["id"]: c["name"] for c in doc["categories"]}
-    objects: dict[int, list[str]] = {im["id"]: [] for im in doc["images"]}
-    for a in doc["annotations"]:
-        x, y, w, h = a["bbox"]
-        objects[a["image_id"]].append(
-            f"  <object><name>{names[a['category_id']]}</name>"
-            f"<difficult>{int(bool(a.get('iscrowd')))}</difficult><bndbox>"
-            f"<xmin>{x + 1:g}</xmin><ymin>{y + 1:g}</ymin><xmax>{x + w:g}</xmax>"
-            f"<ymax>{y + h:g}</ymax></bndbox></object>\n")
-    for im in doc["images"]:
+    names = {c["id"]: escape(c["name"]) for c in doc["categories"]}
+    for im, boxes in annotations_by_image(doc):
+        objects = []
+        for a in boxes:
+            x, y, w, h = a["bbox"]
+            objects.append(
+                f"  <object><name>{names[a['category_id']]}</name>"
+                f"<difficult>{int(bool(a.get('iscrowd')))}</difficult><bndbox>"
+                f"<xmin>{x + 1:g}</xmin><ymin>{y + 1:g}</ymin><xmax>{x + w:g}</xmax>"
+                f"<ymax>{y + h:g}</ymax></bndbox></object>\n")
         (labels_dir / f"{Path(im['file_name']).stem}.xml").write_text(
-            f"<annotation>\n  <filename>{im['file_name']}</filename>\n"
+            f"<annotation>\n  <filename>{escape(im['file_name'])}</filename>\n"
             f"  <size><width>{im['width']}</width><height>{im['height']}</height></size>\n"
-            + "".join(objects[im["id"]]) + "</annotation>\n")
+            + "".join(objects) + "</annotation>\n")

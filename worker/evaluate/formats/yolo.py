@@ -21,6 +21,7 @@ from qbench.evaluate.formats.common import (
     IMAGE_SUFFIXES,
     MAX_CLASSES,
     DocBuilder,
+    annotations_by_image,
     check_box,
     files_by_stem,
     image_size,
@@ -117,15 +118,13 @@ def write_yolo(doc: dict[str, Any], labels_dir: Path) -> None:
     """YOLO label files of a COCO document (category id k is class index k - 1); images
     without boxes get no file, as ultralytics writes them."""
     labels_dir.mkdir(parents=True, exist_ok=True)
-    size = {im["id"]: (im["width"], im["height"]) for im in doc["images"]}
-    lines: dict[int, list[str]] = {}
-    for a in doc["annotations"]:
-        x, y, w, h = a["bbox"]
-        iw, ih = size[a["image_id"]]
-        lines.setdefault(a["image_id"], []).append(
-            f"{a['category_id'] - 1} {(x + w / 2) / iw:.10f} {(y + h / 2) / ih:.10f} "
-            f"{w / iw:.10f} {h / ih:.10f}")
-    for im in doc["images"]:
-        if im["id"] in lines:
-            (labels_dir / f"{Path(im['file_name']).stem}.txt").write_text(
-                "".join(f"{line}\n" for line in lines[im["id"]]))
+    for im, boxes in annotations_by_image(doc):
+        if not boxes:
+            continue
+        iw, ih = im["width"], im["height"]
+        lines = []
+        for a in boxes:
+            x, y, w, h = a["bbox"]
+            lines.append(f"{a['category_id'] - 1} {(x + w / 2) / iw:.10f} "
+                         f"{(y + h / 2) / ih:.10f} {w / iw:.10f} {h / ih:.10f}\n")
+        (labels_dir / f"{Path(im['file_name']).stem}.txt").write_text("".join(lines))
