@@ -367,7 +367,9 @@ def test_ort_int8_mixed_min_agreement_of_an_onnx_classifier_is_top1(onnx_classif
     # the search shows its progress, one line per quantize-and-score trial
     trials = [s for s in steps if s.startswith("quantize ort_int8_mixed: trial ")]
     assert trials[0].startswith("quantize ort_int8_mixed: trial 1: 0 groups float, score ")
-    # all-int8, then each run alone (21 weight nodes: 7 runs of 3), each trial once
-    assert [int(s.split("trial ")[1].split(":")[0]) for s in trials] == list(range(1, 9))
+    # all-int8, then each run alone (21 weight nodes: 7 runs of 3), then as many refinements
+    # as this trained model needs to reach the target; each trial once, numbered in order
+    numbers = [int(s.split("trial ")[1].split(":")[0]) for s in trials]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 8
     assert row["mixed_score"] * 6 == pytest.approx(round(row["mixed_score"] * 6))
     assert row["mixed_heldout_score"] * 2 == pytest.approx(round(row["mixed_heldout_score"] * 2))

@@ -40,36 +40,54 @@ def write_images(root: Path, per_class: int, seed: int) -> list[tuple[Path, int]
     return files
 
 
-def train_classifier(out: Path, seed: int = 0, steps: int = 25) -> Path:
+def train_classifier(out: Path, seed: int = 0, steps: int = 25, max_steps: int = 400) -> Path:
     """Train on freshly written images (not the test set) and save the state_dict.
 
     One thread, whatever ran before: the thread count changes float summation order, so the
-    same seed would otherwise train a slightly different model alone and inside the suite."""
+    same seed would otherwise train a slightly different model alone and inside the suite.
+    Training goes on past `steps` until every image of a separate check set is right: a fixed
+    step count trained a 0.96 model on one CPU and a 0.67 one on another (the ISA changes the
+    float rounding, which compounds over the steps), and the tests need a good model."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train(out, seed, steps)
+        return _train(out, seed, steps, max_steps)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(out: Path, seed: int, steps: int) -> Path:
-    torch.manual_seed(seed)
-    files = write_images(out.parent / "train_images", 16, seed + 100)
+def _tensors(root: Path, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    files = write_images(root, per_class, seed)
     x, _ = load_images([f for f, _ in files], PreprocessSpec(**PREPROCESS), SIZE)
-    y = torch.tensor([c for _, c in files])
+    return x, torch.tensor([c for _, c in files])
+
+
+def _train(out: Path, seed: int, steps: int, max_steps: int) -> Path:
+    torch.manual_seed(seed)
+    x, y = _tensors(out.parent / "train_images", 16, seed + 100)
+    check_x, check_y = _tensors(out.parent / "check_images", 16, seed + 200)
     model = torchvision.models.resnet18(weights=None, num_classes=len(LABELS))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
+    for step in range(1, max_steps + 1):
+        model.train()
         idx = torch.randint(0, len(y), (16,))
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step >= steps and step % 5 == 0 and _accuracy(model, check_x, check_y) == 1.0:
+            break
+    else:
+        raise RuntimeError(f"the test classifier did not learn its check set in {max_steps} steps")
     model.eval()
     torch.save(model.state_dict(), out)
     return out
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
 
 
 OUTLIER_BLOCK = "layer3.0"  # with_outlier_channel's sensitive block
