@@ -66,7 +66,7 @@ def test_onnxruntime_backend_reads_precision_off_the_graph_it_runs(tmp_path):
 
 
 def test_backend_facts_without_an_instance():
-    assert set(backends.CONFIGS) == {"torch", "onnxruntime"}
+    assert set(backends.CONFIGS) == {"torch", "onnxruntime", "openvino"}
     assert backends.backend_class("torch") is TorchBackend
     assert backends.for_format("onnx") is OnnxRuntimeBackend
     assert TorchBackend.version().split("+")[0] == torch.__version__.split("+")[0]
@@ -78,6 +78,12 @@ def test_backend_facts_without_an_instance():
     assert "disabled_optimizers=['WeightBiasQuantization']" in snippet
     assert "boxes, labels, scores = session.run(None, {'images': image})" in snippet
     assert "torch.jit.load('m.pt')" in TorchBackend.load_snippet(CLASSIFICATION, "m.pt", None)
+    import openvino
+
+    openvino_backend = backends.for_format("openvino-ir")
+    assert openvino_backend.name() == "openvino" and openvino_backend.devices() == ("cpu",)
+    assert openvino_backend.version() == openvino.__version__.split("-")[0]
+    assert "compile_model('ir/model.xml'" in openvino_backend.load_snippet(DETECTION, "m.tar", None)
 
 
 # What used to guess the runtime from a result's type or attributes.

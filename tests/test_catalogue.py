@@ -25,7 +25,8 @@ def test_each_mode_runs_where_its_backend_runs():
         assert mode.sources == frozenset(backend.config.SOURCES), name
     assert modes.MODES["fp16"].devices == {"cuda"}
     assert modes.MODES["int8_static"].devices == {"cpu"}
-    assert {n for n, e in modes.MODES.items() if e.bias_correction} == {"ort_int8", "ort_int8_mixed"}
+    assert {n for n, e in modes.MODES.items() if e.bias_correction} == {"ort_int8", "ort_int8_mixed",
+                                                                        "ov_int8"}
 
 
 def test_catalogue_archs_match_torchvision():
@@ -59,7 +60,8 @@ def test_yolo_names_the_catalogue_accepts_are_built_by_the_loader():
 def test_manifest_and_validate_import_no_torch():
     code = ("import sys, qbench.manifest, qbench.orchestrate, qbench.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'torchvision', 'ultralytics') or m == 'qbench.quantize.registry']; "
+            "('torch', 'torchvision', 'ultralytics', 'openvino', 'nncf') "
+            "or m == 'qbench.quantize.registry']; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -272,6 +272,7 @@ def test_is_oom_ignores_unrelated_errors():
 
 ENV_KEYS = {
     "torch_version", "torchvision_version", "qbench_version", "onnxruntime_version",
+    "openvino_version",
     "python_version", "cpu_model", "cpu_count", "threads", "gpu_name", "gpu_driver", "host",
     "env_fingerprint", "cpu_isa", "cpu_family", "cpu_model_number",
 }

@@ -66,7 +66,7 @@ def test_yolo_network_every_mode(yolo, tmp_path):
     assert ref.shape == (2, 4 + 3, anchors)
     calib = [structured_images(4, SIZE, seed=2)]
     ref_branches = branch_outputs(yolo.module, x)
-    for mode in ("fp32", "int8_static", "bf16", "ort_fp32", "ort_int8"):
+    for mode in ("fp32", "int8_static", "bf16", "ort_fp32", "ort_int8", "ov_fp32"):
         q = quantize(yolo, mode, request(tmp_path / mode, calib))
         out = q.predict(x)
         assert out.shape == ref.shape and out.dtype == torch.float32, mode

@@ -63,12 +63,16 @@ class InputFacts:
 
 @dataclass(frozen=True)
 class Backend:
-    """What runs the quantized model, e.g. "torch-fx-x86", "onnxruntime"."""
+    """What runs the quantized model, e.g. "torch-fx-x86", "onnxruntime", and the properties
+    it was compiled with where the runtime reports them (OpenVINO)."""
 
     name: str
+    config: dict[str, Any] | None = None
 
     def columns(self) -> dict[str, Any]:
-        return {"backend": self.name}
+        return {"backend": self.name,
+                "runtime_config": (None if self.config is None
+                                   else json.dumps(self.config, sort_keys=True))}
 
 
 @dataclass(frozen=True)

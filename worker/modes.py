@@ -75,6 +75,13 @@ def _table() -> dict[str, Mode]:
               "ort_int8, keeping the most sensitive layers (ONNX nodes) float until "
               "quantization.target holds", needs_calibration=True,
               options=(BIAS_CORRECTION,), extra_columns=MIXED_COLUMNS),
+        _mode("ov_fp32", "openvino", "fp32",
+              "OpenVINO float32 (INFERENCE_PRECISION_HINT f32 forced)"),
+        _mode("ov_bf16", "openvino", "bf16",
+              "OpenVINO bfloat16 (needs AVX-512 BF16 or AMX)"),
+        _mode("ov_int8", "openvino", "int8",
+              "OpenVINO int8 by NNCF post-training quantization; detector post-processing "
+              "stays float", needs_calibration=True, options=(BIAS_CORRECTION,)),
     ]
     return {m.name: m for m in rows}
 

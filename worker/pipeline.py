@@ -224,7 +224,9 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
             )
             q = quantize(loaded, unit.mode, request)
             base = {**_identity(unit, q.backend), **env}
-            parts += [Backend(q.backend), SizeResult.of(q, fp32_size), ParamsResult.of(q)]
+            config = q.runtime.runtime_config() if q.runtime is not None else None
+            parts += [Backend(q.backend, config), SizeResult.of(q, fp32_size),
+                      ParamsResult.of(q)]
             notes = [q.notes]
             if q.search is not None:  # a searching mode: its outcome and trade-off plot
                 q.search.write_plot(inspect_folder(results_root, unit))

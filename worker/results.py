@@ -26,6 +26,7 @@ ENVIRONMENT = [
     ("torch_version", pa.string()),
     ("torchvision_version", pa.string()),
     ("onnxruntime_version", pa.string()),
+    ("openvino_version", pa.string()),
     ("qbench_version", pa.string()),
     ("python_version", pa.string()),
     ("cpu_model", pa.string()),
@@ -195,7 +196,10 @@ MODELS = pa.schema(IDENTITY + [
     ("dataset_sha256", pa.string()),
     ("artifact_path", pa.string()),  # relative to the results folder
     ("artifact_sha256", pa.string()),
-    ("artifact_format", pa.string()),  # torchscript | onnx
+    ("artifact_format", pa.string()),  # torchscript | onnx | openvino-ir
+    # JSON: the properties the runtime reports it compiled the model with (OpenVINO: precision
+    # hint, threads, streams, performance hint, pinning); null for runtimes without any.
+    ("runtime_config", pa.string()),
     ("status", pa.string()),  # ok | error | timeout (ran past max_unit_seconds)
     ("error", pa.string()),
     ("started_at", pa.timestamp("ms", tz="UTC")),

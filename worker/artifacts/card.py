@@ -73,7 +73,8 @@ def build_card(row: dict[str, Any], latency: list[dict[str, Any]], file: str, si
         },
         "versions": {"qbench": row["qbench_version"], "torch": row["torch_version"],
                      "torchvision": row["torchvision_version"],
-                     "onnxruntime": row["onnxruntime_version"], "python": row["python_version"]},
+                     "onnxruntime": row["onnxruntime_version"],
+                     "openvino": row.get("openvino_version"), "python": row["python_version"]},
         "machine": {k: row[k] for k in MACHINE},
         "figures": {k: _plain(row[k]) for k in FIGURES},
         "latency": [{k: _plain(r[k]) for k in LATENCY}

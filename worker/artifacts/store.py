@@ -9,7 +9,7 @@ from pathlib import Path
 from qbench.atomic import atomic_path
 
 # artifact_format -> file extension; a (job, model, mode) has exactly one of these files.
-EXTENSIONS = {"torchscript": "pt", "onnx": "onnx"}
+EXTENSIONS = {"torchscript": "pt", "onnx": "onnx", "openvino-ir": "tar"}
 CHUNK = 1 << 20
 
 

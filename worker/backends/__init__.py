@@ -1,4 +1,4 @@
-"""Where a model runs: one package per runtime (torch, onnxruntime), each a Backend.
+"""Where a model runs: one package per runtime (torch, onnxruntime, openvino), each a Backend.
 
 Each runtime package holds a torch-free `config.py` (its name, devices, the sources it takes,
 its artifact format; read by the mode table and `qbench validate`) and a `backend.py` with the
@@ -15,13 +15,14 @@ import importlib.metadata
 from typing import TYPE_CHECKING
 
 from qbench.backends.onnxruntime import config as onnxruntime_config
+from qbench.backends.openvino import config as openvino_config
 from qbench.backends.torch import config as torch_config
 
 if TYPE_CHECKING:
     from qbench.backends.base import Backend
 
 # name -> torch-free config module; adding a runtime adds its package and one line here.
-CONFIGS = {c.NAME: c for c in (torch_config, onnxruntime_config)}
+CONFIGS = {c.NAME: c for c in (torch_config, onnxruntime_config, openvino_config)}
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -32,7 +33,7 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def for_format(fmt: str) -> type[Backend]:
-    """The Backend whose artifacts have this format ("torchscript", "onnx")."""
+    """The Backend whose artifacts have this format ("torchscript", "onnx", "openvino-ir")."""
     for name, config in CONFIGS.items():
         if fmt == config.ARTIFACT_FORMAT:
             return backend_class(name)

@@ -79,6 +79,11 @@ class Backend(ABC):
                        images: torch.Tensor, layers: str) -> LayerComparison:
         """Inspection: activations of the fp32 model and of this result, layer by layer."""
 
+    def runtime_config(self) -> dict[str, Any] | None:
+        """The properties the runtime reports it compiled this result with; None where it
+        takes none beyond the thread count (torch, ONNX Runtime)."""
+        return None
+
     @abstractmethod
     def executed_precision(self) -> dict[str, int]:
         """How many weight-carrying operators ran in each precision ("int8", "float32",

@@ -63,6 +63,25 @@ def accuracy_notes(models: list[dict]) -> list[str]:
     return items
 
 
+def runtime_notes(models: list[dict]) -> list[str]:
+    """How each runtime that reports its compile properties was configured (OpenVINO), per
+    mode, from the rows' runtime_config."""
+    import json
+
+    configs: dict[str, set[str]] = {}
+    for m in models:
+        if m.get("runtime_config"):
+            configs.setdefault(m["runtime_config"], set()).add(m["mode"])
+    items = []
+    for text, mode_set in sorted(configs.items()):
+        props = json.loads(text)
+        listed = ", ".join(f"{k} {v}" for k, v in props.items())
+        items.append(f"{', '.join(sorted(mode_set))}: compiled by OpenVINO's CPU plugin with "
+                     f"{listed} (the plugin's own report; threads are benchmark.threads, as "
+                     "for torch and ONNX Runtime).")
+    return items
+
+
 def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
     if not latency and not models:
         return None
@@ -91,6 +110,7 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
                      + ("; biases corrected for the int8 weights' mean output offset"
                         if corrected else "")
                      + "); calibration images are never evaluation images.")
+    items += runtime_notes(models)
     items += accuracy_notes(models)
     if any(m["trained_weights"] is False for m in models):
         items.append("Models with random weights have no accuracy columns: random weights are never "

@@ -1,0 +1,195 @@
+"""OpenVINO modes: real OpenVINO and NNCF on the fixture detector, a trained classifier and an
+ONNX file; the precision read off the compiled model; the work a detector does."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qbench import modes
+from qbench.backends.openvino.backend import cpu_has_bf16
+from qbench.evaluate.agreement import detection_agreement
+from qbench.evaluate.synth import synth_images
+from qbench.manifest import CalibrationSpec
+from qbench.models.base import LoadedModel
+from qbench.models.onnx_models import load_onnx
+from qbench.models.torchvision_models import load_torchvision
+from qbench.pipeline import run_unit
+from qbench.quantize.registry import QuantizeRequest, quantize
+from qbench.results import read_table
+from tests.helpers import small_manifest
+from tests.test_real_inputs import _model
+from tests.trained_classifier import LABELS, PREPROCESS, train_classifier, write_images
+
+HAS_BF16, CAPABILITIES = cpu_has_bf16()
+
+
+def request(tmp_path, batches, method="minmax", keep_float=(), bias_correction=False):
+    spec = CalibrationSpec(images=max(1, sum(b.shape[0] for b in batches)), method=method,
+                           bias_correction=bias_correction)
+    return QuantizeRequest(device="cpu", calibration=spec, keep_float=list(keep_float),
+                           calibration_batches=lambda: iter(batches), work_dir=str(tmp_path))
+
+
+def small_net() -> LoadedModel:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    return LoadedModel("small", "custom", "classification", net, (16, 16), 5)
+
+
+def test_mode_table_rows():
+    for name, precision in (("ov_fp32", "fp32"), ("ov_bf16", "bf16"), ("ov_int8", "int8")):
+        mode = modes.get_mode(name)
+        assert mode.backend == "openvino" and mode.precision == precision
+        assert mode.devices == frozenset({"cpu"})
+        assert mode.sources == frozenset({"torchvision", "yolo", "onnx"})
+    assert modes.get_mode("ov_int8").needs_calibration and modes.get_mode("ov_int8").bias_correction
+    assert modes.mode_device_problem("ov_fp32", "cuda") is not None
+
+
+def test_fp32_is_forced_and_the_precision_is_read_from_the_compiled_model(tmp_path):
+    """Without the hint OpenVINO picks bf16 on a CPU that has it; qbench's fp32 says f32, and
+    the runtime graph confirms every conv/matmul ran in float32."""
+    loaded = small_net()
+    x = synth_images(3, (16, 16), seed=2)
+    q = quantize(loaded, "ov_fp32", request(tmp_path, []))
+    assert q.runtime.executed_precision() == {"float32": 3}
+    config = q.runtime.runtime_config()
+    assert config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert config["INFERENCE_NUM_THREADS"] == torch.get_num_threads()
+    assert config["ENABLE_CPU_PINNING"] is False and config["NUM_STREAMS"] == 1
+    assert torch.allclose(q.predict(x), loaded.module(x), atol=1e-5)
+    assert q.backend == "openvino" and q.float_modules == ["0", "2", "6"] and not q.int8_modules
+
+
+@pytest.mark.skipif(not HAS_BF16, reason=f"this CPU offers no bf16 to OpenVINO ({CAPABILITIES})")
+def test_bf16_compiles_in_bf16(tmp_path):
+    loaded = small_net()
+    q = quantize(loaded, "ov_bf16", request(tmp_path, []))
+    assert q.runtime.executed_precision() == {"bfloat16": 3}
+    assert q.runtime.runtime_config()["INFERENCE_PRECISION_HINT"] == "bf16"
+    x = synth_images(3, (16, 16), seed=2)
+    assert F.cosine_similarity(q.predict(x), loaded.module(x)).min() > 0.99
+
+
+@pytest.mark.skipif(HAS_BF16, reason="this CPU has bf16: the refusal is for CPUs without it")
+def test_bf16_refused_without_bf16(tmp_path):
+    with pytest.raises(ValueError, match="ov_bf16: this CPU has no bf16 support"):
+        quantize(small_net(), "ov_bf16", request(tmp_path, []))
+
+
+def test_int8_runs_int8_and_keep_float_is_an_ignored_scope(tmp_path):
+    loaded = small_net()
+    calib = [synth_images(4, (16, 16), seed=1)]
+    q = quantize(loaded, "ov_int8", request(tmp_path / "a", calib))
+    assert q.runtime.executed_precision() == {"int8": 3}
+    assert q.int8_modules == ["0", "2", "6"] and q.params_by_dtype["int8"] > 0
+    kept = quantize(loaded, "ov_int8", request(tmp_path / "b", calib, keep_float=["6"]))
+    assert kept.int8_modules == ["0", "2"] and kept.float_modules == ["6"]
+    assert kept.runtime.executed_precision() == {"float32": 1, "int8": 2}
+    assert "'6'" in kept.notes and "min/max ranges" in kept.notes
+
+
+@pytest.fixture(scope="module")
+def fixture_detector() -> LoadedModel:
+    return load_torchvision("fix", "fixture", None, (256, 256), None)
+
+
+def test_detector_int8_keeps_its_post_processing_float(fixture_detector, tmp_path):
+    det = fixture_detector
+    x = synth_images(3, (256, 256), seed=5)
+    ref = det.predict(det.module, x)
+    assert sum(len(d["boxes"]) for d in ref) > 6  # a trained detector: there is work to do
+    calib = list(synth_images(8, (256, 256), seed=1).split(4))
+    q = quantize(det, "ov_int8", request(tmp_path, calib, method="histogram"))
+    out = q.predict(x)
+    assert len(out) == 3 and set(out[0]) == {"boxes", "labels", "scores"}
+    # converted through DetectorTensors: the proposals the box head pooled are an output too
+    assert q.runtime.converted.output_names == ["boxes", "labels", "scores", "proposals"]
+    assert out[0]["labels"].dtype == torch.int64 and out[0]["boxes"].dtype == torch.float32
+    assert detection_agreement(ref, out)["f1"] >= 0.8
+    assert "roi_heads.box_head.fc6" in q.int8_modules and "rpn.head.cls_logits" in q.int8_modules
+    assert "box decoding and NMS stay float" in q.notes and "histogram" in q.notes
+    ran = q.runtime.executed_precision()
+    assert ran.get("int8", 0) > 0.9 * sum(ran.values()), ran
+    # every quantizer feeds a weight-carrying part (or only lends its shape to the anchor
+    # generator): decoding and level mapping stay float
+    converted = q.runtime.converted
+    users = {converted.op_module(t.get_node())
+             for op in converted.model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+             for t in op.output(0).get_target_inputs()
+             if t.get_node().get_type_name() not in ("ShapeOf",)}
+    outside = {u for u in users if not (u or "").startswith(("backbone", "rpn.head",
+                                                               "roi_heads.box_"))}
+    assert users and not outside, outside
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    from qbench.backends.onnxruntime.export import export_onnx
+
+    loaded = small_net()
+    path = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    export_onnx(loaded, path)
+    return path, loaded
+
+
+def test_an_onnx_file_is_read_directly(onnx_file, tmp_path):
+    path, torch_model = onnx_file
+    loaded = load_onnx("small", path, (16, 16))
+    x = synth_images(3, (16, 16), seed=2)
+    q = quantize(loaded, "ov_fp32", request(tmp_path / "f", []))
+    out = q.predict(x)
+    assert isinstance(out, list) and torch.allclose(out[0], torch_model.module(x), atol=1e-5)
+    assert "read by OpenVINO" in q.notes
+    q8 = quantize(loaded, "ov_int8", request(tmp_path / "q", [synth_images(4, (16, 16), seed=1)],
+                                              keep_float=["/2/Conv"]))
+    assert q8.float_modules == ["/2/Conv"] and len(q8.int8_modules) == 2
+    assert F.cosine_similarity(q8.predict(x)[0], out[0]).min() > 0.9
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    (root / "models").mkdir()
+    train_classifier(root / "models" / "grey.pt")
+    write_images(root / "data" / "photos", 8, seed=7)  # held-out images, 24 in all
+    return root
+
+
+def test_pipeline_rows_of_a_trained_classifier(classifier):
+    """The model's own preprocessing feeds calibration and evaluation; the rows carry the
+    OpenVINO version, the compile properties and a loadable IR artifact."""
+    from qbench.orchestrate import plan_job
+
+    manifest = small_manifest(
+        classifier, name="ov", models=[_model("grey", preprocess=PREPROCESS,
+                                              outputs={"labels": LABELS})],
+        quantization={"modes": ["ov_fp32", "ov_int8"], "calibration": {"images": 6}},
+        benchmark={"batch_sizes": [2], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
+    plan = plan_job(manifest)
+    results = classifier / "results"
+    for unit in plan.units:
+        assert run_unit(unit, results).status == "ok"
+    rows = {m["mode"]: m for m in read_table(results, "models", plan.job_id).to_pylist()}
+    fp32, int8 = rows["ov_fp32"], rows["ov_int8"]
+    assert fp32["top1"] >= 0.9 and fp32["agreement_top1"] == 1.0
+    assert int8["agreement_top1"] >= 0.8 and int8["calibration_method"] == "histogram"
+    for row in (fp32, int8):
+        assert row["backend"] == "openvino" and row["openvino_version"] == "2026.4.1"
+        config = json.loads(row["runtime_config"])
+        assert config["INFERENCE_NUM_THREADS"] == 1 and config["INFERENCE_PRECISION_HINT"] == "f32"
+        assert row["artifact_format"] == "openvino-ir"
+    with tarfile.open(results / int8["artifact_path"]) as tar:
+        assert sorted(tar.getnames()) == ["model.bin", "model.xml"]
+    assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
+    latency = read_table(results, "latency", plan.job_id).to_pylist()
+    assert {r["reference_mode"] for r in latency} == {"fp32"}  # paired against the job's reference
+    assert all(r["speedup"] is not None for r in latency)

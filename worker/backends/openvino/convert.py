@@ -1,0 +1,146 @@
+"""A loaded model as an OpenVINO model: an ONNX file read as is, a torch module converted.
+
+`openvino.convert_model` cannot convert a torchvision detector's list-of-dicts output, so a
+detector is converted through DetectorTensors: a fixed-size [1, 3, H, W] image in, tensors out
+(boxes, labels, scores, and for a two-stage detector the number of proposals its box head
+pooled: the work it did). NMS and RoIAlign convert to OpenVINO's own operators. Other torch
+models (classifiers, YOLO networks) take a dynamic batch.
+
+A converted model is saved as IR and read back: convert_model shares constants between the
+main graph and the bodies of the If operators torchvision's scripted batched_nms becomes, and
+NNCF cannot build a graph of such a body; a read IR has separate ones.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qbench.backends.onnxruntime.export import node_module
+from qbench.backends.onnxruntime.runtime import InputInfo, input_info
+from qbench.models.base import LoadedModel
+
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")
+PROPOSALS = "proposals"  # the extra output of a two-stage detector's wrapper
+_WRAPPED = "__module.detector."  # convert_model's name prefix of the wrapped detector's modules
+_MODULE = "__module."  # ... and of a module converted directly
+
+
+class DetectorTensors(nn.Module):
+    """A torchvision detector on one image of a fixed size: tensors in and out.
+
+    A two-stage detector is run step by step (transform, backbone, RPN, RoI heads,
+    postprocess: GeneralizedRCNN.forward in eval mode) so the number of proposals fed to the
+    box head can be returned beside the detections."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+        self.two_stage = hasattr(detector, "rpn") and hasattr(detector, "roi_heads")
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        images = [batch[0]]
+        if not self.two_stage:
+            out = self.detector(images)[0]
+            return tuple(out[k] for k in DETECTION_OUTPUTS)
+        det = self.detector
+        sizes = [(int(batch.shape[-2]), int(batch.shape[-1]))]
+        transformed, _ = det.transform(images)
+        features = det.backbone(transformed.tensors)
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        proposals, _ = det.rpn(transformed, features)
+        detections, _ = det.roi_heads(features, proposals, transformed.image_sizes)
+        out = det.transform.postprocess(detections, transformed.image_sizes, sizes)[0]
+        count = torch.tensor(proposals[0].shape[0], dtype=torch.int64)
+        return (*(out[k] for k in DETECTION_OUTPUTS), count)
+
+
+def onnx_node(op_name: str) -> str:
+    """The ONNX node an operator was read from: OpenVINO splits a Conv/Gemm with a bias into
+    "<node>/WithoutBiases" and an Add named "<node>"."""
+    return op_name.removesuffix("/WithoutBiases")
+
+
+@dataclass
+class Converted:
+    """An OpenVINO model of a loaded model and how to feed and name it."""
+
+    model: Any  # openvino.Model
+    output_names: list[str]  # in output order: the task's names (kind.ort_outputs reads them)
+    info: InputInfo  # its one image input: batched, or one image at a time
+    note: str
+    from_torch: bool
+
+    def op_module(self, op: Any) -> str | None:
+        """module_of the operator's name; for an operator that lost its name to a fusion (a
+        conv folded with its BatchNorm is named "Multiply_N"), its sole consumer's module."""
+        own = self.module_of(op.get_friendly_name())
+        if own is not None or op.get_output_size() != 1:
+            return own
+        users = list(op.output(0).get_target_inputs())
+        return self.module_of(users[0].get_node().get_friendly_name()) if len(users) == 1 else None
+
+    def layer_name(self, op: Any) -> str:
+        """How a weight layer is named in the rows: its torch module, else (an ONNX file) the
+        ONNX node it was read from, as ort_int8 names it."""
+        if self.from_torch:
+            return self.op_module(op) or op.get_friendly_name()
+        return onnx_node(op.get_friendly_name())
+
+    def module_of(self, op_name: str) -> str | None:
+        """The torch module (or, for an ONNX file, the dotted node scope) an operator came from."""
+        if not self.from_torch:
+            return node_module(onnx_node(op_name), None)
+        prefix = _WRAPPED if self.info.per_image else _MODULE
+        if not op_name.startswith(prefix):
+            return None
+        return op_name[len(prefix):].split("/", 1)[0] or None
+
+
+def convert(loaded: LoadedModel, work_dir: str | Path) -> Converted:
+    """The OpenVINO model of `loaded`; torch models are converted and kept as IR in work_dir."""
+    import openvino as ov
+
+    converted = _convert(loaded)
+    if not converted.from_torch:
+        return converted
+    xml = Path(work_dir) / "openvino" / "model.xml"
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(converted.model, str(xml), compress_to_fp16=False)
+    converted.model = ov.Core().read_model(str(xml))
+    return converted
+
+
+def _convert(loaded: LoadedModel) -> Converted:
+    import openvino as ov
+
+    h, w = loaded.input_size
+    if loaded.onnx_path is not None:
+        model = ov.Core().read_model(str(loaded.onnx_path))
+        names = [o.get_any_name() if o.get_names() else f"output{i}"
+                 for i, o in enumerate(model.outputs)]
+        return Converted(model, names, input_info(loaded.onnx_path),
+                         f"ONNX file {Path(loaded.onnx_path).name} read by OpenVINO",
+                         from_torch=False)
+    module = loaded.module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python values in the detector
+        if loaded.kind.onnx_per_image:
+            wrapper = DetectorTensors(module).eval()
+            model = ov.convert_model(wrapper, example_input=(torch.rand(1, 3, h, w),),
+                                     input=[ov.PartialShape([1, 3, h, w])])
+            names = [*DETECTION_OUTPUTS, *([PROPOSALS] if wrapper.two_stage else [])]
+            return Converted(model, names, InputInfo("batch", True, True),
+                             "converted by openvino.convert_model (the detector on one "
+                             f"{h}x{w} image, tensors out)", from_torch=True)
+        model = ov.convert_model(module, example_input=(torch.rand(1, 3, h, w),),
+                                 input=[ov.PartialShape([-1, 3, h, w])])
+    names = [f"output{i}" for i in range(len(model.outputs))]
+    return Converted(model, names, InputInfo("input", False, True),
+                     "converted by openvino.convert_model", from_torch=True)

@@ -1,0 +1,110 @@
+"""ov_int8: NNCF post-training int8 of the OpenVINO model, on the job's calibration images.
+
+The calibration images are fed through the model's own preprocessing (the request's batches),
+one feed per image or batch exactly as the benchmark feeds it. The manifest's calibration block
+maps onto NNCF: method minmax -> min/max ranges, histogram -> NNCF's histogram search,
+percentile -> the mean per-image quantile at 1 - percentile/100; per_channel -> per-channel
+weights; bias_correction -> NNCF's fast bias correction (off unless asked, as for ort_int8).
+keep_float patterns become NNCF's ignored scope. A torchvision detector's post-processing
+(transform, anchors, box decoding, RoIAlign, NMS, top-k) is ignored too: only its
+weight-carrying parts are quantized, so the int8 model does the same work as fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from qbench.backends.onnxruntime.runtime import feeds
+from qbench.backends.openvino.convert import Converted, convert
+from qbench.models.base import LoadedModel
+from qbench.quantize.common import matches_keep_float
+from qbench.quantize.openvino_model import ov_quantized
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
+
+
+def ignored_ops(loaded: LoadedModel, converted: Converted,
+                keep_float: list[str]) -> tuple[list[str], list[str]]:
+    """Operator names NNCF must leave float, and notes saying which and why."""
+    scope = (loaded.kind.ort_int8_scope(loaded.module)
+             if converted.from_torch else None)
+    names: list[str] = []
+    matched: dict[str, None] = {}
+    for op in converted.model.get_ordered_ops():
+        name = op.get_friendly_name()
+        owner = converted.op_module(op)
+        if scope is not None and not (
+                owner and any(owner == p or owner.startswith(p + ".") for p in scope[0])):
+            names.append(name)
+            continue
+        pattern = (owner and matches_keep_float(owner, keep_float)) or (
+            not converted.from_torch and matches_keep_float(converted.layer_name(op), keep_float))
+        if pattern:
+            names.append(name)
+            matched[pattern] = None
+    notes = [scope[1]] if scope is not None else []
+    if matched:
+        notes.append(f"operators of {', '.join(map(repr, matched))} kept float (keep_float)")
+    return names, notes
+
+
+def nncf_parameters(request: QuantizeRequest) -> tuple[dict, str]:
+    """nncf.quantize keyword arguments for the manifest's calibration block, and a note."""
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    spec = request.calibration
+    if spec.method == "percentile":
+        outlier = 1.0 - spec.percentile / 100.0
+        side = StatisticsCollectorParameters(statistics_type=StatisticsType.QUANTILE,
+                                             aggregator_type=AggregatorType.MEAN,
+                                             quantile_outlier_prob=outlier)
+        ranges = RangeEstimatorParameters(min=side, max=side)
+        how = f"mean per-feed quantile ranges (p{spec.percentile:g})"
+    elif spec.method == "histogram":
+        ranges, how = RangeEstimatorParametersSet.HISTOGRAM, "NNCF histogram ranges"
+    else:
+        ranges, how = RangeEstimatorParametersSet.MINMAX, "min/max ranges"
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=ranges,
+        weights_quantization_params=QuantizationParameters(per_channel=spec.per_channel),
+        disable_bias_correction=not spec.bias_correction)
+    note = (f"calibration: {spec.method} -> {how}, "
+            + ("per-channel" if spec.per_channel else "per-tensor") + " int8 weights"
+            + ("; NNCF fast bias correction" if spec.bias_correction else ""))
+    return {"advanced_parameters": advanced, "fast_bias_correction": True}, note
+
+
+def quantize_with_nncf(loaded: LoadedModel, converted: Converted, request: QuantizeRequest
+                       ) -> tuple[object, list[str]]:
+    """The NNCF-quantized OpenVINO model and notes on what was left float and how."""
+    import nncf
+
+    data = [next(iter(feed.values())) for batch in request.calibration_batches()
+            for feed in feeds(converted.info, batch)]
+    if not data:
+        raise ValueError("ov_int8: calibration yielded no images")
+    ignored, notes = ignored_ops(loaded, converted, request.keep_float)
+    kwargs, how = nncf_parameters(request)
+    # NNCF draws progress bars on stdout; the worker's log is one line per step.
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = nncf.quantize(converted.model, nncf.Dataset(data), subset_size=len(data),
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                              **kwargs)
+    return model, [*notes, f"{how}, {len(data)} feeds (NNCF)"]
+
+
+@register("ov_int8")
+def quantize_ov_int8(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
+    converted = convert(loaded, request.work_dir)
+    model, notes = quantize_with_nncf(loaded, converted, request)
+    return ov_quantized(loaded, converted, "int8", notes, model=model)
