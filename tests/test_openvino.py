@@ -53,6 +53,19 @@ def test_mode_table_rows():
     assert modes.mode_device_problem("ov_fp32", "cuda") is not None
 
 
+def test_an_fp32_mode_run_in_bf16_is_flagged():
+    """The flag reads the row's read-out against the mode table: OpenVINO's default on a CPU
+    with AMX (bf16) under an fp32 name is flagged; a row without the read-out says nothing."""
+    from qbench.report.verdict import ran_other_precision
+
+    row = {"model_id": "m", "mode": "ov_fp32", "device": "cpu", "status": "ok",
+           "executed_precision": "bfloat16", "executed_ops_by_precision": '{"bfloat16": 52}'}
+    assert ran_other_precision(row) == ("ran in bfloat16 (52 of 52 conv/matmul operators), "
+                                        "not the float32 its name says")
+    assert ran_other_precision({**row, "executed_precision": None}) is None
+    assert ran_other_precision({**row, "mode": "ort_int8_mixed"}) is None  # mixed: no claim
+
+
 def test_fp32_is_forced_and_the_precision_is_read_from_the_compiled_model(tmp_path):
     """Without the hint OpenVINO picks bf16 on a CPU that has it; qbench's fp32 says f32, and
     the runtime graph confirms every conv/matmul ran in float32."""
@@ -171,7 +184,8 @@ def test_pipeline_rows_of_a_trained_classifier(classifier):
     manifest = small_manifest(
         classifier, name="ov", models=[_model("grey", preprocess=PREPROCESS,
                                               outputs={"labels": LABELS})],
-        quantization={"modes": ["ov_fp32", "ov_int8"], "calibration": {"images": 6}},
+        quantization={"modes": ["ov_fp32", "ov_int8", "int8_dynamic"],
+                      "calibration": {"images": 6}},
         benchmark={"batch_sizes": [2], "warmup": 0, "iterations": 1, "threads": 1},
         inspect={"images": 0}, dataset={"format": "imagefolder", "images": "data/photos"})
     plan = plan_job(manifest)
@@ -190,6 +204,20 @@ def test_pipeline_rows_of_a_trained_classifier(classifier):
     with tarfile.open(results / int8["artifact_path"]) as tar:
         assert sorted(tar.getnames()) == ["model.bin", "model.xml"]
     assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
+    # what ran, read from each runtime, and the report's flag where it is not what the name says
+    assert json.loads(fp32["executed_ops_by_precision"]) == {"float32": 21}  # 20 convs + fc
+    assert int8["executed_precision"] == "int8" and int8["executed_int8_fraction"] == 1.0
+    dynamic = rows["int8_dynamic"]  # torch.ao: only the fc is int8, the convs run float
+    assert json.loads(dynamic["executed_ops_by_precision"]) == {"float32": 20, "int8": 1}
+    from qbench.report.tables import size_accuracy_table
+    from qbench.report.verdict import flag_lines
+
+    flags = [f for f in flag_lines(list(rows.values()), [], [], None) if "its name says" in f]
+    assert flags == ["grey int8_dynamic cpu: ran in float32 (20 of 21 conv/matmul operators), "
+                     "not the int8 its name says"]
+    cells = {r[1]: r[3] for r in size_accuracy_table(list(rows.values())).rows}
+    assert cells["ov_int8"] == "openvino: int8 21/21"
+    assert cells["int8_dynamic"] == "torch-dynamic-x86: float32 20/21"
     latency = read_table(results, "latency", plan.job_id).to_pylist()
     assert {r["reference_mode"] for r in latency} == {"fp32"}  # paired against the job's reference
     assert all(r["speedup"] is not None for r in latency)

@@ -122,6 +122,39 @@ class ParamsResult:
         }
 
 
+@dataclass(frozen=True)
+class ExecutedPrecision:
+    """How many conv/matmul-type operators the runtime really ran in each precision, read from
+    the runtime itself (backends/*/backend.py executed_precision), and the one most ran in."""
+
+    counts: dict[str, int] | None
+
+    @classmethod
+    def of(cls, runtime: Any) -> tuple[ExecutedPrecision, str | None]:
+        """The read-out and, where the runtime could not be asked, a note saying why."""
+        if runtime is None:
+            return cls(None), None
+        try:
+            return cls(runtime.executed_precision()), None
+        except Exception as exc:  # the measurements stand without it; the note says why
+            return cls(None), (f"executed precision not read: {type(exc).__name__}: "
+                               f"{str(exc).strip()[:200]}")
+
+    @property
+    def dominant(self) -> str | None:
+        if not self.counts:
+            return None
+        return max(sorted(self.counts), key=lambda k: self.counts[k])
+
+    def columns(self) -> dict[str, Any]:
+        counts = self.counts
+        total = sum(counts.values()) if counts else 0
+        return {"executed_ops_by_precision": (None if counts is None
+                                              else json.dumps(counts, sort_keys=True)),
+                "executed_precision": self.dominant,
+                "executed_int8_fraction": (counts.get("int8", 0) / total if total else None)}
+
+
 def join_notes(notes: Iterable[str | None]) -> str:
     return "; ".join(n for n in notes if n)
 

@@ -27,6 +27,7 @@ from qbench.measure import environment_fingerprint
 from qbench.measure.unit_latency import LatencyJob, choose_reference, measure_unit_latency
 from qbench.model_row import (
     Backend,
+    ExecutedPrecision,
     InputFacts,
     ModelFacts,
     ParamsResult,
@@ -233,6 +234,10 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
                 parts.append(q.search)
             latency_rows, sample_rows = measure_step(q, loaded, unit, base, request, say,
                                                      inputs)
+            # after timing: reading it may build another session (ONNX Runtime's optimized graph)
+            executed, why_not = ExecutedPrecision.of(q.runtime)
+            parts.append(executed)
+            notes.append(why_not)
             if unit.dataset is not None:
                 say("evaluate", total_steps - 2)
                 from qbench.evaluate.run import evaluate_unit

@@ -200,6 +200,13 @@ MODELS = pa.schema(IDENTITY + [
     # JSON: the properties the runtime reports it compiled the model with (OpenVINO: precision
     # hint, threads, streams, performance hint, pinning); null for runtimes without any.
     ("runtime_config", pa.string()),
+    # What the runtime really executed (docs/results.md): its conv/matmul-type operators per
+    # precision as JSON {"int8": n, "float32": m, ...}, read from the runtime itself (OpenVINO's
+    # runtime graph, ONNX Runtime's optimized graph, torch's modules), the precision most of
+    # them ran in, and the int8 share.
+    ("executed_ops_by_precision", pa.string()),
+    ("executed_precision", pa.string()),
+    ("executed_int8_fraction", pa.float64()),
     ("status", pa.string()),  # ok | error | timeout (ran past max_unit_seconds)
     ("error", pa.string()),
     ("started_at", pa.timestamp("ms", tz="UTC")),

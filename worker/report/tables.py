@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -172,6 +173,17 @@ def _status(status: str, error: str | None) -> str:
     return status if status == "ok" else f"**{status}**: {error or ''}".rstrip(": ")
 
 
+def backend_text(m: dict) -> str:
+    """The backend and, where the row has the read-out, the precision its conv/matmul
+    operators really ran in: "openvino: int8 37/37"."""
+    backend = m["backend"] or "–"
+    ran = m.get("executed_precision")
+    if not ran:
+        return backend
+    counts = json.loads(m.get("executed_ops_by_precision") or "{}")
+    return f"{backend}: {ran} {counts.get(ran, 0)}/{sum(counts.values())}"
+
+
 def size_accuracy_table(models: list[dict], latency: list[dict] | None = None,
                         reference: str = "fp32") -> Table:
     refs = references(latency or [], reference)
@@ -197,13 +209,13 @@ def size_accuracy_table(models: list[dict], latency: list[dict] | None = None,
             ".3f")
         sqnr = m.get("logits_sqnr_db") if m.get("logits_sqnr_db") is not None else m.get("output_sqnr_db")
         rows.append([
-            m["model_id"], m["mode"], m["device"], m["backend"] or "–",
+            m["model_id"], m["mode"], m["device"], backend_text(m),
             fmt(m["size_bytes"] / MB if m["size_bytes"] is not None else None, ".1f"),
             fmt(_pct(m["size_reduction"]), ".1f"), fmt(_pct(m["params_int8_fraction"]), ".1f"),
             accuracy, fmt(m["map50"], ".3f"), drop_with_interval(m, drop), count,
             agreement, fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
         ])
-    return Table(["model", "mode", "device", "backend", "size MiB", "reduction %", "int8 params %",
+    return Table(["model", "mode", "device", "backend (ran in)", "size MiB", "reduction %", "int8 params %",
                   "mAP / top-1", "mAP@.5", "mAP drop pts", "count error",
                   "fp32 agreement (top-1 / recall)", "SQNR dB", "status"],
                  rows, align_right={4, 5, 6, 7, 8, 9, 10, 11, 12})

@@ -3,6 +3,7 @@ variant and the flags, before any table."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -84,6 +85,24 @@ def _int8_mode(name: str) -> bool:
     return mode is not None and mode.precision in ("int8", "mixed")
 
 
+# What a mode's precision (the mode table's) says its conv/matmul operators run in.
+NAMED_PRECISION = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+
+
+def ran_other_precision(m: dict) -> str | None:
+    """Where the runtime ran most conv/matmul operators in another precision than the mode's
+    name says (an fp32 mode run in bf16, an int8 mode whose convs mostly ran float): a line
+    saying so, else None. Rows without the read-out (older rows, mixed modes) say nothing."""
+    mode = MODES.get(m["mode"])
+    named = NAMED_PRECISION.get(mode.precision) if mode is not None else None
+    ran = m.get("executed_precision")
+    if named is None or ran is None or ran == named or m.get("status") != "ok":
+        return None
+    counts = json.loads(m.get("executed_ops_by_precision") or "{}")
+    return (f"ran in {ran} ({counts.get(ran, 0)} of {sum(counts.values())} conv/matmul "
+            f"operators), not the {named} its name says")
+
+
 def flag_lines(models: list[dict], summary: list[dict], regressions: list[str],
                base: str | None) -> list[str]:
     """Regressions, unstable rows, failures, and rows not doing what their name says."""
@@ -94,6 +113,9 @@ def flag_lines(models: list[dict], summary: list[dict], regressions: list[str],
         elif _int8_mode(m["mode"]) and m.get("params_int8_fraction") == 0:
             out.append(f"{m['model_id']} {m['mode']} {m['device']}: no int8 weights: it runs "
                        "in float, whatever its name")
+        ran = ran_other_precision(m)
+        if ran:
+            out.append(f"{m['model_id']} {m['mode']} {m['device']}: {ran}")
         if m.get("mixed_target_met") is False:
             out.append(f"{m['model_id']} {m['mode']} {m['device']}: the mixed-precision search "
                        "did not reach its target")
