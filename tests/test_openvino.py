@@ -36,11 +36,11 @@ def request(tmp_path, batches, method="minmax", keep_float=(), bias_correction=F
                            calibration_batches=lambda: iter(batches), work_dir=str(tmp_path))
 
 
-def small_net() -> LoadedModel:
+def small_net(size: int = 16) -> LoadedModel:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-    return LoadedModel("small", "custom", "classification", net, (16, 16), 5)
+    return LoadedModel("small", "custom", "classification", net, (size, size), 5)
 
 
 def test_mode_table_rows():
@@ -51,6 +51,29 @@ def test_mode_table_rows():
         assert mode.sources == frozenset({"torchvision", "yolo", "onnx"})
     assert modes.get_mode("ov_int8").needs_calibration and modes.get_mode("ov_int8").bias_correction
     assert modes.mode_device_problem("ov_fp32", "cuda") is not None
+
+
+def test_a_detector_row_carries_its_work_beside_its_references(fixture_detector, tmp_path):
+    """run_unit on the fixture detector: the row counts detections and proposals per image
+    beside fp32's on the same images; the report flags a row that does 5% less."""
+    from qbench.orchestrate import plan_job
+    from qbench.report.verdict import flag_lines
+
+    manifest = small_manifest(
+        tmp_path, name="work", models=[{"id": "fix", "arch": "fixture", "input_size": [256, 256]}],
+        quantization={"modes": ["int8_dynamic"]},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1})
+    plan = plan_job(manifest)
+    assert run_unit(plan.units[0], tmp_path / "results").status == "ok"
+    row = read_table(tmp_path / "results", "models", plan.job_id).to_pylist()[0]
+    assert row["work_reference_mode"] == "fp32" and row["work_images"] == 4
+    assert row["reference_proposals_per_image"] == 100 == row["proposals_per_image"]
+    assert row["detections_per_image"] > 1 and row["reference_detections_per_image"] > 1
+    assert not [f for f in flag_lines([row], [], [], None) if "different work" in f]
+    fewer = {**row, "proposals_per_image": 72.8}
+    assert flag_lines([fewer], [], [], None)[-1] == (
+        "fix int8_dynamic cpu: does different work than fp32: 72.8 proposals into the box head "
+        "per image vs 100.0 (-27%): a speedup that does less is not a speedup")
 
 
 def test_an_fp32_mode_run_in_bf16_is_flagged():
@@ -141,13 +164,24 @@ def test_detector_int8_keeps_its_post_processing_float(fixture_detector, tmp_pat
     outside = {u for u in users if not (u or "").startswith(("backbone", "rpn.head",
                                                                "roi_heads.box_"))}
     assert users and not outside, outside
+    # so it does fp32's work: the same proposals into the box head, read from each runtime
+    from qbench.evaluate.work import compare_work
+
+    fp32 = quantize(det, "fp32", request(tmp_path / "fp32", []))
+    work = compare_work(q, fp32, "fp32", x)
+    assert work.reference.proposals == 100  # the fixture's rpn_post_nms_top_n_test
+    assert work.work.proposals == work.reference.proposals
+    assert abs(work.work.detections / work.reference.detections - 1) <= 0.05
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     from qbench.backends.onnxruntime.export import export_onnx
 
-    loaded = small_net()
+    loaded = small_net(32)  # a manifest's input is at least 32 px
+    with torch.no_grad():  # an outlier channel: all-int8 misses a strict cosine target
+        loaded.module[2].weight[0] *= 100
+        loaded.module[2].bias[0] *= 100
     path = tmp_path_factory.mktemp("onnx") / "small.onnx"
     export_onnx(loaded, path)
     return path, loaded
@@ -155,13 +189,13 @@ def onnx_file(tmp_path_factory):
 
 def test_an_onnx_file_is_read_directly(onnx_file, tmp_path):
     path, torch_model = onnx_file
-    loaded = load_onnx("small", path, (16, 16))
-    x = synth_images(3, (16, 16), seed=2)
+    loaded = load_onnx("small", path, (32, 32))
+    x = synth_images(3, (32, 32), seed=2)
     q = quantize(loaded, "ov_fp32", request(tmp_path / "f", []))
     out = q.predict(x)
     assert isinstance(out, list) and torch.allclose(out[0], torch_model.module(x), atol=1e-5)
     assert "read by OpenVINO" in q.notes
-    q8 = quantize(loaded, "ov_int8", request(tmp_path / "q", [synth_images(4, (16, 16), seed=1)],
+    q8 = quantize(loaded, "ov_int8", request(tmp_path / "q", [synth_images(4, (32, 32), seed=1)],
                                               keep_float=["/2/Conv"]))
     assert q8.float_modules == ["/2/Conv"] and len(q8.int8_modules) == 2
     assert F.cosine_similarity(q8.predict(x)[0], out[0]).min() > 0.9

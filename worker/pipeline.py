@@ -238,6 +238,10 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
             executed, why_not = ExecutedPrecision.of(q.runtime)
             parts.append(executed)
             notes.append(why_not)
+            if loaded.kind.name == "detection":
+                work, why_not = work_step(unit, loaded, q, request, inputs)
+                parts += [work] if work is not None else []
+                notes.append(why_not)
             if unit.dataset is not None:
                 say("evaluate", total_steps - 2)
                 from qbench.evaluate.run import evaluate_unit
@@ -273,6 +277,28 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
 
     return write_outcome(unit, results_root, latency_rows, model_row, layer_rows, sample_rows,
                          class_rows, before_models=timed)
+
+
+WORK_SEED = 17
+
+
+def work_step(unit: Unit, loaded: LoadedModel, q: Quantized, request: QuantizeRequest,
+              inputs: UnitInputs) -> tuple[RowPart | None, str | None]:
+    """A detector's work beside its reference's (worker/evaluate/work.py) on the first
+    evaluation images, or seeded synthetic scenes; a failure is a note, not a failed unit."""
+    from qbench.evaluate.work import WORK_IMAGES, compare_work
+
+    if inputs.dataset is not None:
+        images = inputs.dataset.evaluation_set.images[:WORK_IMAGES]
+    else:
+        images = unit_to_input(synth_images(WORK_IMAGES, loaded.input_size, WORK_SEED),
+                               inputs.pre.spec)
+    ref_mode = choose_reference(unit.benchmark.reference, loaded.source)
+    try:
+        reference = q if ref_mode == unit.mode else quantize(loaded, ref_mode, request)
+        return compare_work(q, reference, ref_mode, images.to(unit.device)), None
+    except Exception as exc:
+        return None, f"work not counted: {_one_line(exc)}"
 
 
 def inspect_folder(root: Path, unit: Unit) -> Path:

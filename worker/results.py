@@ -207,6 +207,15 @@ MODELS = pa.schema(IDENTITY + [
     ("executed_ops_by_precision", pa.string()),
     ("executed_precision", pa.string()),
     ("executed_int8_fraction", pa.float64()),
+    # Detectors (docs/results.md, the work guard): detections per image and proposals pooled
+    # by the box head per image (two-stage detectors, where the runtime lets them be read),
+    # beside the reference mode's on the same images.
+    ("work_images", pa.int32()),
+    ("work_reference_mode", pa.string()),
+    ("detections_per_image", pa.float64()),
+    ("reference_detections_per_image", pa.float64()),
+    ("proposals_per_image", pa.float64()),
+    ("reference_proposals_per_image", pa.float64()),
     ("status", pa.string()),  # ok | error | timeout (ran past max_unit_seconds)
     ("error", pa.string()),
     ("started_at", pa.timestamp("ms", tz="UTC")),

@@ -79,6 +79,13 @@ class Backend(ABC):
                        images: torch.Tensor, layers: str) -> LayerComparison:
         """Inspection: activations of the fp32 model and of this result, layer by layer."""
 
+    def proposals_per_image(self, predict: Callable[[torch.Tensor], Any],
+                            images: torch.Tensor) -> list[int] | None:
+        """How many proposals a two-stage detector's box head pooled for each image (predict:
+        this result's, run on images where the runtime reads them on the way), where the
+        runtime lets them be read; None where it does not (or the model has no box head)."""
+        return None
+
     def runtime_config(self) -> dict[str, Any] | None:
         """The properties the runtime reports it compiled this result with; None where it
         takes none beyond the thread count (torch, ONNX Runtime)."""

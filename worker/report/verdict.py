@@ -85,6 +85,7 @@ def _int8_mode(name: str) -> bool:
     return mode is not None and mode.precision in ("int8", "mixed")
 
 
+WORK_TOLERANCE = 0.05  # a relative difference in a detector's work (worker/evaluate/work.py)
 # What a mode's precision (the mode table's) says its conv/matmul operators run in.
 NAMED_PRECISION = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
 
@@ -103,6 +104,24 @@ def ran_other_precision(m: dict) -> str | None:
             f"operators), not the {named} its name says")
 
 
+def work_difference(row: dict[str, Any]) -> str | None:
+    """A line saying how a row's work differs from its reference's by more than
+    WORK_TOLERANCE, else None (rows without the columns say nothing)."""
+    diffs = []
+    for what, label in (("proposals", "proposals into the box head"),
+                        ("detections", "detections")):
+        ours, theirs = row.get(f"{what}_per_image"), row.get(f"reference_{what}_per_image")
+        if ours is None or not theirs:
+            continue
+        change = ours / theirs - 1.0
+        if abs(change) > WORK_TOLERANCE:
+            diffs.append(f"{ours:.1f} {label} per image vs {theirs:.1f} ({change:+.0%})")
+    if not diffs:
+        return None
+    return (f"does different work than {row.get('work_reference_mode')}: " + "; ".join(diffs)
+            + ": a speedup that does less is not a speedup")
+
+
 def flag_lines(models: list[dict], summary: list[dict], regressions: list[str],
                base: str | None) -> list[str]:
     """Regressions, unstable rows, failures, and rows not doing what their name says."""
@@ -113,9 +132,9 @@ def flag_lines(models: list[dict], summary: list[dict], regressions: list[str],
         elif _int8_mode(m["mode"]) and m.get("params_int8_fraction") == 0:
             out.append(f"{m['model_id']} {m['mode']} {m['device']}: no int8 weights: it runs "
                        "in float, whatever its name")
-        ran = ran_other_precision(m)
-        if ran:
-            out.append(f"{m['model_id']} {m['mode']} {m['device']}: {ran}")
+        for problem in (ran_other_precision(m), work_difference(m)):
+            if problem and m["status"] == "ok":
+                out.append(f"{m['model_id']} {m['mode']} {m['device']}: {problem}")
         if m.get("mixed_target_met") is False:
             out.append(f"{m['model_id']} {m['mode']} {m['device']}: the mixed-precision search "
                        "did not reach its target")

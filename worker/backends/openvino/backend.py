@@ -80,6 +80,19 @@ class OpenVinoBackend(Backend):
 
         return predict
 
+    def proposals_per_image(self, predict: Callable[[torch.Tensor], Any],
+                            images: torch.Tensor) -> list[int] | None:
+        """The wrapper's proposals output (a two-stage torchvision detector converted here)."""
+        from qbench.backends.openvino.convert import PROPOSALS
+
+        names = self.converted.output_names
+        if PROPOSALS not in names:
+            return None
+        output = self.compiled.outputs[names.index(PROPOSALS)]
+        request = self.compiled.create_infer_request()
+        return [int(np.asarray(request.infer(list(feed.values()))[output]))
+                for feed in feeds(self.converted.info, images)]
+
     def runtime_config(self) -> dict[str, Any]:
         """The properties the compiled model reports (what the plugin really took)."""
         return {key: _property_text(self.compiled.get_property(key))

@@ -78,6 +78,24 @@ class TorchBackend(Backend):
         comp.outputs = output_pairs(loaded.kind, loaded.predict_fp32(images), predict(images))
         return comp
 
+    def proposals_per_image(self, predict: Callable[[torch.Tensor], Any],
+                            images: torch.Tensor) -> list[int] | None:
+        """Read at the RoI heads' input (the proposals the RPN hands them) by a hook."""
+        roi_heads = getattr(self._module, "roi_heads", None)
+        if roi_heads is None or not hasattr(self._module, "rpn"):
+            return None
+        counts: list[int] = []
+
+        def count(_module: nn.Module, args: tuple) -> None:
+            counts.extend(len(p) for p in args[1])  # roi_heads(features, proposals, sizes)
+
+        handle = roi_heads.register_forward_pre_hook(count)
+        try:
+            predict(images)
+        finally:
+            handle.remove()
+        return counts
+
     def executed_precision(self) -> dict[str, int]:
         """Conv/linear layers by the dtype their weights are stored and run in: torch.ao int8
         modules as "int8", float layers by their parameter dtype (a bf16/fp16 cast shows)."""
