@@ -26,7 +26,7 @@ def test_each_mode_runs_where_its_backend_runs():
     assert modes.MODES["fp16"].devices == {"cuda"}
     assert modes.MODES["int8_static"].devices == {"cpu"}
     assert {n for n, e in modes.MODES.items() if e.bias_correction} == {"ort_int8", "ort_int8_mixed",
-                                                                        "ov_int8"}
+                                                                        "ov_int8", "ov_int8_mixed"}
 
 
 def test_catalogue_archs_match_torchvision():

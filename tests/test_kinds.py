@@ -72,7 +72,8 @@ def test_registry_says_which_modes_are_references_and_their_extra_columns():
     all_modes = MODES
     assert {m for m, i in all_modes.items() if i.reference} == {"fp32", "fp32_compiled", "ort_fp32"}
     extra = {m: i.extra_columns for m, i in all_modes.items() if i.extra_columns}
-    assert extra == {"int8_mixed": MIXED_COLUMNS, "ort_int8_mixed": MIXED_COLUMNS}
+    assert extra == {"int8_mixed": MIXED_COLUMNS, "ort_int8_mixed": MIXED_COLUMNS,
+                     "ov_int8_mixed": MIXED_COLUMNS}
     assert set(MIXED_COLUMNS) <= set(MODELS.names)
 
 

@@ -240,6 +240,9 @@ def test_pipeline_rows_of_a_trained_classifier(classifier):
     assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
     # what ran, read from each runtime, and the report's flag where it is not what the name says
     assert json.loads(fp32["executed_ops_by_precision"]) == {"float32": 21}  # 20 convs + fc
+    # OpenVINO folds each BatchNorm into its conv at conversion; the conv keeps its name
+    assert len(int8["int8_modules"]) == 21 and "layer3.0.conv1" in int8["int8_modules"]
+    assert not any("bn" in name for name in int8["int8_modules"] + fp32["float_modules"])
     assert int8["executed_precision"] == "int8" and int8["executed_int8_fraction"] == 1.0
     dynamic = rows["int8_dynamic"]  # torch.ao: only the fc is int8, the convs run float
     assert json.loads(dynamic["executed_ops_by_precision"]) == {"float32": 20, "int8": 1}
@@ -255,3 +258,31 @@ def test_pipeline_rows_of_a_trained_classifier(classifier):
     latency = read_table(results, "latency", plan.job_id).to_pylist()
     assert {r["reference_mode"] for r in latency} == {"fp32"}  # paired against the job's reference
     assert all(r["speedup"] is not None for r in latency)
+
+
+def test_mixed_search_on_an_onnx_file_reaches_its_target(onnx_file, tmp_path, monkeypatch):
+    """qbench's search with NNCF as the quantizer, on a given ONNX file: it keeps the most
+    sensitive of the file's weight nodes float (NNCF's ignored scope) until the outputs'
+    cosine with fp32 reaches a target all-int8 misses (0.99992 here; with the Gemm that reads
+    the outlier channel float, 0.999998)."""
+    from qbench.orchestrate import plan_job
+
+    monkeypatch.setenv("QBENCH_DATA_ROOTS", str(tmp_path))
+    (tmp_path / "small.onnx").write_bytes(onnx_file[0].read_bytes())
+    target = 0.99999
+    manifest = small_manifest(
+        tmp_path, name="ov-mixed",
+        models=[{"id": "small", "source": "onnx", "path": "small.onnx", "input_size": [32, 32]}],
+        quantization={"modes": ["ov_int8_mixed"], "calibration": {"images": 8},
+                      "target": {"min_cosine": target}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1})
+    plan = plan_job(manifest)
+    assert run_unit(plan.units[0], tmp_path / "results").status == "ok"
+    row = read_table(tmp_path / "results", "models", plan.job_id).to_pylist()[0]
+    assert row["mixed_target_met"] and row["mixed_score"] >= target
+    assert row["mixed_heldout_score"] is not None and row["backend"] == "openvino"
+    floats = row["mixed_float_groups"]
+    assert "/6/Gemm" in floats and set(floats) <= {"/0/Conv", "/2/Conv", "/6/Gemm"}
+    assert sorted(row["float_modules"]) == sorted(floats)  # what the search kept float ran so
+    assert json.loads(row["executed_ops_by_precision"]) == {"float32": len(floats),
+                                                            "int8": 3 - len(floats)}

@@ -54,4 +54,4 @@ def test_a_mode_is_int8_by_the_mode_table_not_by_its_name():
                       for line in flag_lines([{**unit, "mode": mode}], [], [], None))}
     assert flagged == {m for m, e in MODES.items() if e.precision in ("int8", "mixed")}
     assert flagged == {"int8_dynamic", "int8_static", "int8_mixed", "ort_int8", "ort_int8_mixed",
-                       "ov_int8"}
+                       "ov_int8", "ov_int8_mixed"}

@@ -82,6 +82,10 @@ def _table() -> dict[str, Mode]:
         _mode("ov_int8", "openvino", "int8",
               "OpenVINO int8 by NNCF post-training quantization; detector post-processing "
               "stays float", needs_calibration=True, options=(BIAS_CORRECTION,)),
+        _mode("ov_int8_mixed", "openvino", "mixed",
+              "ov_int8, keeping the most sensitive layers float until quantization.target "
+              "holds (qbench's search, NNCF as the quantizer)", needs_calibration=True,
+              options=(BIAS_CORRECTION,), extra_columns=MIXED_COLUMNS),
     ]
     return {m.name: m for m in rows}
 

@@ -3,12 +3,13 @@
 An operator's weight is int8 when its weight input comes from an int8 constant (NNCF stores
 quantized weights as i8 constants followed by Convert and Multiply) or through a FakeQuantize.
 Operators are named as torch modules where the model came from torch (DetectorTensors'
-prefix removed), else by the ONNX node's dotted scope.
+prefix removed; a conv folded with its BatchNorm by its conv), else by the ONNX node.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,7 @@ def ov_quantized(loaded: LoadedModel, converted: Converted, precision: str,
     """The Quantized result of `model` (default: the converted float one) compiled for
     `precision` (its INFERENCE_PRECISION_HINT: backends/openvino/config.py)."""
     model = model or converted.model
-    runtime = OpenVinoBackend(Converted(model, converted.output_names, converted.info,
-                                        converted.note, converted.from_torch), precision)
+    runtime = OpenVinoBackend(replace(converted, model=model), precision)
     int8, floats = weight_layers(converted, model)
     hint = runtime.properties["INFERENCE_PRECISION_HINT"]
     return Quantized(

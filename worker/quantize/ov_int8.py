@@ -84,15 +84,22 @@ def nncf_parameters(request: QuantizeRequest) -> tuple[dict, str]:
     return {"advanced_parameters": advanced, "fast_bias_correction": True}, note
 
 
-def quantize_with_nncf(loaded: LoadedModel, converted: Converted, request: QuantizeRequest
-                       ) -> tuple[object, list[str]]:
-    """The NNCF-quantized OpenVINO model and notes on what was left float and how."""
-    import nncf
-
+def calibration_feeds(converted: Converted, request: QuantizeRequest) -> list:
+    """The calibration images as the model is fed them: one array per feed."""
     data = [next(iter(feed.values())) for batch in request.calibration_batches()
             for feed in feeds(converted.info, batch)]
     if not data:
         raise ValueError("ov_int8: calibration yielded no images")
+    return data
+
+
+def quantize_with_nncf(loaded: LoadedModel, converted: Converted, request: QuantizeRequest,
+                       data: list | None = None) -> tuple[object, list[str]]:
+    """The NNCF-quantized OpenVINO model (converted.model itself stays float) and notes on
+    what was left float and how; data: the calibration feeds, when already read."""
+    import nncf
+
+    data = data if data is not None else calibration_feeds(converted, request)
     ignored, notes = ignored_ops(loaded, converted, request.keep_float)
     kwargs, how = nncf_parameters(request)
     # NNCF draws progress bars on stdout; the worker's log is one line per step.

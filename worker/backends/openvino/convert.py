@@ -14,7 +14,7 @@ NNCF cannot build a graph of such a body; a read IR has separate ones.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +76,19 @@ class Converted:
     info: InputInfo  # its one image input: batched, or one image at a time
     note: str
     from_torch: bool
+    conv_of_norm: dict[str, str] = field(default_factory=dict)  # BatchNorm -> its conv
 
     def op_module(self, op: Any) -> str | None:
-        """module_of the operator's name; for an operator that lost its name to a fusion (a
-        conv folded with its BatchNorm is named "Multiply_N"), its sole consumer's module."""
+        """module_of the operator's name; for a conv folded with its BatchNorm at conversion
+        (renamed "Multiply_N"), the conv of the BatchNorm its output feeds."""
         own = self.module_of(op.get_friendly_name())
         if own is not None or op.get_output_size() != 1:
             return own
         users = list(op.output(0).get_target_inputs())
-        return self.module_of(users[0].get_node().get_friendly_name()) if len(users) == 1 else None
+        if len(users) != 1:
+            return None
+        norm = self.module_of(users[0].get_node().get_friendly_name())
+        return self.conv_of_norm.get(norm or "", norm)
 
     def layer_name(self, op: Any) -> str:
         """How a weight layer is named in the rows: its torch module, else (an ONNX file) the
@@ -103,6 +107,20 @@ class Converted:
         return op_name[len(prefix):].split("/", 1)[0] or None
 
 
+def conv_of_norm(module: nn.Module) -> dict[str, str]:
+    """Each BatchNorm (or FrozenBatchNorm2d) module and the conv registered just before it,
+    the conv it normalises in torchvision's and ultralytics' blocks (conv, bn, activation)."""
+    pairs: dict[str, str] = {}
+    last_conv = None
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.conv._ConvNd):
+            last_conv = name
+        elif "BatchNorm" in type(sub).__name__ and last_conv is not None:
+            pairs[name] = last_conv
+            last_conv = None
+    return pairs
+
+
 def convert(loaded: LoadedModel, work_dir: str | Path) -> Converted:
     """The OpenVINO model of `loaded`; torch models are converted and kept as IR in work_dir."""
     import openvino as ov
@@ -114,6 +132,7 @@ def convert(loaded: LoadedModel, work_dir: str | Path) -> Converted:
     xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(converted.model, str(xml), compress_to_fp16=False)
     converted.model = ov.Core().read_model(str(xml))
+    converted.conv_of_norm = conv_of_norm(loaded.module)
     return converted
 
 

@@ -1,0 +1,54 @@
+"""ov_int8_mixed: ov_int8 with the fewest most sensitive layers kept float until the target holds.
+
+qbench's own search (worker/quantize/mixed_search.py, as int8_mixed and ort_int8_mixed) with
+NNCF as the quantizer: a group kept float joins NNCF's ignored scope. The score and the
+held-out check are qbench's (worker/evaluate/targets.py: decoded mAP on the calibration
+split's annotations for a detector with outputs.decoder, else agreement with fp32), so the
+target means what it means for the other runtimes' searching modes. The model is converted and
+its calibration feeds read once; NNCF collects statistics again for every trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from qbench.backends.openvino.convert import convert
+from qbench.models.base import LoadedModel
+from qbench.quantize.mixed_search import (
+    candidate_groups,
+    layer_children,
+    required_target,
+    search_and_quantize,
+)
+from qbench.quantize.onnx_groups import node_groups
+from qbench.quantize.openvino_model import ov_quantized
+from qbench.quantize.ov_int8 import calibration_feeds, quantize_with_nncf
+from qbench.quantize.registry import Quantized, QuantizeRequest, register
+
+
+@register("ov_int8_mixed")
+def quantize_ov_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Quantized:
+    target = required_target(request, "ov_int8_mixed")
+    base = replace(request, search_target=None)
+    converted = convert(loaded, request.work_dir)
+    data = calibration_feeds(converted, base)
+    if loaded.onnx_path is not None:
+        groups = node_groups(Path(loaded.onnx_path))
+        candidates, children, patterns = groups.top(), groups.children, groups.patterns
+        if not candidates:
+            raise ValueError(f"ov_int8_mixed: {Path(loaded.onnx_path).name} has no named "
+                             "weight nodes (Conv, Gemm, MatMul) to keep float")
+    else:
+        from qbench.inspect.capture import named_layers
+
+        candidates = candidate_groups(loaded)
+        children, patterns = layer_children(named_layers(loaded.module)), list
+
+    def quantize_fn(float_groups: list[str]) -> Quantized:
+        keep = [*request.keep_float, *patterns(list(float_groups))]
+        model, notes = quantize_with_nncf(loaded, converted, replace(base, keep_float=keep), data)
+        return ov_quantized(loaded, converted, "mixed", notes, model=model)
+
+    return search_and_quantize(loaded, target, quantize_fn, candidates, children,
+                               progress=request.progress)
