@@ -129,6 +129,12 @@ def test_int8_runs_int8_and_keep_float_is_an_ignored_scope(tmp_path):
     kept = quantize(loaded, "ov_int8", request(tmp_path / "b", calib, keep_float=["6"]))
     assert kept.int8_modules == ["0", "2"] and kept.float_modules == ["6"]
     assert kept.runtime.executed_precision() == {"float32": 1, "int8": 2}
+    # inspection: the final outputs against fp32's, no layer rows
+    from qbench.inspect import inspect_unit
+
+    rows, pictures = inspect_unit(loaded, q, synth_images(2, (16, 16), seed=3), "conv",
+                                  tmp_path / "inspect", label="ov_int8")
+    assert rows == [] and [p.name for p in pictures] == ["hexbin_outputs.png"]
     assert "'6'" in kept.notes and "min/max ranges" in kept.notes
 
 

@@ -131,8 +131,17 @@ class OpenVinoBackend(Backend):
 
     def compare_layers(self, loaded: LoadedModel, predict: Callable[[torch.Tensor], Any],
                        images: torch.Tensor, layers: str) -> LayerComparison:
-        raise ValueError("inspect: OpenVINO results are not compared layer by layer (a compiled "
-                         "model's intermediate tensors are not exposed)")
+        """The final outputs only (the output hexbins): a compiled model does not expose its
+        intermediate tensors, so there are no layer rows."""
+        from qbench.inspect.outputs import output_pairs
+        from qbench.inspect.record import LayerComparison, image_hwc
+
+        return LayerComparison(
+            layers=[], image=image_hwc(images[0]),
+            canvas=(float(images.shape[-2]), float(images.shape[-1])),
+            outputs=output_pairs(loaded.kind, loaded.predict_fp32(images), predict(images)),
+            note="OpenVINO: final outputs only (a compiled model's intermediate tensors are "
+                 "not exposed)")
 
     def executed_precision(self) -> dict[str, int]:
         """Weight-carrying layers of the runtime graph by the precision the plugin ran them in."""
