@@ -336,3 +336,15 @@ def test_export_to_an_unwritable_target(job, tmp_path, monkeypatch, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and "cannot write to" in err and str(blocker) in err, err
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_second_command_in_one_process_names_only_its_own_skipped_files(job, tmp_path,
+                                                                          monkeypatch, capsys):
+    """The skipped-file list belongs to one command: a corrupt file another call read is not
+    named again by the next main() in the same process."""
+    from qbench import results
+
+    results.UNREADABLE[str(tmp_path / "elsewhere.parquet")] = "read by an earlier command"
+    code, err = _cli(monkeypatch, capsys, "export", JOB, "--model", "vgg",
+                     "--to", str(tmp_path / "out"), "--results", str(job[0]))
+    assert code == 2 and "elsewhere.parquet" not in err and len(err.splitlines()) == 1, err
