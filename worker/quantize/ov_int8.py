@@ -97,8 +97,12 @@ def quantize_with_nncf(loaded: LoadedModel, converted: Converted, request: Quant
                        data: list | None = None) -> tuple[object, list[str]]:
     """The NNCF-quantized OpenVINO model (converted.model itself stays float) and notes on
     what was left float and how; data: the calibration feeds, when already read."""
+    import logging
+
     import nncf
 
+    # NNCF logs every node it leaves unquantized at INFO: hundreds of lines per detector
+    nncf.set_log_level(logging.WARNING)
     data = data if data is not None else calibration_feeds(converted, request)
     ignored, notes = ignored_ops(loaded, converted, request.keep_float)
     kwargs, how = nncf_parameters(request)
