@@ -42,6 +42,21 @@ def test_submit_wait_gives_same_rows_as_run(tmp_path, stack):
     # The chord ran the report once the last unit ended.
     assert (results / "reports" / job_id / "report.md").exists()
     assert (results / "reports" / job_id / "summary.csv").exists()
+    # Between the units and the report, the model's timing task timed both side by side and
+    # filled the variant's paired columns; the report came after it.
+    pairs = read_table(results, "pairs", job_id).to_pylist()
+    assert sorted((p["mode"], p["over_mode"], p["batch_size"]) for p in pairs) == [
+        ("fp32", "int8_static", 1), ("fp32", "int8_static", 2),
+        ("int8_static", "fp32", 1), ("int8_static", "fp32", 2)]
+    assert all(p["status"] == "ok" and p["speedup_ci_low"] <= p["speedup"] <= p["speedup_ci_high"]
+               for p in pairs)
+    int8 = [r for r in latency if r["mode"] == "int8_static"]
+    assert {r["pairing"] for r in int8} == {"side_by_side"}
+    by_batch = {p["batch_size"]: p for p in pairs if p["mode"] == "int8_static"}
+    assert all(r["speedup"] == by_batch[r["batch_size"]]["speedup"] for r in int8)
+    pairs_file = next((results / "pairs").rglob(f"job={job_id}/*.parquet"))
+    report = results / "reports" / job_id / "report.md"
+    assert report.stat().st_mtime >= pairs_file.stat().st_mtime
 
     # The same manifest in-process writes the same kinds of rows with the same columns.
     local = tmp_path / "local"
@@ -51,6 +66,7 @@ def test_submit_wait_gives_same_rows_as_run(tmp_path, stack):
     assert sorted((r["mode"], r["batch_size"]) for r in l_latency) == sorted(
         (r["mode"], r["batch_size"]) for r in latency)
     assert read_table(local, "latency").schema == read_table(results, "latency").schema
+    assert len(read_table(local, "pairs").to_pylist()) == len(pairs)  # qbench run times them too
 
     status = qbench("status", job_id, "--results", str(results), env=env)
     assert status.returncode == 0

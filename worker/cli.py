@@ -119,7 +119,8 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
     console.print(f"job {plan.job_id}: {len(plan.units)} unit(s), results in "
                   f"{printable(results)}/")
     failures = []
-    with StepDisplay(len(plan.units)) as display:
+    timing = _timing_after(plan)
+    with StepDisplay(len(plan.units) + sum(map(len, timing.values()))) as display:
         for n, unit in enumerate(plan.units, 1):
             label = f"[{n}/{len(plan.units)}] {unit.model.id} {unit.mode} {unit.device}"
             try:
@@ -129,6 +130,8 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
             display.finish(label, outcome.status)
             if outcome.status != "ok":
                 failures.append(outcome)
+            for model_id, device, limit in timing.pop(unit.unit_id, []):
+                _time_side_by_side(results, plan.job_id, model_id, device, limit, display)
     rep = write_report(results, plan.job_id)
     print_report(rep.blocks, rep.folder, rep.files)
     if (results / "artifacts" / plan.job_id).exists():
@@ -139,6 +142,37 @@ def run(manifest: Path, results: ResultsOpt = Path("results"),
                       highlight=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _timing_after(plan) -> dict[str, list[tuple[str, str, float]]]:
+    """unit id -> the side-by-side timing steps that start once it has run (the last unit of
+    each model x device timed side by side), with their time limit."""
+    from qbench.isolate import unit_limit
+    from qbench.orchestrate import timing_groups
+
+    after: dict[str, list[tuple[str, str, float]]] = {}
+    for model_id, device, units in timing_groups(plan):
+        limit = max(unit_limit(u) for u in units)
+        after.setdefault(units[-1].unit_id, []).append((model_id, device, limit))
+    return after
+
+
+def _time_side_by_side(results: Path, job_id: str, model_id: str, device: str, limit: float,
+                       display: StepDisplay) -> None:
+    """A model's variants timed side by side (worker/time_model.py); a failure is a line, the
+    units' own figures stand."""
+    from qbench.isolate import time_model_isolated
+
+    label = f"{model_id} {device} side by side"
+    step = display.unit(label)
+    summary = time_model_isolated(results, job_id, model_id, device, limit,
+                                  lambda text: step(text, 0, 1))
+    display.finish(label, summary["status"])
+    for mode, why in summary.get("left_out", {}).items():
+        console.print(f"{label}: {printable(mode)} left out: {printable(why)}",
+                      highlight=False)
+    if summary.get("error"):
+        console.print(f"{label}: {printable(summary['error'])}", style="red", highlight=False)
 
 
 def _interrupted(plan, results: Path, n: int) -> None:

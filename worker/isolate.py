@@ -23,6 +23,7 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,63 @@ def _timed_out(unit: Unit, root: Path, proc: Any, limit: float, ran: float, step
     row = failed_row(unit, error)
     row.update(timing, status="timeout", run_seconds=round(ran, 3))
     return write_outcome(unit, root, [], row)
+
+
+def _timing_child(root: str, job_id: str, model_id: str, device: str,
+                  messages: mp.Queue) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from qbench.time_model import time_model
+
+    try:
+        outcome = time_model(Path(root), job_id, model_id, device,
+                             lambda step: messages.put(("progress", step)))
+    except Exception as exc:  # the units' rows stand; the job's report goes on without it
+        text = str(exc).strip().splitlines()
+        messages.put(("error", f"{type(exc).__name__}: {text[0] if text else ''}"[:500]))
+        return
+    messages.put(("done", outcome.summary()))
+
+
+def time_model_isolated(root: Path, job_id: str, model_id: str, device: str, limit: float,
+                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A model's side-by-side timing (worker/time_model.py) in a forked child, as a unit runs:
+    the models it loads never stay in the parent, whose later units fork from it and would
+    count them in their memory peaks. Its summary; status error or timeout when it failed."""
+    prepare_parent()
+    ctx = mp.get_context("fork")
+    messages: mp.Queue = ctx.Queue()
+    began = time.monotonic()
+    proc = ctx.Process(target=_timing_child, args=(str(root), job_id, model_id, device, messages),
+                       name=f"qbench-time-{model_id}-{device}")
+    _start(proc)
+    failed = {"job_id": job_id, "model_id": model_id, "device": device, "members": [],
+              "left_out": {}, "files": []}
+    try:
+        while True:
+            left = limit - (time.monotonic() - began)
+            if left <= 0:
+                return {**failed, "status": "timeout",
+                        "error": f"timeout: side-by-side timing ran past {limit:g} s"}
+            try:
+                msg = messages.get(timeout=min(0.5, left))
+            except queue.Empty:
+                if proc.is_alive():
+                    continue
+                proc.join()
+                return {**failed, "status": "error",
+                        "error": f"timing process died with exit code {proc.exitcode}"}
+            if msg[0] == "progress":
+                if progress:
+                    progress(msg[1])
+            elif msg[0] == "error":
+                proc.join()
+                return {**failed, "status": "error", "error": msg[1]}
+            elif msg[0] == "done":
+                proc.join()
+                return msg[1]
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        messages.close()

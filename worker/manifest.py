@@ -217,8 +217,9 @@ class BenchmarkSpec(Strict):
     min_seconds: StrictFloat = Field(default=0.0, ge=0, le=MAX_SECONDS)
     max_iterations: StrictInt | None = Field(default=None, ge=1, le=MAX_ITERATIONS)
     max_seconds: StrictFloat | None = Field(default=None, gt=0, le=MAX_SECONDS)
-    # Paired speedup: the reference timed in the same process, interleaved with the unit.
-    pairing: Literal["interleaved", "off"] = "interleaved"
+    # Paired speedup: side_by_side times all of a model's variants and the reference in one
+    # process after its units (docs/measurement.md); interleaved, the reference beside each unit.
+    pairing: Literal["side_by_side", "interleaved", "off"] = "side_by_side"
     reference: Literal[tuple(reference_modes())] = "fp32"  # the float modes of worker/modes.py
     # The paired pass in rounds over the batch sizes; its CI resamples rounds, then pairs.
     rounds: StrictInt = Field(default=3, ge=1, le=MAX_ROUNDS)

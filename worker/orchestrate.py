@@ -133,6 +133,26 @@ def load_plan(results_root: Path, job_id: str) -> JobPlan:
         raise ManifestError(f"{path}: not a readable job plan ({str(exc).splitlines()[0][:200]})") from None
 
 
+def times_side_by_side(unit: Unit) -> bool:
+    """Whether this unit's speedups come from its model's side-by-side timing step: pairing
+    side_by_side needs the saved programs (manifest `artifacts`), else the unit pairs itself."""
+    return unit.benchmark.pairing == "side_by_side" and unit.artifacts
+
+
+def timing_key(model_id: str, device: str) -> str:
+    """The file name (in place of a unit id) of a model's side-by-side rows on one device."""
+    return f"time-{model_id}-{device}"
+
+
+def timing_groups(plan: JobPlan) -> list[tuple[str, str, list[Unit]]]:
+    """(model id, device, units) of each model x device timed side by side, in plan order."""
+    groups: dict[tuple[str, str], list[Unit]] = {}
+    for u in plan.units:
+        if times_side_by_side(u):
+            groups.setdefault((u.model.id, u.device), []).append(u)
+    return [(m, d, units) for (m, d), units in groups.items()]
+
+
 def latest_job(results_root: Path) -> str | None:
     plans = sorted((results_root / "jobs").glob("*.json"), key=lambda p: p.stat().st_mtime)
     return plans[-1].stem if plans else None

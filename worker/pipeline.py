@@ -38,6 +38,7 @@ from qbench.model_row import (
 )
 from qbench.models import LoadedModel, load_model
 from qbench.modes import MODES, get_mode
+from qbench.orchestrate import times_side_by_side
 from qbench.phases import PhaseClock
 from qbench.preprocess.defaults import Resolved, for_model
 from qbench.preprocess.transform import unit_to_input
@@ -162,15 +163,27 @@ def failed_row(unit: Unit, error: str) -> dict[str, Any]:
                     error=error, notes=None, ended_at=_now())
 
 
+def bench_pool(unit: Unit, loaded: LoadedModel, pre: Resolved | None = None) -> torch.Tensor:
+    """The distinct images every timed batch is tiled from: seeded synthetic scenes through
+    the unit's preprocessing (the same pool for the unit's passes and the side-by-side one)."""
+    pre = pre or for_model(unit.model.preprocess, loaded)
+    return unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
+                                      BENCH_SEED), pre.spec)
+
+
 def measure_step(q: Quantized, loaded: LoadedModel, unit: Unit, base: dict[str, Any],
                  request: QuantizeRequest, say: Callable[[str, int], None], inputs: UnitInputs
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The timed part: `latency` rows (one per batch size) and raw `samples`, on one pool of
-    images; the reference is built only for the paired pass (worker/measure/unit_latency.py)."""
-    pool = unit_to_input(synth_images(min(8, max(unit.benchmark.batch_sizes)), loaded.input_size,
-                                      BENCH_SEED), inputs.pre.spec)
+    images; the reference is built only for an interleaved paired pass
+    (worker/measure/unit_latency.py). Side by side, the speedups come later (worker/time_model.py)."""
+    pool = bench_pool(unit, loaded, inputs.pre)
     ref_mode = choose_reference(unit.benchmark.reference, loaded.source)
-    job = LatencyJob(unit.mode, unit.device, unit.benchmark, loaded.input_size, base, ref_mode,
+    benchmark = unit.benchmark
+    if benchmark.pairing == "side_by_side" and not times_side_by_side(unit):
+        # no saved programs to time side by side: the reference is timed beside this unit
+        benchmark = benchmark.model_copy(update={"pairing": "interleaved"})
+    job = LatencyJob(unit.mode, unit.device, benchmark, loaded.input_size, base, ref_mode,
                      progress=lambda step, done, total: say(step, done),
                      first_step=MEASURE_FIRST_STEP, total_steps=unit_steps(unit))
     measured = measure_unit_latency(

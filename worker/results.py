@@ -87,7 +87,7 @@ LATENCY = pa.schema(IDENTITY + [
     ("busy_processes_max", pa.int32()),  # most runnable tasks of other processes seen
     ("busy_processes_mean", pa.float64()),
     # Paired speedup (docs/measurement.md, "Paired speedup"): the reference timed interleaved with the unit.
-    ("pairing", pa.string()),  # interleaved | off | reference | failed: <why>
+    ("pairing", pa.string()),  # side_by_side | interleaved | off | reference | failed: <why>
     ("reference_mode", pa.string()),
     ("paired_iterations", pa.int32()),  # pairs timed
     ("paired_rounds", pa.int32()),  # rounds the pairs were timed in (benchmark.rounds)
@@ -102,7 +102,9 @@ LATENCY = pa.schema(IDENTITY + [
 # and aggregate without unnesting, and a row of `latency` stays small to read.
 SAMPLES = pa.schema(IDENTITY + [
     ("batch_size", pa.int32()),
-    ("pass", pa.string()),  # unpaired (memory-tracked, the unit alone) | paired
+    # unpaired (memory-tracked, the unit alone) | paired | side_by_side (all of a model's
+    # variants round-robin; iteration i of every member of a batch size is from one cycle)
+    ("pass", pa.string()),
     ("role", pa.string()),  # unit | reference (paired pass only)
     ("reference_mode", pa.string()),  # paired pass: the reference's mode
     ("iteration", pa.int32()),  # 0-based, in timing order within (pass, role)
@@ -307,8 +309,34 @@ RECOMMENDATIONS = pa.schema([
     ("host", pa.string()),
 ])
 
+# Variant over variant, timed side by side (docs/results.md, `pairs`): one row per ordered pair of
+# a model's members (its variants on one device and the reference) per batch size, all timed
+# round-robin in one process (docs/measurement.md, "Side-by-side timing").
+PAIRS = pa.schema(IDENTITY + [
+    ("batch_size", pa.int32()),
+    ("over_mode", pa.string()),  # the member this row's mode is compared with
+    ("over_backend", pa.string()),
+    ("over_unit_id", pa.string()),  # null: a reference built for the timing, not a unit
+    ("reference_mode", pa.string()),  # the job's reference for this model
+    ("members", pa.int32()),  # members timed together at this batch size
+    ("pairs", pa.int32()),  # pairs timed (one per cycle and timed call)
+    ("rounds", pa.int32()),
+    ("latency_ms_p50", pa.float64()),  # this mode's p50 in the side-by-side pass
+    ("over_latency_ms_p50", pa.float64()),  # over_mode's p50 in the same pass
+    ("speedup", pa.float64()),  # median over the pairs of over_mode / mode latency
+    ("speedup_ci_low", pa.float64()),  # 95% two-stage bootstrap (rounds, then pairs), seeded
+    ("speedup_ci_high", pa.float64()),
+    ("status", pa.string()),  # ok | oom | error (of either member)
+    ("error", pa.string()),
+    ("measured_at", pa.timestamp("ms", tz="UTC")),
+    ("load_avg_1m", pa.float64()),
+    ("busy_processes_max", pa.int32()),
+    ("busy_processes_mean", pa.float64()),
+] + ENVIRONMENT)
+
 SCHEMAS = {"latency": LATENCY, "models": MODELS, "layers": LAYERS, "samples": SAMPLES,
-           "class_metrics": CLASS_METRICS, "recommendations": RECOMMENDATIONS}
+           "class_metrics": CLASS_METRICS, "recommendations": RECOMMENDATIONS,
+           "pairs": PAIRS}
 
 
 def results_root() -> Path:

@@ -9,7 +9,8 @@ Order, and why:
    (qbench.measure.paired), one batch size at a time, in `benchmark.rounds` rounds over the
    batch sizes (each round a share of the plan). The reference is freed at the end.
 A unit whose mode is the reference gets pairing "reference"; with `benchmark.pairing: off`
-the paired columns stay null.
+the paired columns stay null; with `side_by_side` (the default) step 2 is left to the model's
+side-by-side timing after its units (worker/time_model.py), which fills them.
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def measure_unit_latency(predict: Callable[[torch.Tensor], Any],
     if is_reference:
         for row in out.rows:
             row["pairing"] = "reference"
-    if benchmark.pairing == "off" or is_reference or build_reference is None:
+    # side_by_side: the model's timing step fills the paired columns (worker/time_model.py)
+    if benchmark.pairing in ("off", "side_by_side") or is_reference or build_reference is None:
         return out
     ok = [(bs, row, load) for bs, row, result, load in results if result.status == "ok"]
     if not ok:

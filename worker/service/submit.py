@@ -11,7 +11,7 @@ from pathlib import Path
 from celery import chord
 from celery.result import AsyncResult
 
-from qbench.orchestrate import JobPlan, load_plan, now_stamp
+from qbench.orchestrate import JobPlan, load_plan, now_stamp, timing_groups, timing_key
 from qbench.results import read_table
 from qbench.service import lease
 from qbench.service.app import app
@@ -30,24 +30,45 @@ def stamped(plan: JobPlan) -> JobPlan:
 def forget_previous_run(plan: JobPlan) -> None:
     """A rerun of a job id: the broker forgets the earlier run's unit and report results, so
     states read 'queued' until this run's units start, not the earlier run's 'done'."""
-    for task_id in [*(u.unit_id for u in plan.units), report_task_id(plan.job_id)]:
+    for task_id in task_ids(plan):
         AsyncResult(task_id, app=app).forget()
 
 
+def time_task_id(job_id: str, model_id: str, device: str) -> str:
+    return f"{timing_key(model_id, device)}-{job_id}"
+
+
+def task_ids(plan: JobPlan) -> list[str]:
+    """Every task id a run of the plan uses: units, side-by-side timings, the report."""
+    return [*(u.unit_id for u in plan.units),
+            *(time_task_id(plan.job_id, m, d) for m, d, _ in timing_groups(plan)),
+            report_task_id(plan.job_id)]
+
+
 def submit_plan(plan: JobPlan) -> None:
-    """One task per unit on its device's queue; the report job is the chord's body.
+    """One task per unit on its device's queue; each model x device timed side by side gets
+    its timing task as the body of its units' group; the report job is the chord's body,
+    once every unit and timing has ended.
 
     Tasks are sent by their registered names (worker/service/tasks.py), so submitting imports
     neither the pipeline nor torch.
 
-    Task ids are the unit ids, so a unit's state can be looked up from the job plan alone.
+    Task ids are the unit ids (and time-<model>-<device>-<job>), so a state can be looked up
+    from the job plan alone.
     """
     queued_at = plan.submitted_at or now_stamp()
-    header = [
-        app.signature("qbench.run_unit", (u.model_dump(mode="json"),), {"queued_at": queued_at},
-                      queue=u.queue, task_id=u.unit_id)
-        for u in plan.units
-    ]
+
+    def unit_task(u):
+        return app.signature("qbench.run_unit", (u.model_dump(mode="json"),),
+                             {"queued_at": queued_at}, queue=u.queue, task_id=u.unit_id)
+
+    grouped = {u.unit_id for _, _, units in timing_groups(plan) for u in units}
+    header = [unit_task(u) for u in plan.units if u.unit_id not in grouped]
+    for model_id, device, units in timing_groups(plan):
+        timing = app.signature("qbench.time_model", (plan.job_id, model_id, device),
+                               queue=units[0].queue,
+                               task_id=time_task_id(plan.job_id, model_id, device))
+        header.append(chord([unit_task(u) for u in units], timing))
     body = app.signature("qbench.report_job", (plan.job_id,), queue="cpu",
                          task_id=report_task_id(plan.job_id))
     chord(header)(body)
@@ -57,7 +78,7 @@ def submit_plan(plan: JobPlan) -> None:
     # fails with "Exception ignored … Python is likely shutting down".
     consumer = getattr(app.backend, "result_consumer", None)
     if consumer is not None:
-        for task_id in [*(u.unit_id for u in plan.units), report_task_id(plan.job_id)]:
+        for task_id in task_ids(plan):
             consumer.cancel_for(task_id)
 
 

@@ -15,7 +15,13 @@ from redis.exceptions import RedisError
 
 from qbench.confine import receive_unit
 from qbench.errors import ManifestError
-from qbench.isolate import prepare_parent, run_unit_isolated, worker_ceiling
+from qbench.isolate import (
+    prepare_parent,
+    run_unit_isolated,
+    time_model_isolated,
+    unit_limit,
+    worker_ceiling,
+)
 from qbench.manifest import Unit
 from qbench.pipeline import failed_row, write_outcome
 from qbench.report import write_report
@@ -88,6 +94,38 @@ def unwritable_results(unit: Unit, root: Path, exc: OSError) -> dict:
         return write_outcome(unit, root, [], failed_row(unit, error)).summary()
     except OSError:
         raise RuntimeError(error) from None
+
+
+@app.task(name="qbench.time_model", bind=True, acks_late=True)
+def time_model_task(self, unit_summaries: list | None, job_id: str, model_id: str,
+                    device: str) -> dict:
+    """A model's variants timed side by side on one device (worker/time_model.py): the body
+    of the model's unit group, so it starts once they have all ended. Ids only: the units
+    come from the job's plan in this results store, the programs from where they saved them.
+    Rerunning it replaces its rows (its files are named by model and device)."""
+    ensure_sole_run(self.request.id, self.request.hostname)
+    root = results_root()
+    refused = {"job_id": None, "model_id": None, "device": None, "status": "refused",
+               "members": [], "left_out": {}, "files": []}
+    try:
+        plan_of_report(root, job_id)
+        if not isinstance(model_id, str) or not isinstance(device, str):
+            raise ManifestError("time_model: model id and device must be strings")
+        from qbench.time_model import model_units
+
+        units = model_units(root, job_id, model_id, device)
+    except ManifestError as exc:
+        log.error("timing refused: %s", exc)
+        settle(self.request.id, self.request.hostname)
+        return {**refused, "error": str(exc)[:500]}
+    if is_cancelled(job_id):
+        settle(self.request.id, self.request.hostname)
+        return {**refused, "job_id": job_id, "status": "cancelled", "error": None}
+    limit = max(unit_limit(u) for u in units)
+    summary = time_model_isolated(root, job_id, model_id, device, limit,
+                                  lambda step: log.info("time %s %s: %s", model_id, device, step))
+    settle(self.request.id, self.request.hostname)
+    return summary
 
 
 @app.task(name="qbench.report_job")
