@@ -125,3 +125,31 @@ def test_report_opens_with_the_answer_and_writes_the_table(tmp_path):
     assert "CUDA peak" not in md and "RSS peak" not in md.split("## Latency", 1)[1].split("\n")[2]
     assert [r["verdict"] for r in build_report(tmp_path, JOB).recommendations] == [
         r["verdict"] for r in table]
+
+
+def test_runner_up_is_judged_by_the_measured_pair_when_timed_side_by_side(tmp_path):
+    """Side by side, the two variants' own pairs decide: here the chained intervals (each over
+    fp32) are told apart, but the variants' measured pair is not, and the pair wins."""
+    models, latency = _job(tmp_path, {"fp32": (30.0, 0, 0, 0), "int8_static": (12.0, 0.4, 0.1, 0.8),
+                                      "int8_mixed": (15.0, 0.2, -0.1, 1.3)}, batch_sizes=(1,))
+    assert _recs(models, latency)[0]["runner_up_basis"] == "two paired runs"
+    # the two variants measured against each other: close medians, noisy pairs
+    rng = np.random.default_rng(3)
+    mixed_ms, static_ms = (list(c * np.exp(rng.normal(0, 0.3, 40))) for c in (15.0, 14.0))
+    pair = paired_ratio_ci(mixed_ms, static_ms)
+    assert pair.low < 1.0 < pair.high
+    rows = []
+    for mode, over, ci in (("int8_static", "int8_mixed", pair),
+                           ("int8_mixed", "int8_static", paired_ratio_ci(static_ms, mixed_ms))):
+        rows.append({"job_id": JOB, "model_id": "m", "mode": mode, "over_mode": over,
+                     "device": "cpu", "batch_size": 1, "status": "ok", "speedup": ci.estimate,
+                     "speedup_ci_low": ci.low, "speedup_ci_high": ci.high, "pairs": 40})
+    write_rows(tmp_path, "pairs", DAY, JOB, "time-m-cpu", rows)
+    report = build_report(tmp_path, JOB)
+    rec = report.recommendations[0]
+    assert rec["recommended_mode"] == "int8_static" and rec["runner_up_mode"] == "int8_mixed"
+    assert rec["runner_up_basis"] == "measured pair"
+    assert (rec["over_runner_up_ci_low"], rec["over_runner_up_ci_high"]) == (pair.low, pair.high)
+    assert rec["told_apart"] is False and "not told apart" in rec["verdict"]
+    text = "\n".join(str(getattr(b, "text", "")) for b in report.blocks)
+    assert "timed round-robin in one process" in text  # the variant-over-variant table's note

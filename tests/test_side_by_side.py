@@ -10,6 +10,7 @@ import torch
 
 from qbench.measure.sampling import SamplingPlan
 from qbench.measure.side_by_side import cycle_order, measure_side_by_side
+from qbench.report.compare import paired_ratios
 from qbench.results import read_table
 from qbench.time_model import time_model
 
@@ -102,6 +103,10 @@ def test_time_model_times_the_saved_programs_and_fills_the_variant_rows(small_jo
     assert Counter((s["mode"], s["role"]) for s in samples) == {
         ("fp32", "unit"): mine["pairs"], ("int8_dynamic", "unit"): mine["pairs"],
         ("int8_dynamic", "reference"): mine["pairs"]}
+
+    # A nightly comparison reads the side-by-side samples as it read paired ones.
+    ratios = paired_ratios(root, job_id)[("r18", "int8_dynamic", "cpu", 1)]
+    assert ratios.reference == "fp32" and len(ratios.ratios) == mine["pairs"]
 
     # Rerun: the same files, replaced, not added to.
     again = time_model(root, job_id, "r18", "cpu")

@@ -301,7 +301,8 @@ RECOMMENDATIONS = pa.schema([
     ("over_runner_up_ci_low", pa.float64()),
     ("over_runner_up_ci_high", pa.float64()),
     ("told_apart", pa.bool_()),  # the interval of over_runner_up lies wholly above 1
-    ("runner_up_basis", pa.string()),  # paired | two paired runs | unpaired p50
+    # measured pair (timed side by side) | paired | two paired runs | unpaired p50
+    ("runner_up_basis", pa.string()),
     ("closest_mode", pa.string()),  # set when no quantized variant meets the target
     ("closest_accuracy_value", pa.float64()),
     ("verdict", pa.string()),

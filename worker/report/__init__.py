@@ -32,8 +32,10 @@ from qbench.report.compare import (
 )
 from qbench.report.history import load_history, night_spread, step_regressions
 from qbench.report.method import how_measured
+from qbench.report.pairs import pairs_blocks
 from qbench.report.plots import plot_latency, plot_memory, plot_size_accuracy, plot_speedup
 from qbench.report.recommend import Target, recommend
+from qbench.report.speedup import attach_pairs
 from qbench.report.tables import (
     STABLE_LEGEND,
     latency_table,
@@ -132,6 +134,8 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
                  thresholds: Thresholds = Thresholds()) -> Report:
     models = read_table(root, "models", job_id).to_pylist()
     latency = read_table(root, "latency", job_id).to_pylist()
+    pairs = read_table(root, "pairs", job_id).to_pylist()
+    attach_pairs(latency, pairs)  # variant over variant: their own measured pairs first
     classes = read_table(root, "class_metrics", job_id).to_pylist()
     folder = report_folder(root, job_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +176,7 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     blocks += [Heading("Size and accuracy"), without_empty_columns(size_accuracy_table(models, latency, reference)),
                *class_blocks(models, classes, threshold),
                Heading("Latency, throughput and memory"), without_empty_columns(latency_table(rows, reference)),
-               Para(STABLE_LEGEND)]
+               Para(STABLE_LEGEND), *pairs_blocks(pairs)]
     for plot, name, alt in ((plot_speedup, "speedup.png", "speedup vs batch size, 95% intervals"),
                             (plot_latency, "latency.png", "latency and throughput vs batch size"),
                             (plot_memory, "memory.png", "memory vs batch size")):

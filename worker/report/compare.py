@@ -73,7 +73,8 @@ def paired_ratios(root: Path, job_id: str) -> dict[Key, Pairs]:
     rounds: dict[Key, dict[int, int]] = {}
     refs: dict[Key, str] = {}
     for m, mode, d, b, kind, role, ref, i, v, r in _samples(root, job_id):
-        if kind == "paired" and v is not None:
+        # side by side: the variant's calls and the reference's beside them, as in a paired pass
+        if kind in ("paired", "side_by_side") and v is not None:
             sides.setdefault((m, mode, d, b), {}).setdefault(role, {})[i] = v
             rounds.setdefault((m, mode, d, b), {})[i] = r or 0
             refs[(m, mode, d, b)] = ref

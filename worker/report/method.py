@@ -24,6 +24,25 @@ def sampling_notes(latency: list[dict]) -> list[str]:
                      "other processes sampled between iterations.")
     refs = sorted({r["reference_mode"] for r in latency
                    if r.get("speedup") is not None and r.get("reference_mode")})
+    side = [r for r in latency if r.get("pairing") == "side_by_side" and r.get("speedup")]
+    if side:
+        rounds = sorted({r["paired_rounds"] for r in side if r.get("paired_rounds")})
+        in_rounds = (f" in {'/'.join(str(k) for k in rounds)} rounds over the batch sizes"
+                     if rounds and rounds != [1] else "")
+        over = "rounds, then pairs within them" if in_rounds else "pairs"
+        items.append("Speedups, side by side: once a model's units had run (each alone, for its "
+                     "latency percentiles and memory), all its variants and "
+                     f"{', '.join(sorted({r['reference_mode'] for r in side}))} were timed "
+                     "round-robin in one process, from the programs the units saved, in cycles "
+                     "of blocks (a settle call, then two timed calls; the order rotated every "
+                     f"cycle){in_rounds}. Timed call j of two members' blocks in one cycle is a "
+                     "pair: speedup = median of the slower's / the faster's latency over the "
+                     f"pairs, 95% percentile bootstrap over {over} ({BOOTSTRAP_RESAMPLES} "
+                     "resamples, seeded), for every two variants (table above) as for each over "
+                     "the reference. The unpaired p50 ratio compares two units timed minutes apart.")
+        latency = [r for r in latency if r not in side]
+        refs = sorted({r["reference_mode"] for r in latency
+                       if r.get("speedup") is not None and r.get("reference_mode")})
     if refs:
         rounds = sorted({r["paired_rounds"] for r in latency if r.get("paired_rounds")})
         in_rounds = (f", in {'/'.join(str(k) for k in rounds)} rounds over the batch sizes"

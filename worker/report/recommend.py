@@ -7,7 +7,7 @@ given). An fp32 baseline meets the target by definition (it is what the others a
 against). "Fastest" is the largest speedup over the job's fastest fp32 baseline at that batch
 size (qbench.report.speedup). The runner-up is the next fastest qualifying variant; the two are
 "told apart" when the interval of the recommended variant's speedup over the runner-up lies
-wholly above 1.
+wholly above 1: the interval of their measured pair when they were timed side by side.
 """
 
 from __future__ import annotations
@@ -210,6 +210,8 @@ def _basis(best: Candidate, second: Candidate, apart: Speedup | None) -> str | N
     """How the recommended-over-runner-up figure was obtained."""
     if apart is None:
         return None
+    if apart.measured_pair:
+        return "measured pair"  # the two timed side by side: their own pairs and interval
     if not apart.paired:
         return "unpaired p50"
     if second.row.get("pairing") == "reference" or best.row.get("pairing") == "reference":

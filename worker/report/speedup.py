@@ -8,6 +8,10 @@ the two intervals on a log scale, half-widths added in quadrature (the two paire
 independent); over R itself it is S_u's own measured interval. S_R is exactly 1. A row without
 paired figures (pairing off, or a Parquet file written before pairing existed) falls back to
 the ratio of unpaired p50s, marked as such.
+
+Timed side by side (the default), every two variants of a model on a device are a measured
+pair of their own (the `pairs` table): `attach_pairs` puts those figures on the latency rows,
+and `speedup_over` takes the measured pair first, so no two intervals need combining.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Speedup:
     low: float | None
     high: float | None
     paired: bool
+    measured_pair: bool = False  # the two timed side by side: one pair's own median and CI
 
     def text(self) -> str:
         if self.value == self.low == self.high == 1.0:
@@ -37,6 +42,22 @@ class Speedup:
 
 
 ONE = Speedup(1.0, 1.0, 1.0, True)
+MEASURED_PAIRS = "measured_pairs"  # latency row key: over mode -> Speedup (attach_pairs)
+
+
+def attach_pairs(latency: list[dict], pairs: list[dict]) -> None:
+    """Each latency row gets its measured pairs (`pairs` table rows of its model, device,
+    batch size and mode that hold an interval) under MEASURED_PAIRS."""
+    index: dict[tuple, dict[str, Speedup]] = {}
+    for p in pairs:
+        s, lo, hi = p.get("speedup"), p.get("speedup_ci_low"), p.get("speedup_ci_high")
+        if p.get("status") == "ok" and s and lo and hi:
+            key = (p["job_id"], p["model_id"], p["device"], p["batch_size"], p["mode"])
+            index.setdefault(key, {})[p["over_mode"]] = Speedup(s, lo, hi, True, True)
+    for r in latency:
+        found = index.get((r["job_id"], r["model_id"], r["device"], r["batch_size"], r["mode"]))
+        if found and r.get("status") == "ok":
+            r[MEASURED_PAIRS] = found
 
 
 def _paired(row: dict) -> Speedup | None:
@@ -71,6 +92,9 @@ def speedup_over(row: dict, baseline: dict | None) -> Speedup | None:
         return None
     if row is baseline or row.get("unit_id") == baseline.get("unit_id"):
         return ONE
+    measured = (row.get(MEASURED_PAIRS) or {}).get(baseline.get("mode"))
+    if measured is not None:
+        return measured
     mine, theirs = vs_reference(row), vs_reference(baseline)
     same_ref = row.get("reference_mode") == baseline.get("reference_mode")
     if mine is not None and theirs is not None and same_ref:
