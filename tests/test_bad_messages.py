@@ -132,6 +132,34 @@ def test_a_crafted_report_message_writes_nothing(stack, job_id):
     assert worker.proc.poll() is None
 
 
+@pytest.mark.parametrize("args", [
+    ["../../outside/evil-20260101T000000-abcdef", "r18", "cpu"],
+    ["never-planned-20260101T000000-abcdef", "r18", "cpu"],
+    ["{planned}", "../../evil", "cpu"], ["{planned}", "r18", "../evil"], ["{planned}", 7, "cpu"]])
+def test_a_crafted_timing_message_writes_nothing(stack, args):
+    """The side-by-side timing task takes ids only: a job this results store planned, and a
+    model and device of its units; anything else is refused before a file is opened."""
+    tmp, results, worker, client = stack
+    if args[0] == "{planned}":
+        import datetime as dt
+
+        from qbench.manifest import Manifest
+        from qbench.orchestrate import plan_from, save_plan
+
+        manifest = Manifest.model_validate({"name": "timed", "models": [
+            {"id": "r18", "arch": "resnet18", "num_classes": 10, "input_size": [64, 64]}]})
+        plan = plan_from(manifest, tmp, "timed", now=dt.datetime(2026, 1, 2))
+        save_plan(plan, results)
+        args = [plan.job_id, *args[1:]]
+    before = set(_everything_under(tmp))
+    out = client.send_task("qbench.time_model", args=[[], *args], queue="cpu").get(timeout=60)
+    assert out["status"] == "refused", out
+    written = [p for p in set(_everything_under(tmp)) - before
+               if "redis" not in p.parts and p.name != "worker.log"]
+    assert not written, written
+    assert worker.proc.poll() is None
+
+
 def test_a_unit_over_this_workers_limits_still_gets_its_error_row(stack, monkeypatch):
     """A submitter with higher limits than the worker: the unit is refused here, but its ids
     are sound, so the refusal is its error row (the chord and `status` count it) instead of a

@@ -100,23 +100,25 @@ def time_model(root: Path, job_id: str, model_id: str, device: str,
     if bench.threads:
         torch.set_num_threads(bench.threads)
     env = environment_fingerprint()
-    from qbench.models import load_model
-    from qbench.pipeline import bench_pool
-
-    say("load model")
-    loaded = load_model(units[0])
-    pool = bench_pool(units[0], loaded)
-    ref_mode = choose_reference(bench.reference, loaded.source)
+    ref_mode = choose_reference(bench.reference, units[0].model.source)
+    members = _members(root, units, models, latency, ref_mode, out.left_out)
+    timed: dict[int, tuple[SideBySide, LoadSampler]] = {}
     with tempfile.TemporaryDirectory(prefix=f"qbench-time-{model_id}-") as work_dir:
-        members = _members(root, units, models, latency, ref_mode, out.left_out)
-        if ref_mode not in members:
-            say(f"build reference {ref_mode}")
-            try:
-                members[ref_mode] = _built_reference(units[0], loaded, ref_mode, work_dir)
-            except Exception as exc:
-                out.left_out[ref_mode] = f"reference not built: {_one_line(exc)}"
+        if any(m != ref_mode for m in members):  # else nothing to time against anything
+            from qbench.models import load_model
+            from qbench.pipeline import bench_pool
+
+            say("load model")
+            loaded = load_model(units[0])
+            if ref_mode not in members:
+                say(f"build reference {ref_mode}")
+                try:
+                    members[ref_mode] = _built_reference(units[0], loaded, ref_mode, work_dir)
+                except Exception as exc:
+                    out.left_out[ref_mode] = f"reference not built: {_one_line(exc)}"
+            if len(members) > 1:
+                timed = _time(members, bench_pool(units[0], loaded), units[0], device, say)
         out.members = sorted(members)
-        timed = _time(members, pool, units[0], device, say) if len(members) > 1 else {}
         out.files = _write(root, units, latency, members, timed, ref_mode, env, out.left_out)
     return out
 
