@@ -71,6 +71,7 @@ def test_submit_wait_gives_same_rows_as_run(tmp_path, stack):
     status = qbench("status", job_id, "--results", str(results), env=env)
     assert status.returncode == 0
     assert status.stdout.count("  ok  ") >= 2, status.stdout
+    assert "side by side: r18 cpu: ok" in status.stdout, status.stdout
 
 
 def test_bad_unit_does_not_take_the_worker_down(tmp_path, stack):

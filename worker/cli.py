@@ -335,6 +335,8 @@ def _show_status(states) -> None:
     print(f"job {states.job_id}: {states.describe()}")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:7], widths, strict=True)) + "  " + r[7])
+    for model_id, device, state in states.timings:
+        print(f"side by side: {model_id} {device}: {state}")
     print(f"report: {states.report_state}", flush=True)
 
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery import chord
+from celery import chain, chord
 from celery.result import AsyncResult
 
 from qbench.orchestrate import JobPlan, load_plan, now_stamp, timing_groups, timing_key
@@ -46,9 +46,9 @@ def task_ids(plan: JobPlan) -> list[str]:
 
 
 def submit_plan(plan: JobPlan) -> None:
-    """One task per unit on its device's queue; each model x device timed side by side gets
-    its timing task as the body of its units' group; the report job is the chord's body,
-    once every unit and timing has ended.
+    """One task per unit on its device's queue; each model timed side by side gets its
+    timing task (one per device) as the body of its units' group; the report job is the
+    chord's body, once every unit and timing has ended.
 
     Tasks are sent by their registered names (worker/service/tasks.py), so submitting imports
     neither the pipeline nor torch.
@@ -62,13 +62,20 @@ def submit_plan(plan: JobPlan) -> None:
         return app.signature("qbench.run_unit", (u.model_dump(mode="json"),),
                              {"queued_at": queued_at}, queue=u.queue, task_id=u.unit_id)
 
-    grouped = {u.unit_id for _, _, units in timing_groups(plan) for u in units}
-    header = [unit_task(u) for u in plan.units if u.unit_id not in grouped]
+    # A model's timing on any device waits for all its units: the programs it times are
+    # saved by the units of the job's first device. Several devices: their timings in turn.
+    by_model: dict[str, tuple[list, list]] = {}
     for model_id, device, units in timing_groups(plan):
-        timing = app.signature("qbench.time_model", (plan.job_id, model_id, device),
-                               queue=units[0].queue,
-                               task_id=time_task_id(plan.job_id, model_id, device))
-        header.append(chord([unit_task(u) for u in units], timing))
+        entry = by_model.setdefault(model_id, ([], []))
+        entry[0].extend(units)
+        entry[1].append(app.signature("qbench.time_model", (plan.job_id, model_id, device),
+                                      queue=units[0].queue,
+                                      task_id=time_task_id(plan.job_id, model_id, device)))
+    grouped = {u.unit_id for units, _ in by_model.values() for u in units}
+    header = [unit_task(u) for u in plan.units if u.unit_id not in grouped]
+    for units, timings in by_model.values():
+        header.append(chord([unit_task(u) for u in units],
+                            timings[0] if len(timings) == 1 else chain(*timings)))
     body = app.signature("qbench.report_job", (plan.job_id,), queue="cpu",
                          task_id=report_task_id(plan.job_id))
     chord(header)(body)
@@ -112,6 +119,9 @@ class JobStates:
     job_id: str
     units: list[UnitState]
     report_state: str
+    # (model, device, state) of each side-by-side timing: waiting | running | ok | skipped |
+    # error | timeout | refused | cancelled | failed
+    timings: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -201,4 +211,13 @@ def job_states(results_root: Path, job_id: str) -> JobStates:
                 state = "cancelled"
         units.append(UnitState(u.unit_id, u.model.id, u.mode, u.device, state, error,
                                elapsed, phase))
-    return JobStates(job_id, units, _report_state(results_root, plan))
+    timings = [(m, d, _timing_state(time_task_id(job_id, m, d)))
+               for m, d, _ in timing_groups(plan)]
+    return JobStates(job_id, units, _report_state(results_root, plan), timings)
+
+
+def _timing_state(task_id: str) -> str:
+    result = AsyncResult(task_id, app=app)
+    if result.state == "SUCCESS" and isinstance(result.result, dict):
+        return str(result.result.get("status"))[:20]
+    return {"STARTED": "running", "FAILURE": "failed"}.get(result.state, "waiting")
