@@ -121,3 +121,32 @@ def test_time_model_times_the_saved_programs_and_fills_the_variant_rows(small_jo
                if r["mode"] == "int8_dynamic")
     assert row["pairing"].startswith("failed: side by side: saved program not loaded")
     assert read_table(root, "pairs", job_id).num_rows == 0
+
+
+def test_openvino_variants_join_from_their_saved_ir(tmp_path):
+    """An OpenVINO unit's artifact (its IR in a tar) is read back and compiled with the mode's
+    properties, then timed beside the torch reference like any other variant."""
+    import datetime as dt
+
+    from qbench.manifest import Manifest
+    from qbench.orchestrate import plan_from, save_plan
+    from qbench.pipeline import run_unit
+
+    manifest = Manifest.model_validate({
+        "name": "ovjob", "models": [{"id": "r18", "arch": "resnet18", "num_classes": 10,
+                                     "input_size": [64, 64]}],
+        "quantization": {"modes": ["fp32", "ov_fp32"]},
+        "benchmark": {"batch_sizes": [1], "warmup": 0, "iterations": 2, "threads": 1,
+                      "rounds": 1},
+        "inspect": {"images": 0}})
+    plan = plan_from(manifest, tmp_path, "ovjob", now=dt.datetime(2026, 1, 3))
+    root = tmp_path / "results"
+    save_plan(plan, root)
+    for unit in plan.units:
+        assert run_unit(unit, root).status == "ok"
+    out = time_model(root, plan.job_id, "r18", "cpu")
+    assert out.members == ["fp32", "ov_fp32"] and not out.left_out, out
+    pair = next(p for p in read_table(root, "pairs", plan.job_id).to_pylist()
+                if p["mode"] == "ov_fp32")
+    assert pair["backend"] == "openvino" and pair["over_mode"] == "fp32" and pair["status"] == "ok"
+    assert pair["speedup_ci_low"] <= pair["speedup"] <= pair["speedup_ci_high"]

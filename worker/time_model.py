@@ -101,15 +101,17 @@ def time_model(root: Path, job_id: str, model_id: str, device: str,
         torch.set_num_threads(bench.threads)
     env = environment_fingerprint()
     ref_mode = choose_reference(bench.reference, units[0].model.source)
-    members = _members(root, units, models, latency, ref_mode, out.left_out)
+    saved = _saved(units, models, out.left_out)
+    members: dict[str, Member] = {}
     timed: dict[int, tuple[SideBySide, LoadSampler]] = {}
     with tempfile.TemporaryDirectory(prefix=f"qbench-time-{model_id}-") as work_dir:
-        if any(m != ref_mode for m in members):  # else nothing to time against anything
+        if any(u.mode != ref_mode for u in saved):  # else nothing to time against anything
             from qbench.models import load_model
             from qbench.pipeline import bench_pool
 
             say("load model")
             loaded = load_model(units[0])
+            members = _members(root, saved, models, latency, ref_mode, out.left_out, loaded)
             if ref_mode not in members:
                 say(f"build reference {ref_mode}")
                 try:
@@ -128,32 +130,41 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:400]
 
 
-def _members(root: Path, units: list[Unit], models: dict[str, dict], latency: list[dict],
-             ref_mode: str, left_out: dict[str, str]) -> dict[str, Member]:
-    """Each unit that ran ok, rebuilt from its saved program."""
-    from qbench.artifacts.load import load_program
-    from qbench.artifacts.store import artifact_file
-
-    members: dict[str, Member] = {}
+def _saved(units: list[Unit], models: dict[str, dict], left_out: dict[str, str]) -> list[Unit]:
+    """The units that ended ok with a saved program; why the others are left out."""
+    saved = []
     for u in units:
         row = models.get(u.unit_id)
         if row is None or row["status"] != "ok":
             left_out[u.mode] = f"its unit did not end ok ({row['status'] if row else 'no row'})"
-            continue
-        ok = {r["batch_size"] for r in latency if r["unit_id"] == u.unit_id and r["status"] == "ok"}
-        if not row.get("artifact_path"):
+        elif not row.get("artifact_path"):
             left_out[u.mode] = f"no saved program ({row.get('error') or 'none recorded'})"
-            continue
+        else:
+            saved.append(u)
+    return saved
+
+
+def _members(root: Path, saved: list[Unit], models: dict[str, dict], latency: list[dict],
+             ref_mode: str, left_out: dict[str, str], loaded: Any) -> dict[str, Member]:
+    """Each unit's saved program, loaded to run as its unit ran it."""
+    from qbench.artifacts.load import load_program
+    from qbench.artifacts.store import artifact_file
+
+    members: dict[str, Member] = {}
+    for u in saved:
+        row = models[u.unit_id]
+        ok = {r["batch_size"] for r in latency if r["unit_id"] == u.unit_id and r["status"] == "ok"}
         try:
             # the path from the ids (never the row's text), in the format the unit recorded
             path = artifact_file(root, u.job_id, u.model.id, u.mode, row["artifact_format"])
-            predict = load_program(path, row["artifact_format"], row["task"], u.device)
+            predict = load_program(path, row["artifact_format"], row["task"], u.device, u.mode,
+                                   loaded)
         except Exception as exc:
             left_out[u.mode] = f"saved program not loaded: {_one_line(exc)}"
             continue
         members[u.mode] = Member(u.mode, predict, u, row.get("backend"), ok)
     if ref_mode in members:  # the reference's pass at every batch size the others ran
-        members[ref_mode].batch_sizes |= set(units[0].benchmark.batch_sizes)
+        members[ref_mode].batch_sizes |= set(saved[0].benchmark.batch_sizes)
     return members
 
 
@@ -172,7 +183,7 @@ def _built_reference(unit: Unit, loaded: Any, ref_mode: str, work_dir: str) -> M
     artifact = q.runtime.artifact(loaded.kind, example, q.predict)
     path = Path(work_dir) / f"reference.{ref_mode}"
     artifact.write(path)
-    predict = load_program(path, artifact.format, loaded.task, unit.device)
+    predict = load_program(path, artifact.format, loaded.task, unit.device, ref_mode, loaded)
     return Member(ref_mode, predict, None, q.backend, set(unit.benchmark.batch_sizes))
 
 

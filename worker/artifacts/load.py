@@ -2,7 +2,8 @@
 
 The file is the one the unit benchmarked and checked against its model (save.py): a TorchScript
 archive, read by torch's C++ loader (tensors and TorchScript classes only, no pickled Python
-objects), or the ONNX file ONNX Runtime ran, in a session set up as the unit's was.
+objects), the ONNX file ONNX Runtime ran, in a session set up as the unit's was, or the
+OpenVINO IR (its .xml and .bin in a tar), compiled with the mode's properties.
 """
 
 from __future__ import annotations
@@ -10,15 +11,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qbench.models.kinds import as_kind
 
+if TYPE_CHECKING:
+    from qbench.models.base import LoadedModel
 
-def load_program(path: Path, fmt: str, task: str, device: str) -> Callable[[torch.Tensor], Any]:
+
+def load_program(path: Path, fmt: str, task: str, device: str, mode: str,
+                 loaded: LoadedModel) -> Callable[[torch.Tensor], Any]:
+    """predict(batch) of the artifact at `path`; `mode` and `loaded` (the model it was made
+    from) say how an OpenVINO IR is compiled and fed."""
     kind = as_kind(task)
+    if fmt == "openvino-ir":
+        return _openvino(path, mode, loaded)
     if fmt == "onnx":
         from qbench.backends.onnxruntime.backend import OnnxRuntimeBackend
 
@@ -35,3 +44,22 @@ def load_program(path: Path, fmt: str, task: str, device: str) -> Callable[[torc
         return run_program(program, kind, batch.to(device))
 
     return predict
+
+
+def _openvino(path: Path, mode: str, loaded: LoadedModel) -> Callable[[torch.Tensor], Any]:
+    import tarfile
+    import tempfile
+
+    from qbench.backends.openvino.backend import IR_NAME, OpenVinoBackend
+    from qbench.backends.openvino.convert import from_ir
+    from qbench.modes import MODES
+
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(path) as tar:
+        members = {m.name for m in tar.getmembers()}
+        if members != {f"{IR_NAME}.xml", f"{IR_NAME}.bin"}:
+            raise ValueError(f"{path.name}: not an IR qbench saved ({sorted(members)[:4]})")
+        tar.extractall(tmp, filter="data")  # two plain files, nothing outside tmp
+        converted = from_ir(loaded, Path(tmp) / f"{IR_NAME}.xml")
+        # the precision the mode compiles with (its INFERENCE_PRECISION_HINT)
+        runtime = OpenVinoBackend(converted, MODES[mode].precision)
+    return runtime.predict(loaded.kind)

@@ -136,6 +136,26 @@ def convert(loaded: LoadedModel, work_dir: str | Path) -> Converted:
     return converted
 
 
+def from_ir(loaded: LoadedModel, xml: str | Path) -> Converted:
+    """A model saved as IR (a unit's artifact) read back, fed and named as `convert` fed and
+    named it: the ONNX file's own names and input, the detector wrapper's outputs (proposals
+    when it has a fourth), else output0.. on a batched input."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    if loaded.onnx_path is not None:
+        names = [o.get_any_name() if o.get_names() else f"output{i}"
+                 for i, o in enumerate(model.outputs)]
+        return Converted(model, names, input_info(loaded.onnx_path), "IR read back",
+                         from_torch=False)
+    if loaded.kind.onnx_per_image:
+        proposals = [PROPOSALS] if len(model.outputs) > len(DETECTION_OUTPUTS) else []
+        return Converted(model, [*DETECTION_OUTPUTS, *proposals], InputInfo("batch", True, True),
+                         "IR read back", from_torch=True)
+    return Converted(model, [f"output{i}" for i in range(len(model.outputs))],
+                     InputInfo("input", False, True), "IR read back", from_torch=True)
+
+
 def _convert(loaded: LoadedModel) -> Converted:
     import openvino as ov
 
