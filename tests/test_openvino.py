@@ -261,6 +261,14 @@ def test_pipeline_rows_of_a_trained_classifier(classifier):
     cells = {r[1]: r[3] for r in size_accuracy_table(list(rows.values())).rows}
     assert cells["ov_int8"] == "openvino: int8 21/21"
     assert cells["int8_dynamic"] == "torch-dynamic-x86: float32 20/21"
+    # the job's side-by-side timing (after the units, as the chord and qbench run do it)
+    from qbench.orchestrate import save_plan
+    from qbench.time_model import time_model
+
+    save_plan(plan, results)  # the step finds the model's units in the job's plan
+    timing = time_model(results, plan.job_id, "grey", "cpu")
+    assert timing.status == "ok" and timing.members == ["fp32", "int8_dynamic", "ov_fp32",
+                                                         "ov_int8"], timing
     latency = read_table(results, "latency", plan.job_id).to_pylist()
     assert {r["reference_mode"] for r in latency} == {"fp32"}  # paired against the job's reference
     assert all(r["speedup"] is not None for r in latency)
