@@ -300,3 +300,28 @@ def test_mixed_search_on_an_onnx_file_reaches_its_target(onnx_file, tmp_path, mo
     assert sorted(row["float_modules"]) == sorted(floats)  # what the search kept float ran so
     assert json.loads(row["executed_ops_by_precision"]) == {"float32": len(floats),
                                                             "int8": 3 - len(floats)}
+
+
+def test_a_decoded_onnx_detector_counts_its_work_after_decoding(tmp_path, monkeypatch):
+    """An ONNX detector read by OpenVINO and scored through outputs.decoder: its detections per
+    image are counted after decoding, beside its reference's (ort_fp32 for an ONNX file)."""
+    from qbench.backends.onnxruntime.export import export_onnx
+    from qbench.models.torchvision_models import load_fixture
+    from qbench.orchestrate import plan_job
+
+    monkeypatch.setenv("QBENCH_DATA_ROOTS", str(tmp_path))
+    export_onnx(load_fixture("fx", (256, 256), None), tmp_path / "fixture.onnx")
+    manifest = small_manifest(
+        tmp_path, name="decoded",
+        models=[{"id": "fxo", "source": "onnx", "path": "fixture.onnx", "input_size": [256, 256],
+                 "preprocess": {"resize": "stretch"}, "outputs": {"decoder": "torchvision"}}],
+        quantization={"modes": ["ov_fp32"]},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1},
+        inspect={"images": 0})
+    plan = plan_job(manifest)
+    assert run_unit(plan.units[0], tmp_path / "results").status == "ok"
+    row = read_table(tmp_path / "results", "models", plan.job_id).to_pylist()[0]
+    assert row["work_reference_mode"] == "ort_fp32" and row["work_images"] == 4
+    assert row["detections_per_image"] > 1
+    assert row["detections_per_image"] == row["reference_detections_per_image"]
+    assert row["proposals_per_image"] is None  # a file read as is: no proposals output

@@ -251,7 +251,8 @@ def run_unit(unit: Unit, results_root: Path, progress: Progress | None = None,
             executed, why_not = ExecutedPrecision.of(q.runtime)
             parts.append(executed)
             notes.append(why_not)
-            if loaded.kind.name == "detection":
+            if loaded.kind.name == "detection" or (unit.model.outputs is not None
+                                                   and unit.model.outputs.decoder is not None):
                 work, why_not = work_step(unit, loaded, q, request, inputs)
                 parts += [work] if work is not None else []
                 notes.append(why_not)
@@ -297,8 +298,11 @@ WORK_SEED = 17
 
 def work_step(unit: Unit, loaded: LoadedModel, q: Quantized, request: QuantizeRequest,
               inputs: UnitInputs) -> tuple[RowPart | None, str | None]:
-    """A detector's work beside its reference's (worker/evaluate/work.py) on the first
+    """A detector's work beside its reference's (worker/evaluate/work.py; a model with
+    outputs.decoder counted after decoding) on the first
     evaluation images, or seeded synthetic scenes; a failure is a note, not a failed unit."""
+    from functools import partial
+
     from qbench.evaluate.work import WORK_IMAGES, compare_work
 
     if inputs.dataset is not None:
@@ -307,9 +311,14 @@ def work_step(unit: Unit, loaded: LoadedModel, q: Quantized, request: QuantizeRe
         images = unit_to_input(synth_images(WORK_IMAGES, loaded.input_size, WORK_SEED),
                                inputs.pre.spec)
     ref_mode = choose_reference(unit.benchmark.reference, loaded.source)
+    detect = None
+    if loaded.kind.name != "detection":  # raw outputs: counted after the manifest's decoder
+        from qbench.evaluate.decoded import decoded_predictions
+
+        detect = partial(decoded_predictions, loaded, unit.model.outputs)
     try:
         reference = q if ref_mode == unit.mode else quantize(loaded, ref_mode, request)
-        return compare_work(q, reference, ref_mode, images.to(unit.device)), None
+        return compare_work(q, reference, ref_mode, images.to(unit.device), detect), None
     except Exception as exc:
         return None, f"work not counted: {_one_line(exc)}"
 

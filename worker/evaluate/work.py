@@ -2,13 +2,15 @@
 
 Quantizing a detector's post-processing can change how much work it does: int8 box decoding or
 level mapping can drop proposals before the box head, which then looks fast by pooling fewer
-RoIs. Each detector row carries its detections per image and, where the runtime lets them be
-read, the proposals its box head pooled per image, both beside its reference's on the same
+RoIs. Each detector row (a torchvision detector, or a model whose outputs the manifest's
+`outputs.decoder` turns into boxes: counted after decoding) carries its detections per image
+and, where the runtime lets them be read, the proposals its box head pooled per image, both beside its reference's on the same
 images; the report flags a difference over 5% (qbench.report.verdict.work_difference).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +30,14 @@ class Work:
     proposals: float | None
 
 
-def work_of(q: Quantized, images: torch.Tensor) -> Work:
-    outputs = q.predict(images)
+# predict, images -> one {boxes, labels, scores} dict per image
+Detect = Callable[[Callable[[torch.Tensor], Any], torch.Tensor], list[dict]]
+
+
+def work_of(q: Quantized, images: torch.Tensor, detect: Detect | None = None) -> Work:
+    """detect: how raw outputs become detections (the manifest's decoder); None: the model
+    returns them (a torchvision detector)."""
+    outputs = detect(q.predict, images) if detect is not None else q.predict(images)
     detections = [len(d["boxes"]) for d in outputs]
     proposals = (q.runtime.proposals_per_image(q.predict, images)
                  if q.runtime is not None else None)
@@ -55,7 +63,7 @@ class WorkComparison:
 
 
 def compare_work(q: Quantized, reference: Quantized, reference_mode: str,
-                 images: torch.Tensor) -> WorkComparison:
+                 images: torch.Tensor, detect: Detect | None = None) -> WorkComparison:
     with torch.inference_mode():
-        return WorkComparison(len(images), reference_mode, work_of(q, images),
-                              work_of(reference, images))
+        return WorkComparison(len(images), reference_mode, work_of(q, images, detect),
+                              work_of(reference, images, detect))
