@@ -107,10 +107,19 @@ def quantize_with_nncf(loaded: LoadedModel, converted: Converted, request: Quant
     ignored, notes = ignored_ops(loaded, converted, request.keep_float)
     kwargs, how = nncf_parameters(request)
     # NNCF draws progress bars on stdout; the worker's log is one line per step.
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = nncf.quantize(converted.model, nncf.Dataset(data), subset_size=len(data),
-                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-                              **kwargs)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = nncf.quantize(converted.model, nncf.Dataset(data), subset_size=len(data),
+                                  ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                                  **kwargs)
+    except ValueError as exc:
+        # NNCF's histogram search bins each tensor's range in 2048 bins with numpy, which
+        # refuses a range too narrow for them (measured: a YOLOv8 network's constant branch)
+        if request.calibration.method != "histogram" or "Too many bins" not in str(exc):
+            raise
+        raise ValueError("quantization.calibration.method histogram: NNCF's histogram "
+                         "search cannot bin a tensor of this model whose values barely vary; "
+                         "use minmax or percentile") from exc
     return model, [*notes, f"{how}, {len(data)} feeds (NNCF)"]
 
 

@@ -178,7 +178,12 @@ def _convert(loaded: LoadedModel) -> Converted:
             return Converted(model, names, InputInfo("batch", True, True),
                              "converted by openvino.convert_model (the detector on one "
                              f"{h}x{w} image, tensors out)", from_torch=True)
-        model = ov.convert_model(module, example_input=(torch.rand(1, 3, h, w),),
+        example = torch.rand(1, 3, h, w)
+        # One call first: ultralytics' Detect computes its anchors and strides on the first
+        # call at a new size and caches them, so a fresh module traces differently on its
+        # first and second calls, and convert_model's trace check fails.
+        module(example)
+        model = ov.convert_model(module, example_input=(example,),
                                  input=[ov.PartialShape([-1, 3, h, w])])
     names = [f"output{i}" for i in range(len(model.outputs))]
     return Converted(model, names, InputInfo("input", False, True),
