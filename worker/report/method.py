@@ -113,8 +113,9 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
                      "p50/p90 are percentiles over the iterations, throughput is batch / p50. "
                      "Detector times include the model's resize/normalise, RPN, RoI heads and NMS.")
     items += sampling_notes(latency)
-    items.append("Size: bytes of the serialized model (`torch.save` of the state_dict, or the "
-                 "ONNX file); reduction is relative to fp32 of the same model.")
+    items.append("Size: bytes of the serialized model (`torch.save` of the state_dict, the "
+                 "ONNX file, or the OpenVINO IR's .xml and .bin); reduction is relative to fp32 "
+                 "of the same model.")
     items.append("Process memory: peak resident set size of the worker process and its children, "
                  "sampled every 5 ms by a sidecar process during the timed loop (warm-up excluded).")
     if any(r["cuda_max_allocated_bytes"] for r in latency):
