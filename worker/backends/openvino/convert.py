@@ -6,9 +6,10 @@ detector is converted through DetectorTensors: a fixed-size [1, 3, H, W] image i
 pooled: the work it did). NMS and RoIAlign convert to OpenVINO's own operators. Other torch
 models (classifiers, YOLO networks) take a dynamic batch.
 
-A converted model is saved as IR and read back: convert_model shares constants between the
-main graph and the bodies of the If operators torchvision's scripted batched_nms becomes, and
-NNCF cannot build a graph of such a body; a read IR has separate ones.
+A converted model (or a read ONNX file) is saved as IR and read back: convert_model and the
+ONNX reader share constants between the main graph and the bodies of If operators (the
+torchvision detector's scripted batched_nms becomes one), and NNCF cannot build a graph of
+such a body; a read IR has separate ones.
 """
 
 from __future__ import annotations
@@ -122,17 +123,16 @@ def conv_of_norm(module: nn.Module) -> dict[str, str]:
 
 
 def convert(loaded: LoadedModel, work_dir: str | Path) -> Converted:
-    """The OpenVINO model of `loaded`; torch models are converted and kept as IR in work_dir."""
+    """The OpenVINO model of `loaded`, kept as IR in work_dir and read back from it."""
     import openvino as ov
 
     converted = _convert(loaded)
-    if not converted.from_torch:
-        return converted
     xml = Path(work_dir) / "openvino" / "model.xml"
     xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(converted.model, str(xml), compress_to_fp16=False)
     converted.model = ov.Core().read_model(str(xml))
-    converted.conv_of_norm = conv_of_norm(loaded.module)
+    if converted.from_torch:
+        converted.conv_of_norm = conv_of_norm(loaded.module)
     return converted
 
 
