@@ -8,7 +8,8 @@ library applies it (stretch to 608x800, the image in BGR with ImageNet mean/std 
 order), and its own output layout decoded by the `gfl` decoder (four strides, reg_max 7,
 class-wise NMS). The pages are drawn by bench/doc_pages.py with every element's box known.
 Speedups are paired against ort_fp32 in the same process, with their 95% CI. --openvino adds
-ov_fp32 (f32 forced), ov_bf16 (where the CPU has bf16) and ov_int8 (NNCF) rows.
+ov_fp32 (f32 forced), ov_bf16 (where the CPU has bf16) and ov_int8 (NNCF) rows, and with
+--mixed ov_int8_mixed (qbench's search with NNCF as the quantizer) beside ort_int8_mixed.
 
     .venv/bin/python bench/bench_real_detector.py [--pages 104] [--calibration-images 32]
         [--methods percentile] [--keep-float recommended] [--seed 1] [--mixed 1.0]
@@ -81,7 +82,8 @@ def main() -> None:
     if args.openvino:
         from qbench.backends.openvino.backend import cpu_has_bf16
 
-        openvino = ["ov_fp32", *(["ov_bf16"] if cpu_has_bf16()[0] else []), "ov_int8"]
+        openvino = ["ov_fp32", *(["ov_bf16"] if cpu_has_bf16()[0] else []), "ov_int8",
+                    *(["ov_int8_mixed"] if args.mixed is not None else [])]
     first = args.methods.split(",")[0]  # the float modes run with the first method only
     for method in args.methods.split(","):
         manifest = {
@@ -90,7 +92,8 @@ def main() -> None:
                 "input_size": [800, 608], "preprocess": PREPROCESS, "outputs": OUTPUTS}],
             "quantization": {"modes": ["ort_fp32", "ort_int8"] + (
                                  ["ort_int8_mixed"] if args.mixed is not None else [])
-                             + (openvino if method == first else ["ov_int8"] if openvino else []),
+                             + (openvino if method == first
+                                else [m for m in openvino if "int8" in m]),
                              "calibration": {"images": args.calibration_images,
                                              "per_channel": True,
                                              "bias_correction": args.bias_correction,
@@ -109,7 +112,7 @@ def main() -> None:
         lat = {r["mode"]: r for r in job.latency if r["batch_size"] == 1}
         layers = [r for r in job.layers if r["mode"] == "ort_int8"]
         modes = [m for m in ("ort_fp32", "ort_int8", "ort_int8_mixed", "ov_fp32", "ov_bf16",
-                             "ov_int8") if m in models]
+                             "ov_int8", "ov_int8_mixed") if m in models]
         worst = sorted(layers, key=lambda r: r["sqnr_db"])[:4]
         rows.append((method, models, lat, worst, modes))
 
