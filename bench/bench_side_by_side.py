@@ -72,9 +72,12 @@ def run(code: Path, manifest: Path, results: Path) -> float:
     link = Path(tempfile.mkdtemp(prefix="qbench-code-"))
     (link / "qbench").symlink_to(code / "worker")
     env = {**os.environ, "PYTHONPATH": str(link)}
+    # a relative manifest is the checkout's own copy: its data paths resolve inside it
+    own = code / manifest
+    target = own if not manifest.is_absolute() and own.is_file() else manifest.resolve()
     began = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", "from qbench.cli import main; main()", "run",
-                           str(manifest.resolve()), "--results", str(results)],
+                           str(target), "--results", str(results)],
                           cwd=code, env=env, capture_output=True, text=True)
     took = time.monotonic() - began
     (results / "run.log").write_text(proc.stdout + proc.stderr)
