@@ -270,6 +270,13 @@ def test_pipeline_rows_of_a_trained_classifier(classifier):
     assert timing.status == "ok" and timing.members == ["fp32", "int8_dynamic", "ov_fp32",
                                                          "ov_int8"], timing
     latency = read_table(results, "latency", plan.job_id).to_pylist()
+    from qbench.report.method import how_measured
+
+    method = how_measured(list(rows.values()), latency).items
+    assert any(i.startswith("Calibration: NNCF histogram ranges (OpenVINO modes), 6 images")
+               for i in method)
+    assert any(i.startswith("ov_fp32, ov_int8: compiled by OpenVINO's CPU plugin with "
+                            "ENABLE_CPU_PINNING False") for i in method)
     assert {r["reference_mode"] for r in latency} == {"fp32"}  # paired against the job's reference
     assert all(r["speedup"] is not None for r in latency)
 

@@ -82,6 +82,13 @@ def accuracy_notes(models: list[dict]) -> list[str]:
     return items
 
 
+def _by_nncf(mode: str) -> bool:
+    """Whether a mode is calibrated by NNCF (the OpenVINO backend's modes)."""
+    from qbench.modes import MODES
+
+    return mode in MODES and MODES[mode].backend == "openvino"
+
+
 def runtime_notes(models: list[dict]) -> list[str]:
     """How each runtime that reports its compile properties was configured (OpenVINO), per
     mode, from the rows' runtime_config."""
@@ -121,11 +128,12 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
     if any(r["cuda_max_allocated_bytes"] for r in latency):
         items.append("CUDA memory: `torch.cuda.max_memory_allocated`/`max_memory_reserved`, reset "
                      "before each batch size; NVML: device memory used by all processes, peak.")
-    for method, images, per_channel, corrected in sorted({
-            (m["calibration_method"], m["calibration_images"], m["calibration_per_channel"],
-             bool(m.get("calibration_bias_correction"))) for m in models
-            if m["calibration_method"]}):
-        items.append(f"Calibration: {method} observer, {images} images "
+    for nncf, method, images, per_channel, corrected in sorted({
+            (_by_nncf(m["mode"]), m["calibration_method"], m["calibration_images"],
+             m["calibration_per_channel"], bool(m.get("calibration_bias_correction")))
+            for m in models if m["calibration_method"]}):
+        how = f"NNCF {method} ranges (OpenVINO modes)" if nncf else f"{method} observer"
+        items.append(f"Calibration: {how}, {images} images "
                      f"({'per-channel' if per_channel else 'per-tensor'} weights"
                      + ("; biases corrected for the int8 weights' mean output offset"
                         if corrected else "")
