@@ -104,6 +104,15 @@ def test_time_model_times_the_saved_programs_and_fills_the_variant_rows(small_jo
         ("fp32", "unit"): mine["pairs"], ("int8_dynamic", "unit"): mine["pairs"],
         ("int8_dynamic", "reference"): mine["pairs"]}
 
+    # The report's job line counts the timing step the job waited for.
+    from qbench.report import build_report
+
+    models = read_table(root, "models", job_id).to_pylist()
+    secs = (max(p["measured_at"] for p in pairs)
+            - min(m["started_at"] for m in models)).total_seconds()
+    line = build_report(root, job_id).blocks[1].text
+    assert (f"took {secs:.0f} s" if secs < 90 else f"took {secs / 60:.1f} min") in line, line
+
     # A nightly comparison reads the side-by-side samples as it read paired ones.
     ratios = paired_ratios(root, job_id)[("r18", "int8_dynamic", "cpu", 1)]
     assert ratios.reference == "fp32" and len(ratios.ratios) == mine["pairs"]

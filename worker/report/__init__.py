@@ -158,7 +158,8 @@ def build_report(root: Path, job_id: str, compare_with: str | None = None,
     blocks: list[Block] = [Heading(f"qbench report: {job_id}", 1)]
     blocks += first_screen(job_id, models, latency, rows, recs,
                            comparison.regressions if comparison else [], base,
-                           history if comparison else None)
+                           history if comparison else None,
+                           later=[p["measured_at"] for p in pairs])  # the timings' ends
     if comparison and comparison.regressions:
         blocks.append(Para(f"{len(comparison.regressions)} regression(s) against {base}:", alert=True))
         blocks.append(Bullets(comparison.regressions))

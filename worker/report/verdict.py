@@ -16,14 +16,16 @@ from qbench.report.tables import MIB, stability_text, unit_order
 TREND_STEADY_PCT = 5.0  # a first-to-last change within this is "steady" in the nightly trend
 
 
-def job_line(models: list[dict], latency: list[dict], job_id: str) -> str:
-    """Job name and id, when, where (host, CPU and its int8 ISA, threads) and how long."""
+def job_line(models: list[dict], latency: list[dict], job_id: str,
+             later: list[Any] | None = None) -> str:
+    """Job name and id, when, where (host, CPU and its int8 ISA, threads) and how long;
+    `later`: when steps after the units ended (side-by-side timings), which the job waited for."""
     rows = models or latency
     if not rows:
         return f"Job `{job_id}`: no rows yet."
     first = rows[0]
     started = [m["started_at"] for m in models if m.get("started_at")]
-    ended = [m["ended_at"] for m in models if m.get("ended_at")]
+    ended = [m["ended_at"] for m in models if m.get("ended_at")] + [t for t in later or [] if t]
     when = min(started).strftime("%Y-%m-%d %H:%M UTC") if started else "date unknown"
     took = ""
     if started and ended:
@@ -228,8 +230,8 @@ def recommendation_lines(recs: list[dict]) -> list[str]:
 
 def first_screen(job_id: str, models: list[dict], latency: list[dict], summary: list[dict],
                  recs: list[dict[str, Any]], regressions: list[str], base: str | None,
-                 history: History | None) -> list[Block]:
-    blocks: list[Block] = [Para(job_line(models, latency, job_id))]
+                 history: History | None, later: list[Any] | None = None) -> list[Block]:
+    blocks: list[Block] = [Para(job_line(models, latency, job_id, later))]
     nightly = nightly_lines(history, regressions, base)
     if nightly:
         blocks += [Heading("Tonight against the previous night"),
