@@ -110,6 +110,7 @@ class CeleryWorker:
         self.env = worker_env(broker, results)
         self.log = log
         self.proc: subprocess.Popen | None = None
+        self.fh = None
 
     def start(self) -> CeleryWorker:
         self.fh = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
@@ -131,7 +132,8 @@ class CeleryWorker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        self.fh.close()
+        if self.fh:
+            self.fh.close()
 
 
 def qbench(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -239,8 +239,10 @@ def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path, monkeypatch):
     redis = RedisServer(tmp_path / "redis").start()
     results = tmp_path / "results"
     env = worker_env(redis.url, results)
-    # This worker also takes the gpu queue, on a host that may have no CUDA.
-    worker = CeleryWorker(redis.url, results, tmp_path / "w.log", queues="cpu,gpu").start()
+    # This worker also takes the gpu queue, on a host that may have no CUDA. It starts once the
+    # job is queued and one staged input removed: started first, it could reach that unit before
+    # the file is gone.
+    worker = CeleryWorker(redis.url, results, tmp_path / "w.log", queues="cpu,gpu")
     weights = tmp_path / "weights"
     weights.mkdir()
     # Files that are no torch archive at all are refused at submit (tests/test_file_checks.py);
@@ -276,6 +278,7 @@ def test_bad_units_become_errors_and_the_next_unit_runs(tmp_path, monkeypatch):
         assert len(staged) == 1
         staged[0].unlink()
         gone.unlink()
+        worker.start()
         proc = qbench("status", job_id, "--results", str(results), env=env)
         assert proc.returncode == 0
         wait_for(lambda: read_table(results, "models", job_id).num_rows == 4, 300, "4 units")
