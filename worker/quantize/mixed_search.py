@@ -213,6 +213,25 @@ def mixed_precision_search(sens: SensitivityResult, target: float,
     return MixedPrecision(target, chosen.score >= target, list(chosen.float_groups), chosen, path)
 
 
+def search_groups(loaded: LoadedModel, onnx_file: Path | None, mode: str
+                  ) -> tuple[list[str], Callable[[str], list[str]], Callable[[list[str]], list[str]]]:
+    """The groups a search over a runtime's quantizer starts from, how each splits, and the
+    keep_float patterns a choice of groups becomes: runs of an ONNX file's weight nodes when
+    the model is one (onnx_file, the graph the quantizer reads), else the torch module tree."""
+    if onnx_file is None:
+        from qbench.inspect.capture import named_layers
+
+        return candidate_groups(loaded), layer_children(named_layers(loaded.module)), list
+    from qbench.quantize.onnx_groups import node_groups
+
+    groups = node_groups(onnx_file)
+    top = groups.top()
+    if not top:
+        raise ValueError(f"{mode}: {Path(loaded.onnx_path).name} has no named weight nodes "
+                         "(Conv, Gemm, MatMul) to keep float")
+    return top, groups.children, groups.patterns
+
+
 def required_target(request: QuantizeRequest, mode: str) -> SearchTarget:
     """The request's search target, built now (it scores fp32 on the calibration images)."""
     if request.search_target is None:

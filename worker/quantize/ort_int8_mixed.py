@@ -16,13 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from qbench.models.base import LoadedModel
-from qbench.quantize.mixed_search import (
-    candidate_groups,
-    layer_children,
-    required_target,
-    search_and_quantize,
-)
-from qbench.quantize.onnx_groups import node_groups
+from qbench.quantize.mixed_search import required_target, search_and_quantize, search_groups
 from qbench.quantize.ort_int8 import prepare_ort_int8, quantize_prepared
 from qbench.quantize.registry import Quantized, QuantizeRequest, register
 
@@ -33,17 +27,8 @@ def quantize_ort_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Qu
     base = replace(request, search_target=None)
     prep = prepare_ort_int8(loaded, base)
     work = Path(request.work_dir)
-    if loaded.onnx_path is not None:
-        groups = node_groups(prep.path)
-        candidates, children, patterns = groups.top(), groups.children, groups.patterns
-        if not candidates:
-            raise ValueError(f"ort_int8_mixed: {Path(loaded.onnx_path).name} has no named "
-                             "weight nodes (Conv, Gemm, MatMul) to keep float")
-    else:
-        from qbench.inspect.capture import named_layers
-
-        candidates = candidate_groups(loaded)
-        children, patterns = layer_children(named_layers(loaded.module)), list
+    candidates, children, patterns = search_groups(
+        loaded, prep.path if loaded.onnx_path is not None else None, "ort_int8_mixed")
 
     def quantize_fn(float_groups: list[str], out: Path = work / "trial_int8.onnx") -> Quantized:
         keep = [*request.keep_float, *patterns(list(float_groups))]

@@ -15,13 +15,7 @@ from pathlib import Path
 
 from qbench.backends.openvino.convert import convert
 from qbench.models.base import LoadedModel
-from qbench.quantize.mixed_search import (
-    candidate_groups,
-    layer_children,
-    required_target,
-    search_and_quantize,
-)
-from qbench.quantize.onnx_groups import node_groups
+from qbench.quantize.mixed_search import required_target, search_and_quantize, search_groups
 from qbench.quantize.openvino_model import ov_quantized
 from qbench.quantize.ov_int8 import calibration_feeds, quantize_with_nncf
 from qbench.quantize.registry import Quantized, QuantizeRequest, register
@@ -33,17 +27,8 @@ def quantize_ov_int8_mixed(loaded: LoadedModel, request: QuantizeRequest) -> Qua
     base = replace(request, search_target=None)
     converted = convert(loaded, request.work_dir)
     data = calibration_feeds(converted, base)
-    if loaded.onnx_path is not None:
-        groups = node_groups(Path(loaded.onnx_path))
-        candidates, children, patterns = groups.top(), groups.children, groups.patterns
-        if not candidates:
-            raise ValueError(f"ov_int8_mixed: {Path(loaded.onnx_path).name} has no named "
-                             "weight nodes (Conv, Gemm, MatMul) to keep float")
-    else:
-        from qbench.inspect.capture import named_layers
-
-        candidates = candidate_groups(loaded)
-        children, patterns = layer_children(named_layers(loaded.module)), list
+    candidates, children, patterns = search_groups(
+        loaded, Path(loaded.onnx_path) if loaded.onnx_path is not None else None, "ov_int8_mixed")
 
     def quantize_fn(float_groups: list[str]) -> Quantized:
         keep = [*request.keep_float, *patterns(list(float_groups))]
