@@ -24,7 +24,7 @@ from qbench.quantize.registry import QuantizeRequest, quantize
 from qbench.results import read_table
 from tests.helpers import small_manifest
 from tests.test_real_inputs import _model
-from tests.trained_classifier import LABELS, PREPROCESS, train_classifier, write_images
+from tests.trained_classifier import LABELS, PREPROCESS, classifier_folder
 
 HAS_BF16, CAPABILITIES = cpu_has_bf16()
 
@@ -209,11 +209,7 @@ def test_an_onnx_file_is_read_directly(onnx_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    (root / "models").mkdir()
-    train_classifier(root / "models" / "grey.pt")
-    write_images(root / "data" / "photos", 8, seed=7)  # held-out images, 24 in all
-    return root
+    return classifier_folder(tmp_path_factory.mktemp("cls"))
 
 
 def test_pipeline_rows_of_a_trained_classifier(classifier):

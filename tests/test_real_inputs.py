@@ -19,9 +19,8 @@ from tests.trained_classifier import (
     OUTLIER_BLOCK,
     PREPROCESS,
     SIZE,
-    train_classifier,
+    classifier_folder,
     with_outlier_channel,
-    write_images,
 )
 
 
@@ -38,11 +37,7 @@ def _run(manifest, steps: list[str] | None = None):
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    (root / "models").mkdir()
-    train_classifier(root / "models" / "grey.pt")
-    write_images(root / "data" / "photos", 8, seed=7)  # held-out images, 24 in all
-    return root
+    return classifier_folder(tmp_path_factory.mktemp("cls"))
 
 
 def _model(mid, **extra):

@@ -108,3 +108,12 @@ def with_outlier_channel(checkpoint: Path, out: Path, block: str = OUTLIER_BLOCK
     state[f"{block}.conv2.weight"][:, 0] /= scale
     torch.save(state, out)
     return out
+
+
+def classifier_folder(root: Path) -> Path:
+    """A job folder holding the trained classifier (models/grey.pt) and held-out images
+    (data/photos, 8 per class, 24 in all)."""
+    (root / "models").mkdir()
+    train_classifier(root / "models" / "grey.pt")
+    write_images(root / "data" / "photos", 8, seed=7)
+    return root
