@@ -16,7 +16,8 @@ Wilson interval, over views that are not independent: read it as a floor on the 
 and logits SQNR. `--photos imagenet` scores top-1 accuracy instead, on the 20 labelled ImageNet
 validation photos foolbox ships (as is and mirrored, in class folders, `outputs.labels:
 imagenet`). Speedups are paired against the reference in the same process, with their 95% CI.
---openvino adds the OpenVINO modes (ov_fp32, ov_bf16 where the CPU has bf16, ov_int8).
+--openvino adds the OpenVINO modes (ov_fp32, ov_bf16 where the CPU has bf16, ov_int8; with
+--mixed also ov_int8_mixed, qbench's search with NNCF as the quantizer).
 
     .venv/bin/python bench/bench_real_classifier.py [--model mobilenet_v2] [--keep-float ...]
 """
@@ -167,7 +168,8 @@ def main() -> None:
     if args.openvino:
         from qbench.backends.openvino.backend import cpu_has_bf16
 
-        modes += ["ov_fp32", *(["ov_bf16"] if cpu_has_bf16()[0] else []), "ov_int8"]
+        modes += ["ov_fp32", *(["ov_bf16"] if cpu_has_bf16()[0] else []), "ov_int8",
+                  *(["ov_int8_mixed"] if args.mixed is not None else [])]
     if args.photos == "imagenet":
         photos, n_scenes = write_labelled(root / "data" / "photos"), 20
         entry["outputs"] = {"labels": "imagenet"}
@@ -175,7 +177,8 @@ def main() -> None:
         photos, n_scenes = write_photos(root / "data" / "photos", args.photos)
     calibrations = {"minmax": ("minmax", {"method": "minmax"}),
                     "percentile": ("percentile 99.99", {"method": "percentile", "percentile": 99.99}),
-                    "histogram": ("histogram", {"method": "histogram"})}
+                    "histogram": ("histogram", {"method": "histogram"}),
+                    "mean_minmax": ("mean_minmax", {"method": "mean_minmax"})}
     keep = [k for k in args.keep_float.split(",") if k]
     rows, worst = [], []
     for n_run, (label, calib) in enumerate(calibrations[m] for m in args.methods.split(",")):

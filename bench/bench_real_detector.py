@@ -16,6 +16,8 @@ ov_fp32 (f32 forced), ov_bf16 (where the CPU has bf16) and ov_int8 (NNCF) rows, 
 
 --mixed also runs ort_int8_mixed (target: max_map_drop in points), starting from --keep-float;
 its search scores mAP on three quarters of the calibration pages and checks the last quarter.
+--mixed 1.0 --ov-searches qbench,nncf runs only ov_int8_mixed (beside ort_fp32), once with
+qbench's search and once with NNCF's accuracy control, both scored by qbench's mAP.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ RECOMMENDED_KEEP_FLOAT = ["p2o.Conv.[0-5]"] + [f"p2o.Conv.{i}" for out in (74, 8
                                                for i in range(out - 4, out + 1)]
 CALIBRATIONS = {"minmax": {"method": "minmax"},
                 "percentile": {"method": "percentile", "percentile": 99.99},
-                "histogram": {"method": "histogram"}}
+                "histogram": {"method": "histogram"}, "mean_minmax": {"method": "mean_minmax"}}
 
 
 def main() -> None:
@@ -66,6 +68,10 @@ def main() -> None:
                          "starts from --keep-float")
     ap.add_argument("--openvino", action="store_true",
                     help="also run ov_fp32, ov_bf16 (where the CPU has bf16) and ov_int8")
+    ap.add_argument("--ov-searches", default=None, metavar="qbench,nncf",
+                    help="with --mixed: only ort_fp32 and ov_int8_mixed, once per search named "
+                         "(quantization.target.search), to compare qbench's search with NNCF's "
+                         "accuracy control")
     ap.add_argument("--bias-correction", action="store_true",
                     help="calibration.bias_correction: biases less the int8 weights' mean offset")
     args = ap.parse_args()
@@ -85,7 +91,12 @@ def main() -> None:
         openvino = ["ov_fp32", *(["ov_bf16"] if cpu_has_bf16()[0] else []), "ov_int8",
                     *(["ov_int8_mixed"] if args.mixed is not None else [])]
     first = args.methods.split(",")[0]  # the float modes run with the first method only
-    for method in args.methods.split(","):
+    searches = [None]
+    if args.ov_searches:
+        if args.mixed is None:
+            ap.error("--ov-searches needs --mixed (the target)")
+        searches = args.ov_searches.split(",")
+    for method, search in ((m, s) for m in args.methods.split(",") for s in searches):
         manifest = {
             "name": "layout", "models": [{
                 "id": "layout-cdla", "source": "onnx", "path": "models/layout_cdla.onnx",
@@ -107,7 +118,12 @@ def main() -> None:
                         "annotations": "data/pages.json"},
             "inspect": {"images": 1, "layers": "all"}, "artifacts": False,
         }
-        job = run_manifest(root, f"layout-{method}", manifest, method)
+        if search is not None:
+            manifest["quantization"]["modes"] = ["ort_fp32", "ov_int8_mixed"]
+            manifest["quantization"]["target"]["search"] = search
+            method = f"{method}, {search} search"
+        job = run_manifest(root, f"layout-{method.replace(', ', '-').replace(' ', '-')}",
+                           manifest, method)
         models = job.models
         lat = {r["mode"]: r for r in job.latency if r["batch_size"] == 1}
         layers = [r for r in job.layers if r["mode"] == "ort_int8"]

@@ -200,7 +200,7 @@ def test_an_onnx_file_is_read_directly(onnx_file, tmp_path):
     q = quantize(loaded, "ov_fp32", request(tmp_path / "f", []))
     out = q.predict(x)
     assert isinstance(out, list) and torch.allclose(out[0], torch_model.module(x), atol=1e-5)
-    assert "read by OpenVINO" in q.notes
+    assert "converted by OpenVINO" in q.notes
     q8 = quantize(loaded, "ov_int8", request(tmp_path / "q", [synth_images(4, (32, 32), seed=1)],
                                               keep_float=["/2/Conv"]))
     assert q8.float_modules == ["/2/Conv"] and len(q8.int8_modules) == 2
@@ -336,3 +336,70 @@ def test_a_decoded_onnx_detector_counts_its_work_after_decoding(tmp_path, monkey
     assert refused.status == "error" and refused.error == (
         "ModelError: fixture.onnx: ov_int8 does not quantize ONNX files with If operators (NNCF "
         "crashed on them); use ort_int8, or export the model without its post-processing")
+
+
+def test_nncf_accuracy_control_on_an_onnx_file(onnx_file, tmp_path, monkeypatch):
+    """target.search: nncf: NNCF's accuracy control with qbench's scorer reaches the cosine
+    target all-int8 misses by putting layers back in float; the row says which, the plot is
+    drawn from the models NNCF scored, and the held-out images are checked."""
+    from qbench.orchestrate import plan_job
+
+    monkeypatch.setenv("QBENCH_DATA_ROOTS", str(tmp_path))
+    (tmp_path / "small.onnx").write_bytes(onnx_file[0].read_bytes())
+    target = 0.99999
+    manifest = small_manifest(
+        tmp_path, name="ov-nncf-ac",
+        models=[{"id": "small", "source": "onnx", "path": "small.onnx", "input_size": [32, 32]}],
+        quantization={"modes": ["ov_int8_mixed"], "calibration": {"images": 8},
+                      "target": {"min_cosine": target, "search": "nncf"}},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1})
+    plan = plan_job(manifest)
+    assert run_unit(plan.units[0], tmp_path / "results").status == "ok"
+    row = read_table(tmp_path / "results", "models", plan.job_id).to_pylist()[0]
+    assert row["mixed_target_met"] and row["mixed_score"] >= target, row["notes"]
+    assert "NNCF's accuracy control" in row["notes"]
+    floats = row["mixed_float_groups"]
+    assert floats and set(floats) <= {"/0/Conv", "/2/Conv", "/6/Gemm"}
+    assert sorted(row["float_modules"]) == sorted(floats)
+    assert row["mixed_heldout_score"] is not None
+    assert json.loads(row["executed_ops_by_precision"]).get("float32") == len(floats)
+    plots = list((tmp_path / "results").rglob("mixed_precision_tradeoff.png"))
+    assert len(plots) == 1 and plots[0].stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("modes, says", [
+    (["ov_int8_mixed", "ort_int8_mixed"], "not ort_int8_mixed"),
+    (["ov_int8"], "add ov_int8_mixed"),
+])
+def test_nncf_search_is_for_ov_int8_mixed_only(tmp_path, modes, says):
+    from qbench.errors import ManifestError
+    from qbench.orchestrate import plan_job
+
+    manifest = small_manifest(tmp_path, name="ov-nncf-bad",
+                              quantization={"modes": modes, "target": {"search": "nncf"}})
+    with pytest.raises(ManifestError, match=f"quantization.target.search.*{says}"):
+        plan_job(manifest)
+
+
+def test_an_onnx_conv_folded_with_its_batchnorm_keeps_its_name(tmp_path):
+    """convert_model folds an ONNX file's BatchNorm into its conv and names the result after the
+    new weight; the conv gets its ONNX node's name back, so rows and keep_float still name it."""
+    import onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    path = tmp_path / "bn.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(path), input_names=["input"],
+                          opset_version=17, dynamo=False, do_constant_folding=False,
+                          training=torch.onnx.TrainingMode.PRESERVE,
+                          dynamic_axes={"input": {0: "b"}})
+    graph = onnx.load(str(path)).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and sum(n.op_type == "BatchNormalization" for n in graph.node) == 2
+    loaded = load_onnx("bn", path, (32, 32))
+    batches = [synth_images(4, (32, 32), seed=1)]
+    q = quantize(loaded, "ov_int8", request(tmp_path / "q", batches, keep_float=[convs[1]]))
+    assert q.int8_modules == [convs[0]] and q.float_modules == [convs[1]]

@@ -129,7 +129,9 @@ class ModelSpec(Strict):
 
 class CalibrationSpec(Strict):
     images: StrictInt = Field(default=16, ge=1, le=10_000)
-    method: Literal["minmax", "histogram", "percentile"] = "histogram"
+    # mean_minmax: each activation's range is the mean over the calibration feeds of each
+    # feed's min and max (NNCF's default), less swayed by one outlier image than minmax
+    method: Literal["minmax", "histogram", "percentile", "mean_minmax"] = "histogram"
     per_channel: StrictBool = True
     percentile: StrictFloat = Field(default=99.99, gt=50, le=100)
     # subtract the mean output offset int8 weights cause from each bias (ORT int8 modes)
@@ -144,6 +146,9 @@ class TargetSpec(Strict):
     # continuous instead: mean cosine similarity of the outputs with fp32 (not for detectors)
     min_cosine: StrictFloat | None = Field(default=None, gt=0, le=1)
     max_float: StrictInt | None = Field(default=None, ge=0, le=100_000)  # groups kept float at most
+    # who searches: qbench's ranking and greedy search (every searching mode), or NNCF's
+    # accuracy control (quantize_with_accuracy_control; ov_int8_mixed only) with qbench's scorer
+    search: Literal["qbench", "nncf"] = "qbench"
 
 
 class QuantizationSpec(Strict):
@@ -359,6 +364,14 @@ class Manifest(Strict):
                                                   or torchvision_task(m.arch) == "detection"):
                     raise ValueError(f"quantization.target.min_cosine: models[{i}] is a detector "
                                      "(use min_agreement or max_map_drop)")
+        if target.search == "nncf":
+            others = [m for m in searching if m != "ov_int8_mixed"]
+            if others or not searching:
+                raise ValueError("quantization.target.search: nncf (NNCF's accuracy control) "
+                                 "searches for ov_int8_mixed only"
+                                 + (f", not {', '.join(others)}; run those in another job "
+                                    "or use search: qbench" if others else
+                                    "; add ov_int8_mixed to quantization.modes"))
         if self.quantization.calibration.bias_correction and not any(
                 MODES[m].bias_correction for m in self.quantization.modes if m in MODES):
             takes = ", ".join(m for m in mode_names() if MODES[m].bias_correction)

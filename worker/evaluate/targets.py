@@ -70,7 +70,8 @@ def search_target(unit: Unit, loaded: LoadedModel,
         held_value = held(loaded.predict_fp32) - drop if held else None
         return SearchTarget(lambda q: score(q.predict), score(loaded.predict_fp32) - drop,
                             "mAP on the calibration split", target.max_float,
-                            (lambda q: held(q.predict)) if held else None, held_value)
+                            (lambda q: held(q.predict)) if held else None, held_value,
+                            target.search)
     images = torch.cat(list(calibration_batches()))
     n_held = heldout_count(len(images))
     search, held = (images[:-n_held], images[-n_held:]) if n_held else (images, None)
@@ -79,10 +80,10 @@ def search_target(unit: Unit, loaded: LoadedModel,
                             "mean cosine similarity of the outputs with fp32 on the calibration "
                             "images", target.max_float,
                             cosine_score(loaded, held) if held is not None else None,
-                            target.min_cosine if held is not None else None)
+                            target.min_cosine if held is not None else None, target.search)
     name = loaded.kind.agreement_name_for(loaded.predict_fp32(search[:1]))
     return SearchTarget(agreement_score(loaded, search), target.min_agreement,
                         f"{name} on the calibration images",
                         target.max_float,
                         agreement_score(loaded, held) if held is not None else None,
-                        target.min_agreement if held is not None else None)
+                        target.min_agreement if held is not None else None, target.search)

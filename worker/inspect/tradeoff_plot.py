@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import qbench.plotting  # noqa: F401 - Agg, quiet font fallbacks
 
 if TYPE_CHECKING:
     from qbench.quantize.mixed_search import MixedPrecision, SensitivityResult, Trial
+    from qbench.quantize.ov_accuracy_control import AccuracyControl
 
 
 def _x(trial: Trial, by_latency: bool) -> float:
@@ -68,5 +70,37 @@ def plot_tradeoff(sens: SensitivityResult, search: MixedPrecision, path: Path,
     ax.set_title(f"Mixed precision trade-off: target {status} with {len(chosen.float_groups)} "
                  f"group(s) float\n{score_name} {chosen.score:.3g}, size {chosen.size_bytes / 1e6:.1f} MB"
                  + (f", {chosen.latency_ms:.1f} ms" if chosen.latency_ms is not None else ""))
+    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 3})
+    return path
+
+
+def plot_accuracy_control(outcome: AccuracyControl, path: Path) -> Path:
+    """Each model NNCF's accuracy control scored, in order: its score against how many
+    conv/matmul layers ran in float, the target (dashed) and the float model's score."""
+    from qbench.quantize.mixed_search import score_text
+
+    runs = outcome.validations
+    fig = Figure(figsize=(10, 6.5))
+    ax = fig.subplots(gridspec_kw={"left": 0.12, "right": 0.97, "bottom": 0.1, "top": 0.88})
+    xs, ys = [v.float_layers for v in runs], [v.score for v in runs]
+    ax.plot(xs, ys, "-", color="C0", alpha=0.3, zorder=2)
+    ax.scatter(xs, ys, color="C0", zorder=3, label="models NNCF scored (numbered in order)")
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True), start=1):
+        ax.annotate(str(k), (x, y), fontsize=7, color="0.4", xytext=(4, 2),
+                    textcoords="offset points")
+    ax.scatter([xs[-1]], [ys[-1]], marker="*", s=260, color="red", zorder=4, label="chosen")
+    ax.axhline(outcome.target.value, color="red", ls="--", lw=1,
+               label=f"target {score_text(outcome.target.value)}")
+    ax.axhline(outcome.float_score, color="k", ls=":", lw=1,
+               label=f"float model {score_text(outcome.float_score)}")
+    ax.set_xlabel("conv/matmul layers run in float")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_ylabel(textwrap.fill(f"{outcome.target.name} (higher is better)", 50))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.set_title(f"NNCF accuracy control: target {'met' if outcome.met else 'NOT met'} with "
+                 f"{len(outcome.float_groups)} weight layer(s) put back in float\n"
+                 f"{outcome.target.name} {score_text(outcome.chosen_score)}")
     fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 3})
     return path

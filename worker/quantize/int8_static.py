@@ -53,10 +53,34 @@ class PercentileObserver(HistogramObserver):
         return self.min_val + width * lo_bin, self.min_val + width * (hi_bin + 1)
 
 
+class MeanMinMaxObserver(MinMaxObserver):
+    """calibration.method mean_minmax: the range is the mean of each calibration batch's min
+    and max, not the extremes over all of them, so one outlier image moves it by 1/n."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("batches", torch.tensor(0))
+        self.register_buffer("sum_min", torch.tensor(0.0))
+        self.register_buffer("sum_max", torch.tensor(0.0))
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().to(self.min_val.dtype)
+        self.batches += 1
+        self.sum_min += x.min()
+        self.sum_max += x.max()
+        self.min_val.copy_(self.sum_min / self.batches)
+        self.max_val.copy_(self.sum_max / self.batches)
+        return x_orig
+
+
 def _activation_observer(spec: CalibrationSpec):
     # reduce_range as in the x86 default: 7-bit activations avoid int16 overflow in the kernels.
     if spec.method == "minmax":
         return MinMaxObserver.with_args(reduce_range=True)
+    if spec.method == "mean_minmax":
+        return MeanMinMaxObserver.with_args(reduce_range=True)
     if spec.method == "percentile":
         return PercentileObserver.with_args(percentile=spec.percentile, reduce_range=True)
     return HistogramObserver.with_args(reduce_range=True)

@@ -77,7 +77,7 @@ class Evaluator:
             self.trials[key] = Trial(tuple(groups), score, q.size_bytes, latency, tiebreak)
             if self.progress:
                 self.progress(f"trial {len(self.trials)}: {len(groups)} groups float, "
-                              f"score {_score(score)}")
+                              f"score {score_text(score)}")
         return self.trials[key]
 
 
@@ -259,7 +259,7 @@ def search_and_quantize(loaded: LoadedModel, target: SearchTarget, quantize_fn: 
     return chosen
 
 
-def _score(value: float) -> str:
+def score_text(value: float) -> str:
     """Three decimals, or up to six significant digits where three would hide the difference
     (a 0.99999 target printed as 1.000)."""
     return f"{value:.3f}" if abs(value - round(value, 3)) < 5e-7 else f"{value:.6g}"
@@ -297,11 +297,11 @@ class MixedSearch:
         held = ""
         if self.heldout_met is not None:
             held = (f"; on held-out images {'met' if self.heldout_met else 'NOT met'}: "
-                    f"{_score(self.heldout_score)} vs {_score(self.target.heldout_value)}")
+                    f"{score_text(self.heldout_score)} vs {score_text(self.target.heldout_value)}")
         return (f"mixed precision: kept float {', '.join(self.search.float_groups) or 'nothing'}"
-                f"{refined} for {self.target.name} >= {_score(self.target.value)} ({verdict}: "
-                f"{_score(self.search.chosen.score)}, all-int8 "
-                f"{_score(self.sensitivity.baseline.score)}){held}")
+                f"{refined} for {self.target.name} >= {score_text(self.target.value)} ({verdict}: "
+                f"{score_text(self.search.chosen.score)}, all-int8 "
+                f"{score_text(self.sensitivity.baseline.score)}){held}")
 
     def write_plot(self, out_dir: Path) -> Path:
         from qbench.inspect.tradeoff_plot import plot_tradeoff

@@ -14,6 +14,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -28,9 +29,13 @@ from qbench.quantize.ort_bias_correction import bias_offsets, corrected_model
 from qbench.quantize.ort_fp32 import fp32_onnx, ort_quantized
 from qbench.quantize.registry import Quantized, QuantizeRequest, register
 
+if TYPE_CHECKING:
+    from qbench.manifest import CalibrationSpec
+
 MIN_OPSET = 13
 # torch's histogram observer minimises the L2 error; ORT's closest histogram method is Entropy.
-METHODS = {"minmax": "MinMax", "histogram": "Entropy", "percentile": "Percentile"}
+METHODS = {"minmax": "MinMax", "histogram": "Entropy", "percentile": "Percentile",
+           "mean_minmax": "MinMax"}
 
 
 class Reader:
@@ -191,7 +196,8 @@ def prepare_ort_int8(model: LoadedModel, request: QuantizeRequest) -> PreparedOr
     data = [f for batch in request.calibration_batches() for f in feeds(info, batch)]
     if not data:
         raise ValueError("ort_int8: calibration yielded no images")
-    overrides = output_ranges(pre, data) if request.calibration.method != "minmax" else {}
+    overrides = (output_ranges(pre, data)
+                 if request.calibration.method not in ("minmax", "mean_minmax") else {})
     ranges = work / "calibration_ranges.json"
     ranges.unlink(missing_ok=True)  # a rerun of the unit calibrates afresh
     prep = PreparedOrt(pre, data, overrides, ranges, notes)
@@ -202,6 +208,15 @@ def prepare_ort_int8(model: LoadedModel, request: QuantizeRequest) -> PreparedOr
         prep.offsets = bias_offsets(pre, probe, data)
         probe.unlink()
     return prep
+
+
+def minmax_options(spec: CalibrationSpec) -> dict:
+    """ORT's MinMax calibration, feed by feed for minmax (the global min and max, without
+    holding every feed's outputs at once); for mean_minmax all feeds in one pass, where ORT's
+    moving-average option is the mean of the feeds' mins and maxes."""
+    if spec.method == "mean_minmax":
+        return {"CalibMovingAverage": True}
+    return {"CalibStridedMinMax": 1}
 
 
 def _quantize_static(prep: PreparedOrt, request: QuantizeRequest, exclude: list[str], out: Path,
@@ -220,9 +235,9 @@ def _quantize_static(prep: PreparedOrt, request: QuantizeRequest, exclude: list[
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
             calibration_cache_path=str(prep.ranges_file),
-            extra_options={"CalibStridedMinMax": 1, "CalibPercentile": spec.percentile,
+            extra_options={"CalibPercentile": spec.percentile,
                            "CalibTensorRangeSymmetric": False,
-                           "TensorQuantOverrides": prep.overrides},
+                           "TensorQuantOverrides": prep.overrides, **minmax_options(spec)},
         )
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from qbench.manifest import CalibrationSpec
     from qbench.models.base import LoadedModel
     from qbench.quantize.mixed_search import MixedSearch
+    from qbench.quantize.ov_accuracy_control import AccuracyControl
 
 
 @dataclass
@@ -56,6 +57,7 @@ class SearchTarget:
     # reach there: whether the target holds beyond the images it was fitted to.
     heldout_fn: Callable[[Quantized], Any] | None = None
     heldout_value: float | None = None
+    search: str = "qbench"  # quantization.target.search: "qbench", or "nncf" (ov_int8_mixed)
 
 
 @dataclass
@@ -71,7 +73,8 @@ class Quantized:
     notes: str = ""  # what stayed float and why, shown in the report
     # What it runs on (worker/backends): saving, inspection and executed precision ask it.
     runtime: Backend | None = None
-    search: MixedSearch | None = None  # a searching mode's outcome (columns(), write_plot())
+    # a searching mode's outcome (columns(), note(), write_plot()): qbench's search, or NNCF's
+    search: MixedSearch | AccuracyControl | None = None
 
     @property
     def module(self) -> Any:

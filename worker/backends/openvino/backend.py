@@ -58,13 +58,17 @@ class OpenVinoBackend(Backend):
     config = config
     label = "openvino"
 
-    def __init__(self, converted: Converted, precision: str, threads: int | None = None) -> None:
+    def __init__(self, converted: Converted, precision: str, threads: int | None = None,
+                 compiled: Any | None = None) -> None:
+        """compiled: a model someone else compiled from converted.model (NNCF's accuracy
+        control hands its candidates so), run as given."""
         import openvino as ov
 
         self.converted = converted
         self.precision = precision
         self.properties = config.compile_properties(precision, threads or torch.get_num_threads())
-        self.compiled = ov.Core().compile_model(converted.model, "CPU", self.properties)
+        self.compiled = compiled if compiled is not None else ov.Core().compile_model(
+            converted.model, "CPU", self.properties)
 
     def predict(self, kind: TaskKind) -> Callable[[torch.Tensor], Any]:
         """predict(batch) in the structure the kind's torch module returns."""
