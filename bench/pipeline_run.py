@@ -30,7 +30,7 @@ def run_manifest(root: Path, name: str, manifest: dict, label: str) -> JobTables
     for unit in plan.units:
         print(f"{label}: {unit.mode} ...", file=sys.stderr, flush=True)
         out = run_unit(unit, results, lambda step, done, total: print(
-            f"  {step}", file=sys.stderr, flush=True) if "trial" in step else None)
+            f"  {step}", file=sys.stderr, flush=True) if "trial" in step or "NNCF model" in step else None)
         assert out.status == "ok", out.error
     rows = lambda table: read_table(results, table, plan.job_id).to_pylist()  # noqa: E731
     return JobTables(models={m["mode"]: m for m in rows("models")}, latency=rows("latency"),

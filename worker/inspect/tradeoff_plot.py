@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from matplotlib.figure import Figure
 
 import qbench.plotting  # noqa: F401 - Agg, quiet font fallbacks
+from qbench.quantize.score_text import score_text
 
 if TYPE_CHECKING:
     from qbench.quantize.mixed_search import MixedPrecision, SensitivityResult, Trial
@@ -77,8 +78,6 @@ def plot_tradeoff(sens: SensitivityResult, search: MixedPrecision, path: Path,
 def plot_accuracy_control(outcome: AccuracyControl, path: Path) -> Path:
     """Each model NNCF's accuracy control scored, in order: its score against how many
     conv/matmul layers ran in float, the target (dashed) and the float model's score."""
-    from qbench.quantize.mixed_search import score_text
-
     runs = outcome.validations
     fig = Figure(figsize=(10, 6.5))
     ax = fig.subplots(gridspec_kw={"left": 0.12, "right": 0.97, "bottom": 0.1, "top": 0.88})

@@ -22,6 +22,7 @@ from typing import Any
 
 from qbench.models.base import LoadedModel
 from qbench.quantize.registry import Quantized, QuantizeRequest, SearchTarget, quantize
+from qbench.quantize.score_text import score_text
 
 QuantizeFn = Callable[[list[str]], Quantized]  # groups kept float -> quantized model
 # higher is better; a (score, tie-break) pair where the score is coarse (top-1 agreement on a
@@ -259,10 +260,6 @@ def search_and_quantize(loaded: LoadedModel, target: SearchTarget, quantize_fn: 
     return chosen
 
 
-def score_text(value: float) -> str:
-    """Three decimals, or up to six significant digits where three would hide the difference
-    (a 0.99999 target printed as 1.000)."""
-    return f"{value:.3f}" if abs(value - round(value, 3)) < 5e-7 else f"{value:.6g}"
 
 
 

@@ -20,8 +20,9 @@ from typing import Any
 from qbench.backends.openvino.backend import OpenVinoBackend
 from qbench.backends.openvino.convert import Converted
 from qbench.models.base import LoadedModel
-from qbench.quantize.mixed_search import score_text, split_score
+from qbench.quantize.mixed_search import split_score
 from qbench.quantize.registry import Quantized, QuantizeRequest, SearchTarget
+from qbench.quantize.score_text import score_text
 
 
 @dataclass(frozen=True)
