@@ -277,25 +277,30 @@ def test_pipeline_rows_of_a_trained_classifier(classifier):
     assert all(r["speedup"] is not None for r in latency)
 
 
+def mixed_onnx_row(onnx_file, tmp_path, monkeypatch, target: dict) -> dict:
+    """The models row of ov_int8_mixed run on the small ONNX file toward `target`."""
+    from qbench.orchestrate import plan_job
+
+    monkeypatch.setenv("QBENCH_DATA_ROOTS", str(tmp_path))
+    (tmp_path / "small.onnx").write_bytes(onnx_file[0].read_bytes())
+    manifest = small_manifest(
+        tmp_path, name="ov-mixed",
+        models=[{"id": "small", "source": "onnx", "path": "small.onnx", "input_size": [32, 32]}],
+        quantization={"modes": ["ov_int8_mixed"], "calibration": {"images": 8},
+                      "target": target},
+        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1})
+    plan = plan_job(manifest)
+    assert run_unit(plan.units[0], tmp_path / "results").status == "ok"
+    return read_table(tmp_path / "results", "models", plan.job_id).to_pylist()[0]
+
+
 def test_mixed_search_on_an_onnx_file_reaches_its_target(onnx_file, tmp_path, monkeypatch):
     """qbench's search with NNCF as the quantizer, on a given ONNX file: it keeps the most
     sensitive of the file's weight nodes float (NNCF's ignored scope) until the outputs'
     cosine with fp32 reaches a target all-int8 misses (0.99992 here; with the Gemm that reads
     the outlier channel float, 0.999998)."""
-    from qbench.orchestrate import plan_job
-
-    monkeypatch.setenv("QBENCH_DATA_ROOTS", str(tmp_path))
-    (tmp_path / "small.onnx").write_bytes(onnx_file[0].read_bytes())
     target = 0.99999
-    manifest = small_manifest(
-        tmp_path, name="ov-mixed",
-        models=[{"id": "small", "source": "onnx", "path": "small.onnx", "input_size": [32, 32]}],
-        quantization={"modes": ["ov_int8_mixed"], "calibration": {"images": 8},
-                      "target": {"min_cosine": target}},
-        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1})
-    plan = plan_job(manifest)
-    assert run_unit(plan.units[0], tmp_path / "results").status == "ok"
-    row = read_table(tmp_path / "results", "models", plan.job_id).to_pylist()[0]
+    row = mixed_onnx_row(onnx_file, tmp_path, monkeypatch, {"min_cosine": target})
     assert row["mixed_target_met"] and row["mixed_score"] >= target
     assert row["mixed_heldout_score"] is not None and row["backend"] == "openvino"
     floats = row["mixed_float_groups"]
@@ -342,20 +347,9 @@ def test_nncf_accuracy_control_on_an_onnx_file(onnx_file, tmp_path, monkeypatch)
     """target.search: nncf: NNCF's accuracy control with qbench's scorer reaches the cosine
     target all-int8 misses by putting layers back in float; the row says which, the plot is
     drawn from the models NNCF scored, and the held-out images are checked."""
-    from qbench.orchestrate import plan_job
-
-    monkeypatch.setenv("QBENCH_DATA_ROOTS", str(tmp_path))
-    (tmp_path / "small.onnx").write_bytes(onnx_file[0].read_bytes())
     target = 0.99999
-    manifest = small_manifest(
-        tmp_path, name="ov-nncf-ac",
-        models=[{"id": "small", "source": "onnx", "path": "small.onnx", "input_size": [32, 32]}],
-        quantization={"modes": ["ov_int8_mixed"], "calibration": {"images": 8},
-                      "target": {"min_cosine": target, "search": "nncf"}},
-        benchmark={"batch_sizes": [1], "warmup": 0, "iterations": 1, "threads": 1})
-    plan = plan_job(manifest)
-    assert run_unit(plan.units[0], tmp_path / "results").status == "ok"
-    row = read_table(tmp_path / "results", "models", plan.job_id).to_pylist()[0]
+    row = mixed_onnx_row(onnx_file, tmp_path, monkeypatch,
+                         {"min_cosine": target, "search": "nncf"})
     assert row["mixed_target_met"] and row["mixed_score"] >= target, row["notes"]
     assert "NNCF's accuracy control" in row["notes"]
     floats = row["mixed_float_groups"]

@@ -263,6 +263,33 @@ def search_and_quantize(loaded: LoadedModel, target: SearchTarget, quantize_fn: 
 
 
 
+def heldout_met(target: SearchTarget, heldout_score: float | None) -> bool | None:
+    """Whether the chosen model reached the target on the held-out images; None: none held."""
+    if heldout_score is None or target.heldout_value is None:
+        return None
+    return heldout_score >= target.heldout_value
+
+
+def heldout_note(target: SearchTarget, heldout_score: float | None) -> str:
+    met = heldout_met(target, heldout_score)
+    if met is None:
+        return ""
+    return (f"; on held-out images {'met' if met else 'NOT met'}: "
+            f"{score_text(heldout_score)} vs {score_text(target.heldout_value)}")
+
+
+def outcome_columns(target: SearchTarget, score: float, met: bool, float_groups: Sequence[str],
+                    heldout_score: float | None,
+                    refined_from: Sequence[str] | None = None) -> dict[str, Any]:
+    """A searching mode's models columns, whichever search chose its model."""
+    return {"mixed_target_metric": target.name, "mixed_target": target.value,
+            "mixed_score": score, "mixed_target_met": met,
+            "mixed_float_groups": list(float_groups), "mixed_heldout_score": heldout_score,
+            "mixed_heldout_target": target.heldout_value,
+            "mixed_heldout_met": heldout_met(target, heldout_score),
+            "mixed_refined_from": list(refined_from) if refined_from else None}
+
+
 @dataclass
 class MixedSearch:
     """What int8_mixed found: the ranking, the greedy path and the target it aimed at."""
@@ -272,29 +299,16 @@ class MixedSearch:
     target: SearchTarget
     heldout_score: float | None = None  # the chosen model on images the search never scored
 
-    @property
-    def heldout_met(self) -> bool | None:
-        if self.heldout_score is None or self.target.heldout_value is None:
-            return None
-        return self.heldout_score >= self.target.heldout_value
-
     def columns(self) -> dict[str, Any]:
-        return {"mixed_target_metric": self.target.name, "mixed_target": self.target.value,
-                "mixed_score": self.search.chosen.score, "mixed_target_met": self.search.met,
-                "mixed_float_groups": list(self.search.float_groups),
-                "mixed_heldout_score": self.heldout_score,
-                "mixed_heldout_target": self.target.heldout_value,
-                "mixed_heldout_met": self.heldout_met,
-                "mixed_refined_from": list(self.search.refined_from) or None}
+        return outcome_columns(self.target, self.search.chosen.score, self.search.met,
+                               self.search.float_groups, self.heldout_score,
+                               self.search.refined_from)
 
     def note(self) -> str:
         verdict = "met" if self.search.met else "NOT met"
         refined = (f" (refined from {', '.join(self.search.refined_from)})"
                    if self.search.refined_from else "")
-        held = ""
-        if self.heldout_met is not None:
-            held = (f"; on held-out images {'met' if self.heldout_met else 'NOT met'}: "
-                    f"{score_text(self.heldout_score)} vs {score_text(self.target.heldout_value)}")
+        held = heldout_note(self.target, self.heldout_score)
         return (f"mixed precision: kept float {', '.join(self.search.float_groups) or 'nothing'}"
                 f"{refined} for {self.target.name} >= {score_text(self.target.value)} ({verdict}: "
                 f"{score_text(self.search.chosen.score)}, all-int8 "

@@ -20,7 +20,7 @@ from typing import Any
 from qbench.backends.openvino.backend import OpenVinoBackend
 from qbench.backends.openvino.convert import Converted
 from qbench.models.base import LoadedModel
-from qbench.quantize.mixed_search import split_score
+from qbench.quantize.mixed_search import heldout_note, outcome_columns, split_score
 from qbench.quantize.registry import Quantized, QuantizeRequest, SearchTarget
 from qbench.quantize.score_text import score_text
 
@@ -46,25 +46,12 @@ class AccuracyControl:
     def met(self) -> bool:
         return self.chosen_score >= self.target.value
 
-    @property
-    def heldout_met(self) -> bool | None:
-        if self.heldout_score is None or self.target.heldout_value is None:
-            return None
-        return self.heldout_score >= self.target.heldout_value
-
     def columns(self) -> dict[str, Any]:
-        return {"mixed_target_metric": self.target.name, "mixed_target": self.target.value,
-                "mixed_score": self.chosen_score, "mixed_target_met": self.met,
-                "mixed_float_groups": list(self.float_groups),
-                "mixed_heldout_score": self.heldout_score,
-                "mixed_heldout_target": self.target.heldout_value,
-                "mixed_heldout_met": self.heldout_met, "mixed_refined_from": None}
+        return outcome_columns(self.target, self.chosen_score, self.met, self.float_groups,
+                               self.heldout_score)
 
     def note(self) -> str:
-        held = ""
-        if self.heldout_met is not None:
-            held = (f"; on held-out images {'met' if self.heldout_met else 'NOT met'}: "
-                    f"{score_text(self.heldout_score)} vs {score_text(self.target.heldout_value)}")
+        held = heldout_note(self.target, self.heldout_score)
         shown = ", ".join(self.float_groups[:5]) + (
             f" + {len(self.float_groups) - 5} more" if len(self.float_groups) > 5 else "")
         return (f"mixed precision by NNCF's accuracy control: put back in float "
