@@ -74,6 +74,12 @@ def test_a_detector_row_carries_its_work_beside_its_references(fixture_detector,
     assert flag_lines([fewer], [], [], None)[-1] == (
         "fix int8_dynamic cpu: does different work than fp32: 72.8 proposals into the box head "
         "per image vs 100.0 (-27%): a speedup that does less is not a speedup")
+    # the same proposals, fewer detections past the score threshold: accuracy, not work
+    scored_fewer = {**row, "detections_per_image": row["reference_detections_per_image"] * 0.8}
+    assert not [f for f in flag_lines([scored_fewer], [], [], None) if "different work" in f]
+    one_stage = {**scored_fewer, "proposals_per_image": None,
+                 "reference_proposals_per_image": None}
+    assert "different work" in flag_lines([one_stage], [], [], None)[-1]
 
 
 def test_an_fp32_mode_run_in_bf16_is_flagged():
