@@ -149,8 +149,10 @@ def main() -> None:
                          "labelled ImageNet validation photos alone")
     ap.add_argument("--openvino", action="store_true",
                     help="also run ov_fp32, ov_bf16 (where the CPU has bf16) and ov_int8")
-    ap.add_argument("--bias-correction", action="store_true",
-                    help="calibration.bias_correction: biases less the int8 weights' mean offset")
+    ap.add_argument("--bias-correction", nargs="?", const="fast", choices=("fast", "full"),
+                    help="calibration.bias_correction: biases less the int8 weights' mean "
+                         "offset; full (OpenVINO modes only) measures it through the int8 model, "
+                         "and drops the ORT int8 modes, which correct each layer alone")
     ap.add_argument("--calibration-images", type=int, default=8,
                     help="photos used to calibrate; the rest are scored")
     args = ap.parse_args()
@@ -165,6 +167,8 @@ def main() -> None:
     entry, modes = model_entry(args.model, root)
     if args.mixed is not None:  # the search over the better int8 (ORT's) for both sources
         modes.append("ort_int8_mixed")
+    if args.bias_correction == "full":
+        modes = [m for m in modes if not m.startswith("ort_int8")]
     if args.openvino:
         from qbench.backends.openvino.backend import cpu_has_bf16
 
@@ -189,7 +193,8 @@ def main() -> None:
             "name": "real", "models": [entry],
             "quantization": {"modes": sorted(set(run_modes) | {reference}),
                              "calibration": {"images": args.calibration_images, "per_channel": True,
-                                             "bias_correction": args.bias_correction, **calib},
+                                             "bias_correction": args.bias_correction or False,
+                                             **calib},
                              "keep_float": keep,
                              **({"target": {args.mixed_metric: args.mixed}}
                                 if args.mixed is not None else {})},

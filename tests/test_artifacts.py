@@ -264,7 +264,7 @@ def test_export_copies_artifacts_with_cards(job, tmp_path):
         calib = card["quantization"]["calibration"]
         if mode in ("int8_static", "ort_int8"):
             assert calib == {"method": "minmax", "images": 4, "per_channel": True,
-                             "bias_correction": False}
+                             "bias_correction": False, "bias_correction_method": None}
         else:
             assert calib is None
     assert not [p for p in target.rglob(".*")], "no staging folder left behind"

@@ -165,3 +165,57 @@ def test_the_models_row_says_which_modes_corrected_their_biases(tmp_path):
     assert rows["ort_int8"]["calibration_bias_correction"] is True
     assert rows["int8_static"]["calibration_bias_correction"] is False
     assert rows["fp32"]["calibration_bias_correction"] is None
+    assert rows["ort_int8"]["calibration_bias_correction_method"] == "fast"
+
+
+def test_nncf_full_bias_correction_is_measured_through_the_int8_model(tmp_path):
+    """bias_correction on ov_int8: "fast" and "full" both take out most of the mean output error
+    of coarsely rounded per-tensor weights, and each row's notes say which NNCF ran."""
+    torch.manual_seed(1)
+    net = Net().eval()
+    with torch.no_grad():
+        net.conv.weight[0].mul_(30)
+        net.fc.weight[0].mul_(30)
+    path = tmp_path / "wide.onnx"
+    torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(path), input_names=["x"],
+                      output_names=["y"], opset_version=17, dynamo=False,
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    loaded = load_onnx("wide", path, (32, 32))
+    calib, held_out = structured_images(16, 32, seed=5), structured_images(16, 32, seed=6)
+    with torch.no_grad():
+        ref = net(held_out)
+    errors, notes = {}, {}
+    for how in (False, "fast", "full"):
+        req = _request(tmp_path / str(how), calib, how)
+        req.calibration = req.calibration.model_copy(update={"per_channel": False})
+        q = quantize(loaded, "ov_int8", req)
+        err = q.predict(held_out)[0] - ref
+        errors[how], notes[how] = err.mean(0)[1:].abs().mean().item(), q.notes
+    assert errors["full"] < 0.5 * errors[False], errors
+    assert errors["fast"] < 0.5 * errors[False], errors
+    assert "NNCF bias correction through the int8 model" in notes["full"]
+    assert "NNCF fast bias correction" in notes["fast"] and "bias correction" not in notes[False]
+
+
+def test_full_bias_correction_is_for_the_openvino_modes(tmp_path):
+    with pytest.raises(ManifestError, match=r"quantization\.calibration\.bias_correction: full "
+                                            r"is NNCF's .*; ort_int8 corrects each layer alone"):
+        parse_manifest(_manifest(["fp32", "ort_int8", "ov_int8"], bias_correction="full"))
+    with pytest.raises(ManifestError, match=r"quantization\.calibration\.bias_correction"):
+        parse_manifest(_manifest(["fp32", "ov_int8"], bias_correction="slow"))
+    units = expand(parse_manifest(_manifest(["fp32", "int8_static", "ov_int8"], "full")),
+                   "bc-20261207T000000-abcdef", tmp_path)
+    rows = {u.mode: initial_model_row(u, {}) for u in units}
+    assert rows["ov_int8"]["calibration_bias_correction"] is True
+    assert rows["ov_int8"]["calibration_bias_correction_method"] == "full"
+    assert rows["int8_static"]["calibration_bias_correction_method"] is None
+
+
+def test_the_method_section_names_the_correction_a_row_ran():
+    from qbench.report.method import CORRECTION_TEXT, _correction
+
+    assert _correction({"calibration_bias_correction": False}) == ""
+    # rows written before the method column corrected each layer alone
+    assert _correction({"calibration_bias_correction": True}) == "fast"
+    full = {"calibration_bias_correction": True, "calibration_bias_correction_method": "full"}
+    assert "through the int8 model" in CORRECTION_TEXT[_correction(full)]

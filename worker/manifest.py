@@ -134,8 +134,17 @@ class CalibrationSpec(Strict):
     method: Literal["minmax", "histogram", "percentile", "mean_minmax"] = "histogram"
     per_channel: StrictBool = True
     percentile: StrictFloat = Field(default=99.99, gt=50, le=100)
-    # subtract the mean output offset int8 weights cause from each bias (ORT int8 modes)
-    bias_correction: StrictBool = False
+    # subtract the mean output offset int8 weights cause from each bias. true (or "fast"):
+    # each layer's own offset; "full" (OpenVINO modes, NNCF's BiasCorrection): the offset
+    # measured through the int8 model, so each layer also absorbs the layers before it
+    bias_correction: StrictBool | Literal["fast", "full"] = False
+
+    @property
+    def bias_correction_method(self) -> str | None:
+        """None, "fast" or "full"."""
+        if self.bias_correction is False:
+            return None
+        return "fast" if self.bias_correction is True else self.bias_correction
 
 
 class TargetSpec(Strict):
@@ -377,6 +386,15 @@ class Manifest(Strict):
             takes = ", ".join(m for m in mode_names() if MODES[m].bias_correction)
             raise ValueError("quantization.calibration.bias_correction: none of the modes takes "
                              f"it (list {takes})")
+        if self.quantization.calibration.bias_correction == "full":
+            fast_only = [m for m in self.quantization.modes
+                         if m in MODES and MODES[m].bias_correction
+                         and not MODES[m].full_bias_correction]
+            if fast_only:
+                raise ValueError("quantization.calibration.bias_correction: full is NNCF's "
+                                 "(ov_int8, ov_int8_mixed); "
+                                 f"{', '.join(fast_only)} corrects each layer alone: use true, "
+                                 "or run it in another job")
         ids = [m.id for m in self.models]
         if len(set(ids)) != len(ids):
             raise ValueError("models: two models share an id")

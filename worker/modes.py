@@ -18,6 +18,7 @@ MIXED_COLUMNS = ("mixed_target_metric", "mixed_target", "mixed_score", "mixed_ta
                  "mixed_heldout_met", "mixed_refined_from")
 
 BIAS_CORRECTION = "bias_correction"  # calibration.bias_correction
+FULL_BIAS_CORRECTION = "full_bias_correction"  # calibration.bias_correction: full
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Mode:
     @property
     def bias_correction(self) -> bool:
         return BIAS_CORRECTION in self.options
+
+    @property
+    def full_bias_correction(self) -> bool:
+        return FULL_BIAS_CORRECTION in self.options
 
 
 def _mode(name: str, backend: str, precision: str, description: str, *,
@@ -81,11 +86,12 @@ def _table() -> dict[str, Mode]:
               "OpenVINO bfloat16 (needs AVX-512 BF16 or AMX)"),
         _mode("ov_int8", "openvino", "int8",
               "OpenVINO int8 by NNCF post-training quantization; detector post-processing "
-              "stays float", needs_calibration=True, options=(BIAS_CORRECTION,)),
+              "stays float", needs_calibration=True,
+              options=(BIAS_CORRECTION, FULL_BIAS_CORRECTION)),
         _mode("ov_int8_mixed", "openvino", "mixed",
               "ov_int8, keeping the most sensitive layers float until quantization.target "
               "holds (qbench's search, NNCF as the quantizer)", needs_calibration=True,
-              options=(BIAS_CORRECTION,), extra_columns=MIXED_COLUMNS),
+              options=(BIAS_CORRECTION, FULL_BIAS_CORRECTION), extra_columns=MIXED_COLUMNS),
     ]
     return {m.name: m for m in rows}
 

@@ -143,14 +143,16 @@ def initial_model_row(unit: Unit, env: dict[str, Any],
                       timing: dict[str, Any] | None = None) -> dict[str, Any]:
     calibrated = get_mode(unit.mode).needs_calibration
     calib = unit.quantization.calibration
+    corrected = (calib.bias_correction_method
+                 if calibrated and MODES[unit.mode].bias_correction else None)
     return {
         **_identity(unit, None), **env, "source": unit.model.source,
         "input_h": unit.model.input_size[0], "input_w": unit.model.input_size[1],
         "calibration_method": calib.method if calibrated else None,
         "calibration_images": calib.images if calibrated else None,
         "calibration_per_channel": calib.per_channel if calibrated else None,
-        "calibration_bias_correction": (calib.bias_correction and MODES[unit.mode].bias_correction
-                                        if calibrated else None),
+        "calibration_bias_correction": (corrected is not None if calibrated else None),
+        "calibration_bias_correction_method": corrected,
         "keep_float": list(unit.quantization.keep_float), "started_at": _now(),
         "checkpoint_sha256": unit.checkpoint_sha256, "dataset_sha256": unit.dataset_sha256,
         **(timing or {}),

@@ -178,6 +178,7 @@ MODELS = pa.schema(IDENTITY + [
     ("calibration_images", pa.int32()),
     ("calibration_per_channel", pa.bool_()),
     ("calibration_bias_correction", pa.bool_()),
+    ("calibration_bias_correction_method", pa.string()),  # "fast" or "full"; null: none
     ("keep_float", pa.list_(pa.string())),
     # int8_mixed: the search's target, what it reached, and the layer groups it kept float.
     ("mixed_target_metric", pa.string()),

@@ -67,7 +67,9 @@ def build_card(row: dict[str, Any], latency: list[dict[str, Any]], file: str, si
             "calibration": ({"method": row["calibration_method"],
                              "images": row["calibration_images"],
                              "per_channel": row["calibration_per_channel"],
-                             "bias_correction": row.get("calibration_bias_correction")}
+                             "bias_correction": row.get("calibration_bias_correction"),
+                             "bias_correction_method":
+                                 row.get("calibration_bias_correction_method")}
                             if calibrated else None),
             "keep_float": list(row["keep_float"] or []), "notes": row["notes"],
         },

@@ -5,7 +5,9 @@ one feed per image or batch exactly as the benchmark feeds it. The manifest's ca
 maps onto NNCF: method minmax -> min/max ranges, mean_minmax -> NNCF's own default (the mean of
 each feed's min and max per tensor), histogram -> NNCF's histogram search,
 percentile -> the mean per-image quantile at 1 - percentile/100; per_channel -> per-channel
-weights; bias_correction -> NNCF's fast bias correction (off unless asked, as for ort_int8).
+weights; bias_correction -> NNCF's fast bias correction (true or "fast": each layer's own
+offset) or its BiasCorrection ("full": offsets measured through the int8 model, so each layer
+also absorbs the error of the layers before it); off unless asked, as for ort_int8.
 keep_float patterns become NNCF's ignored scope. A torchvision detector's post-processing
 (transform, anchors, box decoding, RoIAlign, NMS, top-k) is ignored too: only its
 weight-carrying parts are quantized, so the int8 model does the same work as fp32.
@@ -116,11 +118,14 @@ def nncf_parameters(request: QuantizeRequest) -> tuple[dict, str]:
     advanced = AdvancedQuantizationParameters(
         activations_range_estimator_params=ranges,
         weights_quantization_params=QuantizationParameters(per_channel=spec.per_channel),
-        disable_bias_correction=not spec.bias_correction)
+        disable_bias_correction=spec.bias_correction_method is None)
+    corrected = {None: "", "fast": "; NNCF fast bias correction",
+                 "full": "; NNCF bias correction through the int8 model"}
     note = (f"calibration: {spec.method} -> {how}, "
             + ("per-channel" if spec.per_channel else "per-tensor") + " int8 weights"
-            + ("; NNCF fast bias correction" if spec.bias_correction else ""))
-    return {"advanced_parameters": advanced, "fast_bias_correction": True}, note
+            + corrected[spec.bias_correction_method])
+    return {"advanced_parameters": advanced,
+            "fast_bias_correction": spec.bias_correction_method != "full"}, note
 
 
 def calibration_feeds(converted: Converted, request: QuantizeRequest) -> list:

@@ -82,6 +82,22 @@ def accuracy_notes(models: list[dict]) -> list[str]:
     return items
 
 
+CORRECTION_TEXT = {
+    "": "",
+    "fast": "; biases corrected for the int8 weights' mean output offset",
+    "full": "; biases corrected for the mean output offset measured through the int8 model "
+            "(NNCF's bias correction: each layer also absorbs the error of those before it)",
+}
+
+
+def _correction(row: dict) -> str:
+    """The row's bias correction: "", "fast" or "full" (rows written before the method
+    column say only whether biases were corrected, which was the fast form)."""
+    if not row.get("calibration_bias_correction"):
+        return ""
+    return row.get("calibration_bias_correction_method") or "fast"
+
+
 def _by_nncf(mode: str) -> bool:
     """Whether a mode is calibrated by NNCF (the OpenVINO backend's modes)."""
     from qbench.modes import MODES
@@ -130,13 +146,12 @@ def how_measured(models: list[dict], latency: list[dict]) -> Bullets | None:
                      "before each batch size; NVML: device memory used by all processes, peak.")
     for nncf, method, images, per_channel, corrected in sorted({
             (_by_nncf(m["mode"]), m["calibration_method"], m["calibration_images"],
-             m["calibration_per_channel"], bool(m.get("calibration_bias_correction")))
+             m["calibration_per_channel"], _correction(m))
             for m in models if m["calibration_method"]}):
         how = f"NNCF {method} ranges (OpenVINO modes)" if nncf else f"{method} observer"
         items.append(f"Calibration: {how}, {images} images "
                      f"({'per-channel' if per_channel else 'per-tensor'} weights"
-                     + ("; biases corrected for the int8 weights' mean output offset"
-                        if corrected else "")
+                     + CORRECTION_TEXT[corrected]
                      + "); calibration images are never evaluation images.")
     items += runtime_notes(models)
     items += accuracy_notes(models)
