@@ -224,6 +224,7 @@ def main() -> None:
     labelled = args.photos == "imagenet"
     print(f"{'mode':11} {'calibration':16} {'size MB':>7} {'smaller':>7} {'top1 agr [95% CI]':>22} "
           + (f"{'top1 acc [95% CI]':>22} " if labelled else "") +
+          f"{'where fp32 decided':>26} "
           f"{'SQNR dB':>7} {'bs1 p50 ms':>10} {'speedup bs1':>20} {'speedup bs8':>20}")
     for label, mode, m, lat in rows:
         agr = with_interval(m, "agreement_top1")
@@ -232,6 +233,7 @@ def main() -> None:
         print(f"{mode:11} {label:16} {m['size_bytes'] / 2**20:7.2f} "
               f"{100 * (m['size_reduction'] or 0):6.1f}% {agr:>22} "
               + (f"{with_interval(m, 'top1'):>22} " if labelled else "") +
+              f"{with_interval(m, 'agreement_top1_decided') + ' of ' + str(m['decided_images']):>26} " +
               f"{sqnr if sqnr is not None else float('nan'):7.1f} "
               f"{lat[(mode, 1)]['latency_ms_p50']:10.1f} {speed_text(lat, mode, 1):>20} {speed_text(lat, mode, 8):>20}")
         if mode.endswith("int8_mixed"):

@@ -175,6 +175,19 @@ def test_classification_agreement():
     assert r["top1_agreement"] == 0.5 and r["cosine_mean"] < 1.0
 
 
+def test_decided_agreement_leaves_out_near_ties_fp32_barely_resolved():
+    # image 0: fp32 decided (class 0 far ahead), kept; image 1: decided, flipped;
+    # image 2: a near-tie (logits 1.0 vs 0.95), flipped
+    fp32 = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [1.0, 0.95, -3.0]])
+    quant = torch.tensor([[5.0, 0.0, 0.0], [0.0, 1.0, 5.0], [0.9, 1.0, -3.0]])
+    assert agreement.classification_agreement(fp32, quant)["top1_agreement"] == pytest.approx(1 / 3)
+    assert agreement.decided_agreement(fp32, quant) == (0.5, 2)
+    # outputs that already are probabilities are not put through softmax again
+    probs = torch.tensor([[0.52, 0.48], [0.9, 0.1]])
+    assert agreement.decided_agreement(probs, probs.flip(1)) == (0.0, 1)
+    assert math.isnan(agreement.decided_agreement(probs[:1], probs[:1])[0])
+
+
 def test_image_folder_and_topk(tmp_path):
     from qbench.evaluate.image_folder import scan_image_folder
     from qbench.preprocess.spec import PreprocessSpec

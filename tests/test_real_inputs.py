@@ -70,6 +70,10 @@ def test_declared_preprocessing_and_labels_give_the_real_accuracy(classifier):
     line = next(r for r in table.rows if r[0] == "declared" and r[1] == "int8_static")
     assert line[11] == f"{good_int8['agreement_top1']:.3f} [{good_int8['agreement_top1_ci_low']:.2f}–" \
         f"{good_int8['agreement_top1_ci_high']:.2f}]"
+    # agreement where fp32 decided: over a subset of the images, and at least as high here
+    decided = good_int8["decided_images"]
+    assert 0 < decided <= 18 and good_int8["agreement_top1_decided"] >= good_int8["agreement_top1"]
+    assert line[12] == f"{good_int8['agreement_top1_decided']:.3f} of {decided}"
     # the same checkpoint without its normalisation, or with folders in sorted order, is not
     # that model's accuracy: both are visibly worse
     assert rows["unnormalised", "fp32"]["top1"] <= good["top1"] - 0.3

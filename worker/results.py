@@ -153,6 +153,11 @@ MODELS = pa.schema(IDENTITY + [
     # 95% Wilson intervals of the classifier fractions over eval_images
     ("agreement_top1_ci_low", pa.float64()),
     ("agreement_top1_ci_high", pa.float64()),
+    # the same over the images fp32 decided (its top class ahead by >= 0.1 softmax probability)
+    ("agreement_top1_decided", pa.float64()),
+    ("agreement_top1_decided_ci_low", pa.float64()),
+    ("agreement_top1_decided_ci_high", pa.float64()),
+    ("decided_images", pa.int32()),
     ("top1_ci_low", pa.float64()),
     ("top1_ci_high", pa.float64()),
     # detectors: paired bootstrap interval of mAP(fp32) - mAP, in points, over eval_images

@@ -13,6 +13,7 @@ FIGURES = (
     "map", "map50", "map_fp32", "map50_fp32", "top1", "top5", "count_error_mean",
     "count_error_std", "agreement_precision", "agreement_recall", "agreement_mean_iou",
     "agreement_score_diff", "agreement_top1", "agreement_top1_ci_low", "agreement_top1_ci_high",
+    "agreement_top1_decided", "decided_images",
     "top1_ci_low", "top1_ci_high", "map_drop_pts_ci_low", "map_drop_pts_ci_high",
 )
 LATENCY = (

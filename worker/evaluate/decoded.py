@@ -18,7 +18,7 @@ from qbench.decode.decoders import decode
 from qbench.evaluate.class_metrics import detector_accuracy
 from qbench.evaluate.coco import to_coco_results
 from qbench.evaluate.evalset import BATCH, EvalSet
-from qbench.evaluate.scores import detection_agreement_columns, wilson_columns
+from qbench.evaluate.scores import detection_agreement_columns, top1_agreement_columns
 from qbench.inspect.metrics import sqnr_db
 from qbench.models.kinds.onnx import logits_of
 from qbench.preprocess.defaults import UNDECLARED, Resolved
@@ -96,12 +96,8 @@ def evaluate_decoded(unit, loaded, reference, candidate, data: EvalSet, device: 
         row = {**output_agreement(ref_raw, cand_raw),
                "accuracy_note": "no outputs.decoder: no accuracy, agreement on raw outputs"}
         if all(logits_of(p) is not None for p in ref_raw):  # one [B, C] output: logits
-            from qbench.evaluate.agreement import classification_agreement
-
             ref, ours = torch.cat([p[0] for p in ref_raw]), torch.cat([p[0] for p in cand_raw])
-            top1 = classification_agreement(ref, ours)["top1_agreement"]
-            row.update(agreement_top1=top1, logits_sqnr_db=row["output_sqnr_db"],
-                       **wilson_columns("agreement_top1", top1, ref.shape[0]))
+            row.update(top1_agreement_columns(ref, ours), logits_sqnr_db=row["output_sqnr_db"])
             row.update(_logits_accuracy(unit, pre, ours, data))
         return row
     size = tuple(loaded.input_size)

@@ -8,7 +8,11 @@ from typing import Any
 
 import torch
 
-from qbench.evaluate.agreement import classification_agreement, detection_agreement
+from qbench.evaluate.agreement import (
+    classification_agreement,
+    decided_agreement,
+    detection_agreement,
+)
 from qbench.evaluate.class_metrics import detector_accuracy
 from qbench.evaluate.coco import to_coco_results, topk_accuracy
 from qbench.measure.stats import proportion_ci
@@ -61,9 +65,7 @@ def classification_columns(data: Any, fp32: list, quant: list,
     """(top-1 agreement with fp32, top-1/top-5 accuracy for trained weights) of logits."""
     ref, ours = torch.cat(fp32), torch.cat(quant)
     n = ref.shape[0]
-    top1_agreement = classification_agreement(ref, ours)["top1_agreement"]
-    agreement = {"agreement_top1": top1_agreement, "logits_sqnr_db": logits_sqnr(ref, ours),
-                 **wilson_columns("agreement_top1", top1_agreement, n)}
+    agreement = {**top1_agreement_columns(ref, ours), "logits_sqnr_db": logits_sqnr(ref, ours)}
     if not trained:
         return agreement, {}
     if data.labels is None:  # "no labels", never a top-1 of 0.000
@@ -71,6 +73,16 @@ def classification_columns(data: Any, fp32: list, quant: list,
     acc = topk_accuracy(ours, data.labels, ks=(1, 5))
     return agreement, {"top1": acc["top1"], "top5": acc["top5"],
                        **wilson_columns("top1", acc["top1"], n)}
+
+
+def top1_agreement_columns(ref: torch.Tensor, ours: torch.Tensor) -> Columns:
+    """agreement_top1 over every image, and agreement_top1_decided over the images fp32
+    decided (decided_images of them), each with its Wilson interval."""
+    top1 = classification_agreement(ref, ours)["top1_agreement"]
+    decided, n_decided = decided_agreement(ref, ours)
+    return {"agreement_top1": top1, **wilson_columns("agreement_top1", top1, ref.shape[0]),
+            "agreement_top1_decided": nan_to_none(decided), "decided_images": n_decided,
+            **wilson_columns("agreement_top1_decided", decided, n_decided)}
 
 
 def wilson_columns(name: str, fraction: float, n: int) -> Columns:

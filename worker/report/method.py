@@ -61,6 +61,7 @@ def sampling_notes(latency: list[dict]) -> list[str]:
 
 def accuracy_notes(models: list[dict]) -> list[str]:
     """What accuracy meant for the tasks this job measured, and nothing about the others."""
+    from qbench.evaluate.agreement import DECIDED_MARGIN
     items = []
     detectors = sorted({m["eval_images"] for m in models if m["eval_images"]
                         and m.get("map") is not None})
@@ -75,7 +76,10 @@ def accuracy_notes(models: list[dict]) -> list[str]:
     if classifiers:
         items.append(f"Accuracy (classifiers): top-1 against the labels and top-1 agreement with "
                      f"fp32 on {', '.join(map(str, classifiers))} held-out images, each with its "
-                     "95% Wilson interval.")
+                     "95% Wilson interval. \"Where fp32 decided\" counts only the images on which "
+                     f"fp32's top class leads its runner-up by ≥ {DECIDED_MARGIN:g} softmax "
+                     "probability: a flip outside them breaks a near-tie fp32 itself barely "
+                     "resolved (bf16 rounding flips such images too).")
     if any(m.get("output_cosine") is not None for m in models):
         items.append("Output agreement: cosine similarity and SQNR of each mode's raw outputs "
                      "against fp32's on the same inputs.")

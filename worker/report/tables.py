@@ -213,12 +213,20 @@ def size_accuracy_table(models: list[dict], latency: list[dict] | None = None,
             fmt(m["size_bytes"] / MB if m["size_bytes"] is not None else None, ".1f"),
             fmt(_pct(m["size_reduction"]), ".1f"), fmt(_pct(m["params_int8_fraction"]), ".1f"),
             accuracy, fmt(m["map50"], ".3f"), drop_with_interval(m, drop), count,
-            agreement, fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
+            agreement, decided_text(m), fmt(sqnr, ".1f"), _status(m["status"], m["error"]),
         ])
     return Table(["model", "mode", "device", "backend (ran in)", "size MiB", "reduction %", "int8 params %",
                   "mAP / top-1", "mAP@.5", "mAP drop pts", "count error",
-                  "fp32 agreement (top-1 / recall)", "SQNR dB", "status"],
-                 rows, align_right={4, 5, 6, 7, 8, 9, 10, 11, 12})
+                  "fp32 agreement (top-1 / recall)", "top-1 agr. where fp32 decided", "SQNR dB",
+                  "status"],
+                 rows, align_right={4, 5, 6, 7, 8, 9, 10, 11, 12, 13})
+
+
+def decided_text(m: dict) -> str:
+    """Top-1 agreement over the images fp32 decided, and how many those were."""
+    if m.get("agreement_top1_decided") is None:
+        return "–"
+    return f"{m['agreement_top1_decided']:.3f} of {m['decided_images']}"
 
 
 def without_empty_columns(table: Table) -> Table:
