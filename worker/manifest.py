@@ -391,8 +391,9 @@ class Manifest(Strict):
                          if m in MODES and MODES[m].bias_correction
                          and not MODES[m].full_bias_correction]
             if fast_only:
+                full = ", ".join(m for m in mode_names() if MODES[m].full_bias_correction)
                 raise ValueError("quantization.calibration.bias_correction: full is NNCF's "
-                                 "(ov_int8, ov_int8_mixed); "
+                                 f"({full}); "
                                  f"{', '.join(fast_only)} corrects each layer alone: use true, "
                                  "or run it in another job")
         ids = [m.id for m in self.models]

@@ -62,6 +62,7 @@ def sampling_notes(latency: list[dict]) -> list[str]:
 def accuracy_notes(models: list[dict]) -> list[str]:
     """What accuracy meant for the tasks this job measured, and nothing about the others."""
     from qbench.evaluate.agreement import DECIDED_MARGIN
+
     items = []
     detectors = sorted({m["eval_images"] for m in models if m["eval_images"]
                         and m.get("map") is not None})
