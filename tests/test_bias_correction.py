@@ -119,15 +119,15 @@ def test_int8_nodes_get_corrected_biases_and_float_nodes_keep_theirs(small, tmp_
         np.testing.assert_array_equal(w, _dequantized_weights(corrected)[name])
 
 
-def test_bias_correction_removes_most_of_the_mean_error_of_per_tensor_weights(tmp_path):
-    """With one scale per tensor, a conv with one wide channel rounds its other channels
-    coarsely: their int8 weights move the outputs' mean, which the correction takes out."""
+def _per_tensor_errors(tmp_path, mode, settings, wide):
+    """{setting: the mean output error on held-out images over the finely rounded classes,
+    and the notes} of `mode` with per-tensor weights, on Net with the `wide` layers' first
+    channel made 30x wider: one scale per tensor rounds their other channels coarsely."""
     torch.manual_seed(1)
     net = Net().eval()
     with torch.no_grad():
-        net.conv.weight[0].mul_(30)
-        net.dw.weight[0].mul_(30)
-        net.fc.weight[0].mul_(30)
+        for name in wide:
+            getattr(net, name).weight[0].mul_(30)
     path = tmp_path / "wide.onnx"
     torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(path), input_names=["x"],
                       output_names=["y"], opset_version=17, dynamo=False,
@@ -136,12 +136,20 @@ def test_bias_correction_removes_most_of_the_mean_error_of_per_tensor_weights(tm
     calib, held_out = structured_images(16, 32, seed=5), structured_images(16, 32, seed=6)
     with torch.no_grad():
         ref = net(held_out)
-    errors = {}
-    for on in (False, True):
-        req = _request(tmp_path / str(on), calib, on)
+    errors, notes = {}, {}
+    for setting in settings:
+        req = _request(tmp_path / str(setting), calib, setting)
         req.calibration = req.calibration.model_copy(update={"per_channel": False})
-        err = quantize(loaded, "ort_int8", req).predict(held_out)[0] - ref
-        errors[on] = err.mean(0)[1:].abs().mean().item()  # the finely rounded classes
+        q = quantize(loaded, mode, req)
+        err = q.predict(held_out)[0] - ref
+        errors[setting], notes[setting] = err.mean(0)[1:].abs().mean().item(), q.notes
+    return errors, notes
+
+
+def test_bias_correction_removes_most_of_the_mean_error_of_per_tensor_weights(tmp_path):
+    """With one scale per tensor, a conv with one wide channel rounds its other channels
+    coarsely: their int8 weights move the outputs' mean, which the correction takes out."""
+    errors, _ = _per_tensor_errors(tmp_path, "ort_int8", (False, True), ("conv", "dw", "fc"))
     assert errors[True] < 0.5 * errors[False], errors
 
 
@@ -171,26 +179,9 @@ def test_the_models_row_says_which_modes_corrected_their_biases(tmp_path):
 def test_nncf_full_bias_correction_is_measured_through_the_int8_model(tmp_path):
     """bias_correction on ov_int8: "fast" and "full" both take out most of the mean output error
     of coarsely rounded per-tensor weights, and each row's notes say which NNCF ran."""
-    torch.manual_seed(1)
-    net = Net().eval()
-    with torch.no_grad():
-        net.conv.weight[0].mul_(30)
-        net.fc.weight[0].mul_(30)
-    path = tmp_path / "wide.onnx"
-    torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(path), input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False,
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    loaded = load_onnx("wide", path, (32, 32))
-    calib, held_out = structured_images(16, 32, seed=5), structured_images(16, 32, seed=6)
-    with torch.no_grad():
-        ref = net(held_out)
-    errors, notes = {}, {}
-    for how in (False, "fast", "full"):
-        req = _request(tmp_path / str(how), calib, how)
-        req.calibration = req.calibration.model_copy(update={"per_channel": False})
-        q = quantize(loaded, "ov_int8", req)
-        err = q.predict(held_out)[0] - ref
-        errors[how], notes[how] = err.mean(0)[1:].abs().mean().item(), q.notes
+    # the depthwise conv has no bias for NNCF to correct: its channels stay evenly scaled
+    errors, notes = _per_tensor_errors(tmp_path, "ov_int8", (False, "fast", "full"),
+                                       ("conv", "fc"))
     assert errors["full"] < 0.5 * errors[False], errors
     assert errors["fast"] < 0.5 * errors[False], errors
     assert "NNCF bias correction through the int8 model" in notes["full"]
